@@ -1,0 +1,153 @@
+"""Executing one attempt of a task: compute (sync or async) or static, with timeout and
+validation; plus the task-side ``heartbeat()`` API and retry backoff arithmetic (engine spec §1.4–§1.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from smithers.engine.context import Ctx
+from smithers.engine.dsl import RetryPolicy, Task
+from smithers.errors import (
+    AGENT_NOT_AVAILABLE,
+    HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE,
+    HEARTBEAT_PAYLOAD_TOO_LARGE,
+    INVALID_OUTPUT,
+    InvalidOutputError,
+    SmithersError,
+    TaskTimeoutError,
+)
+
+HEARTBEAT_THROTTLE_MS = 500
+HEARTBEAT_MAX_BYTES = 1_000_000
+MAX_BACKOFF_MS = 5 * 60 * 1000
+NON_RETRYABLE_CODES = frozenset(
+    {INVALID_OUTPUT, AGENT_NOT_AVAILABLE, HEARTBEAT_PAYLOAD_TOO_LARGE, HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE}
+)
+
+
+@dataclass
+class TaskRuntime:
+    """What a running attempt can reach through :func:`heartbeat`."""
+
+    node_id: str
+    iteration: int
+    attempt: int
+    on_heartbeat: Callable[[Any, int], None]
+    last_sent_ms: int = 0
+    pending: Any = field(default=None)
+
+
+_runtime: contextvars.ContextVar[TaskRuntime | None] = contextvars.ContextVar("smithers_task", default=None)
+
+
+def heartbeat(data: Any = None) -> None:
+    """Record progress of the current task (a JSON checkpoint, ≤ 1 MB), throttled to one write per 500 ms.
+
+    The latest checkpoint of a failed or interrupted attempt is handed to the next one as
+    ``ctx.last_heartbeat``.
+    """
+    runtime = _runtime.get()
+    if runtime is None:
+        raise RuntimeError("heartbeat() called outside a running task")
+    try:
+        size = len(json.dumps(data).encode()) if data is not None else 0
+    except (TypeError, ValueError) as exc:
+        raise SmithersError(
+            "heartbeat payload is not JSON-serialisable", code=HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE
+        ) from exc
+    if size > HEARTBEAT_MAX_BYTES:
+        raise SmithersError(
+            f"heartbeat payload is {size} bytes (limit {HEARTBEAT_MAX_BYTES})", code=HEARTBEAT_PAYLOAD_TOO_LARGE
+        )
+    runtime.on_heartbeat(data, size)
+
+
+def to_payload(value: Any, model: type[BaseModel] | None) -> Any:
+    """Validate a task's return value against its output model and make it JSON."""
+    if model is not None:
+        try:
+            if isinstance(value, model):
+                value = value.model_dump(mode="json")
+            return model.model_validate(value).model_dump(mode="json")
+        except ValidationError as exc:
+            raise InvalidOutputError(
+                f"output does not match {model.__name__}: {exc.errors()[0].get('msg', 'invalid')}",
+                details={"errors": exc.errors(include_url=False, include_context=False, include_input=False)},
+            ) from exc
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidOutputError(f"output is not JSON-serialisable: {exc}") from exc
+    return value
+
+
+def _call_arity(fn: Callable[..., Any]) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    return 1 if any(p.kind in (p.VAR_POSITIONAL,) for p in params) else min(1, len(list(params)))
+
+
+async def run_attempt(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
+    """Run one attempt of ``task`` and return its validated JSON output."""
+    if task.agent is not None:
+        raise SmithersError("agent tasks are not available yet in this version", code=AGENT_NOT_AVAILABLE)
+    token = _runtime.set(runtime)
+    try:
+        async with asyncio.timeout(task.timeout_ms / 1000 if task.timeout_ms else None):
+            value = await _invoke(task, ctx)
+    except TimeoutError as exc:
+        raise TaskTimeoutError(f"task {task.id!r} timed out after {task.timeout_ms} ms") from exc
+    finally:
+        _runtime.reset(token)
+    return to_payload(value, task.output)
+
+
+async def _invoke(task: Task, ctx: Ctx) -> Any:
+    fn = task.run
+    if fn is None:
+        return task.value
+    args = (ctx,) if _call_arity(fn) else ()
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    context = contextvars.copy_context()
+    result = await asyncio.get_running_loop().run_in_executor(None, lambda: context.run(fn, *args))
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def is_retryable(error: SmithersError) -> bool:
+    return error.code not in NON_RETRYABLE_CODES
+
+
+def backoff_ms(policy: RetryPolicy | None, failures: int) -> int:
+    """Delay before the next attempt after the ``failures``-th failure (capped at 5 minutes)."""
+    if policy is None or policy.initial_delay_ms <= 0:
+        return 0
+    base = policy.initial_delay_ms
+    if policy.backoff == "fixed":
+        delay = float(base)
+    elif policy.backoff == "linear":
+        delay = float(base * failures)
+    else:
+        delay = base * policy.multiplier ** (failures - 1)
+    if policy.max_delay_ms is not None:
+        delay = min(delay, policy.max_delay_ms)
+    delay = min(delay, MAX_BACKOFF_MS)
+    if policy.jitter:
+        delay *= random.uniform(0.75, 1.25)
+    return int(delay)

@@ -1,0 +1,41 @@
+"""Run statuses, node states and attempt states (engine spec §3.4): the wire strings."""
+
+from __future__ import annotations
+
+# Run statuses.
+RUNNING = "running"
+WAITING_APPROVAL = "waiting-approval"
+WAITING_EVENT = "waiting-event"
+WAITING_TIMER = "waiting-timer"
+FINISHED = "finished"
+FAILED = "failed"
+CANCELLED = "cancelled"
+CONTINUED = "continued"
+
+RUN_STATUSES = (RUNNING, WAITING_APPROVAL, WAITING_EVENT, WAITING_TIMER, FINISHED, FAILED, CANCELLED, CONTINUED)
+TERMINAL_RUN_STATUSES = frozenset({FINISHED, FAILED, CANCELLED, CONTINUED})
+WAITING_RUN_STATUSES = frozenset({WAITING_APPROVAL, WAITING_EVENT, WAITING_TIMER})
+ACTIVE_RUN_STATUSES = frozenset({RUNNING, *WAITING_RUN_STATUSES})
+
+# Node states (FINISHED, FAILED, CANCELLED and the WAITING_* strings are shared with run statuses).
+PENDING = "pending"
+IN_PROGRESS = "in-progress"
+SKIPPED = "skipped"
+
+NODE_STATES = (
+    PENDING,
+    WAITING_APPROVAL,
+    WAITING_EVENT,
+    WAITING_TIMER,
+    IN_PROGRESS,
+    FINISHED,
+    FAILED,
+    CANCELLED,
+    SKIPPED,
+)
+WAITING_NODE_STATES = frozenset({WAITING_APPROVAL, WAITING_EVENT, WAITING_TIMER})
+
+# Approval statuses.
+APPROVAL_REQUESTED = "requested"
+APPROVAL_APPROVED = "approved"
+APPROVAL_DENIED = "denied"

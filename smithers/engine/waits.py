@@ -1,0 +1,472 @@
+"""Suspension points of a run: approvals, waits for events, and timers (engine spec §1.8).
+
+They hold no in-memory promises: each is only database rows (an approval row, a signal row, an
+attempt whose meta holds the timer or wait), re-checked on every pass of the run loop, so a run
+resumed after a restart sees exactly what a live one would.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from smithers.engine import events as ev
+from smithers.engine.dsl import Approval, Task, Timer, WaitForEvent
+from smithers.engine.states import (
+    APPROVAL_APPROVED,
+    APPROVAL_DENIED,
+    APPROVAL_REQUESTED,
+    FAILED,
+    FINISHED,
+    PENDING,
+    SKIPPED,
+    WAITING_APPROVAL,
+    WAITING_EVENT,
+    WAITING_TIMER,
+)
+from smithers.errors import APPROVAL_DENIED as APPROVAL_DENIED_CODE
+from smithers.errors import INVALID_OUTPUT, TASK_TIMEOUT, SmithersError
+from smithers.store.rows import dumps, now_ms
+
+if TYPE_CHECKING:
+    from smithers.engine.extract import Descriptor, Graph
+    from smithers.engine.runner import RunLoop
+    from smithers.engine.scheduler import Schedule
+    from smithers.store.store import Tx
+
+WAIT_KIND = "wait-for-event"
+TIMER_KIND = "timer"
+
+
+def approval_request(d: Descriptor) -> dict[str, Any]:
+    """The ``request_json`` of an approval (engine spec §6.1), plus our ``onDeny``."""
+    node = d.node
+    if isinstance(node, Approval):
+        mode = "decision" if node.mode == "approve" else node.mode
+        return {
+            "mode": mode,
+            "waitAsync": False,
+            "title": d.label,
+            "summary": node.summary,
+            "options": list(node.options),
+            "allowedScopes": list(node.allowed_scopes),
+            "allowedUsers": list(node.allowed_users),
+            "autoApprove": None,
+            "onDeny": node.on_deny,
+            "metadata": node.metadata,
+        }
+    return {
+        "mode": "gate",
+        "waitAsync": False,
+        "title": d.label,
+        "summary": None,
+        "options": [],
+        "allowedScopes": [],
+        "allowedUsers": [],
+        "autoApprove": None,
+        "onDeny": "skip" if d.continue_on_fail else "fail",
+        "metadata": None,
+    }
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class WaitHandler:
+    """Starts and resolves the approval, wait-for-event and timer leaves of one run."""
+
+    def __init__(self, loop: RunLoop):
+        self.loop = loop
+        self.consumed_signals: set[int] = set()
+        self.timer_fires_at: dict[str, int] = {}
+        self.wait_meta: dict[str, dict[str, Any]] = {}
+        self._approval_graph: Graph | None = None
+        self._approval_keys: list[str] = []
+
+    def load_attempt(self, attempt: dict[str, Any]) -> None:
+        meta = json.loads(attempt["meta_json"]) if attempt["meta_json"] else {}
+        key = f"{attempt['node_id']}::{attempt['iteration']}"
+        if meta.get("kind") == TIMER_KIND:
+            self.timer_fires_at[key] = int(meta["timer"]["firesAtMs"])
+        elif meta.get("kind") == WAIT_KIND:
+            wait = meta["waitForEvent"]
+            self.wait_meta[key] = wait
+            if wait.get("resolvedSignalSeq") is not None:
+                self.consumed_signals.add(int(wait["resolvedSignalSeq"]))
+
+    # ---- start -----------------------------------------------------------------------------
+    def start(self, d: Descriptor) -> bool | None:
+        """Start a suspending leaf. True: the tree changed; False: it now waits; None: run it as a task."""
+        if d.needs_approval:
+            return self._start_approval(d)
+        if d.kind == "wait":
+            return self._start_wait(d)
+        if d.kind == "timer":
+            return self._start_timer(d)
+        return None
+
+    def _start_approval(self, d: Descriptor) -> bool | None:
+        run_id = self.loop.run_id
+        with self.loop.store.write() as tx:
+            row = tx.get_approval(run_id, d.node_id, d.iteration)
+            if row is None:
+                tx.insert_approval(
+                    run_id=run_id,
+                    node_id=d.node_id,
+                    iteration=d.iteration,
+                    status=APPROVAL_REQUESTED,
+                    requested_at_ms=now_ms(),
+                    request_json=dumps(approval_request(d)),
+                    auto_approved=0,
+                )
+                tx.emit(run_id, ev.APPROVAL_REQUESTED, {"nodeId": d.node_id, "iteration": d.iteration})
+                self.loop.set_state(tx, d, WAITING_APPROVAL, ev.NODE_WAITING_APPROVAL)
+                return False
+            if row["status"] == APPROVAL_REQUESTED:
+                if self.loop.states.get(d.key) != WAITING_APPROVAL:
+                    self.loop.set_state(tx, d, WAITING_APPROVAL, ev.NODE_WAITING_APPROVAL)
+                return False
+            if row["status"] == APPROVAL_APPROVED and isinstance(d.node, Task):
+                return None  # an approved gate: execute the task itself
+            self._apply_decision(tx, d, row)
+            return True
+
+    def _apply_decision(self, tx: Tx, d: Descriptor, row: dict[str, Any]) -> None:
+        """Turn a decided approval into the node's outcome (engine spec §6.1 denial table)."""
+        approved = row["status"] == APPROVAL_APPROVED
+        node = d.node
+        if approved:
+            if isinstance(node, Task):
+                self.loop.set_state(tx, d, PENDING)
+                return
+            self._write_decision(tx, d, row, approved=True)
+            return
+        policy = node.on_deny if isinstance(node, Approval) else ("skip" if d.continue_on_fail else "fail")
+        if policy == "fail":
+            error = SmithersError(
+                f"approval {d.node_id} was denied" + (f": {row['note']}" if row["note"] else ""),
+                code=APPROVAL_DENIED_CODE,
+                details={"nodeId": d.node_id, "note": row["note"]},
+            )
+            self._record_failure(tx, d, error)
+        elif policy == "skip":
+            self.loop.set_state(tx, d, SKIPPED, ev.NODE_SKIPPED)
+        else:
+            self._write_decision(tx, d, row, approved=False)
+
+    def _write_decision(self, tx: Tx, d: Descriptor, row: dict[str, Any], approved: bool) -> None:
+        decision = json.loads(row["decision_json"]) if row["decision_json"] else None
+        payload: dict[str, Any] = {
+            "approved": approved,
+            "note": row["note"],
+            "decidedBy": row["decided_by"],
+            "decidedAt": _iso(row["decided_at_ms"]),
+        }
+        if isinstance(decision, dict):
+            payload.update({k: v for k, v in decision.items() if k in ("selected", "ranked", "notes", "value")})
+        self._finish_with_output(tx, d, payload)
+
+    def _finish_with_output(self, tx: Tx, d: Descriptor, payload: Any, meta: dict[str, Any] | None = None) -> None:
+        from smithers.engine.context import StoredOutput
+
+        run_id = self.loop.run_id
+        attempt = self.loop.last_attempt.get(d.key, 0)
+        if attempt == 0:
+            attempt = 1
+            self.loop.last_attempt[d.key] = 1
+            tx.insert_attempt(
+                run_id=run_id,
+                node_id=d.node_id,
+                iteration=d.iteration,
+                attempt=1,
+                state=FINISHED,
+                started_at_ms=now_ms(),
+                finished_at_ms=now_ms(),
+                cached=0,
+                meta_json=dumps(meta or {"kind": "approval"}),
+            )
+        else:
+            values: dict[str, Any] = {"state": FINISHED, "finished_at_ms": now_ms()}
+            if meta is not None:
+                values["meta_json"] = dumps(meta)
+            tx.update_attempt(run_id, d.node_id, d.iteration, attempt, **values)
+        if payload is not None or d.kind == "wait":
+            tx.upsert_output(run_id, d.node_id, d.iteration, d.output_table, payload)
+            self.loop.outputs[(d.node_id, d.iteration)] = StoredOutput(d.node_id, d.iteration, d.output_table, payload)
+        self.loop.set_state(tx, d, FINISHED, ev.NODE_FINISHED, attempt=attempt)
+
+    def _record_failure(self, tx: Tx, d: Descriptor, error: SmithersError) -> None:
+        run_id = self.loop.run_id
+        attempt = self.loop.last_attempt.get(d.key, 0)
+        if attempt == 0:
+            attempt = 1
+            self.loop.last_attempt[d.key] = 1
+            tx.insert_attempt(
+                run_id=run_id,
+                node_id=d.node_id,
+                iteration=d.iteration,
+                attempt=1,
+                state=FAILED,
+                started_at_ms=now_ms(),
+                finished_at_ms=now_ms(),
+                cached=0,
+                error_json=dumps(error.to_dict()),
+                meta_json=dumps({"kind": "approval"}),
+            )
+        else:
+            tx.update_attempt(
+                run_id,
+                d.node_id,
+                d.iteration,
+                attempt,
+                state=FAILED,
+                finished_at_ms=now_ms(),
+                error_json=dumps(error.to_dict()),
+            )
+        self.loop.set_state(tx, d, FAILED, ev.NODE_FAILED, attempt=attempt, error=error.to_dict())
+
+    def _start_wait(self, d: Descriptor) -> bool:
+        node = d.node
+        assert isinstance(node, WaitForEvent)
+        now = now_ms()
+        wait = {
+            "signalName": node.event,
+            "correlationId": node.correlation_id,
+            "onTimeout": node.on_timeout,
+            "timeoutMs": node.timeout_ms,
+            "waitAsync": False,
+            "startedAtMs": now,
+        }
+        attempt = self.loop.last_attempt.get(d.key, 0) + 1
+        self.loop.last_attempt[d.key] = attempt
+        self.wait_meta[d.key] = wait
+        with self.loop.store.write() as tx:
+            tx.insert_attempt(
+                run_id=self.loop.run_id,
+                node_id=d.node_id,
+                iteration=d.iteration,
+                attempt=attempt,
+                state=WAITING_EVENT,
+                started_at_ms=now,
+                cached=0,
+                meta_json=dumps({"kind": WAIT_KIND, "waitForEvent": wait}),
+            )
+            self.loop.set_state(tx, d, WAITING_EVENT, ev.NODE_WAITING_EVENT, attempt=attempt)
+            return self._resolve_wait(tx, d, now)
+
+    def _start_timer(self, d: Descriptor) -> bool:
+        node = d.node
+        assert isinstance(node, Timer)
+        now = now_ms()
+        fires_at = now + node.duration_ms if node.duration_ms is not None else int(node.until_ms or now)
+        timer = {
+            "timerId": d.node_id,
+            "timerType": "duration" if node.duration_ms is not None else "absolute",
+            "duration": node.duration_ms,
+            "until": node.until_ms,
+            "createdAtMs": now,
+            "firesAtMs": fires_at,
+            "firedAtMs": None,
+        }
+        attempt = self.loop.last_attempt.get(d.key, 0) + 1
+        self.loop.last_attempt[d.key] = attempt
+        self.timer_fires_at[d.key] = fires_at
+        with self.loop.store.write() as tx:
+            tx.insert_attempt(
+                run_id=self.loop.run_id,
+                node_id=d.node_id,
+                iteration=d.iteration,
+                attempt=attempt,
+                state=WAITING_TIMER,
+                started_at_ms=now,
+                cached=0,
+                meta_json=dumps({"kind": TIMER_KIND, "timer": timer}),
+            )
+            tx.emit(
+                self.loop.run_id,
+                ev.TIMER_CREATED,
+                {
+                    "nodeId": d.node_id,
+                    "iteration": d.iteration,
+                    "timerId": d.node_id,
+                    "firesAtMs": fires_at,
+                    "timerType": timer["timerType"],
+                },
+            )
+            if fires_at <= now:
+                self._fire_timer(tx, d, now)
+                return True
+            self.loop.set_state(tx, d, WAITING_TIMER, ev.NODE_WAITING_TIMER, firesAtMs=fires_at)
+            return False
+
+    # ---- resolve ---------------------------------------------------------------------------
+    def resolve(self, graph: Graph) -> bool:
+        """Check every suspended leaf for its decision, signal or due time. True if any changed."""
+        states = self.loop.states
+        keys = set(self.loop.waiting) | self.denied_candidates(graph)
+        candidates = [graph.by_key[k] for k in keys if k in graph.by_key]
+        candidates.sort(key=lambda d: d.ordinal)
+        if not candidates:
+            return False
+        changed = False
+        now = now_ms()
+        with self.loop.store.write() as tx:
+            for d in candidates:
+                state = states[d.key]
+                if d.needs_approval:
+                    row = tx.get_approval(self.loop.run_id, d.node_id, d.iteration)
+                    if row is None or row["status"] == APPROVAL_REQUESTED:
+                        continue
+                    if state == FAILED and (
+                        row["status"] != APPROVAL_DENIED
+                        or tx.get_output(self.loop.run_id, d.node_id, d.iteration) is not None
+                    ):
+                        continue
+                    if state == FAILED and self._failure_recorded(tx, d):
+                        continue
+                    self._apply_decision(tx, d, row)
+                    changed = True
+                elif state == WAITING_EVENT:
+                    changed = self._resolve_wait(tx, d, now) or changed
+                elif state == WAITING_TIMER and self.timer_fires_at.get(d.key, now + 1) <= now:
+                    self._fire_timer(tx, d, now)
+                    changed = True
+        return changed
+
+    def denied_candidates(self, graph: Graph) -> set[str]:
+        """Approval leaves marked failed by a denial whose outcome is not applied yet."""
+        states = self.loop.states
+        return {k for k in self.approval_keys(graph) if states.get(k) == FAILED}
+
+    def approval_keys(self, graph: Graph) -> list[str]:
+        if graph is not self._approval_graph:
+            self._approval_graph = graph
+            self._approval_keys = [d.key for d in graph.descriptors if d.needs_approval]
+        return self._approval_keys
+
+    def _failure_recorded(self, tx: Tx, d: Descriptor) -> bool:
+        return any(a["state"] == FAILED for a in tx.list_attempts(self.loop.run_id, d.node_id, d.iteration))
+
+    def _resolve_wait(self, tx: Tx, d: Descriptor, now: int) -> bool:
+        node = d.node
+        assert isinstance(node, WaitForEvent)
+        wait = self.wait_meta.get(d.key)
+        if wait is None:
+            return False
+        signal = tx.find_signal(self.loop.run_id, node.event, node.correlation_id, self.consumed_signals)
+        if signal is not None:
+            self.consumed_signals.add(int(signal["seq"]))
+            wait = {**wait, "resolvedSignalSeq": signal["seq"], "receivedAtMs": signal["received_at_ms"]}
+            self.wait_meta[d.key] = wait
+            payload = json.loads(signal["payload_json"])
+            if node.output is not None:
+                try:
+                    payload = node.output.model_validate(payload).model_dump(mode="json")
+                except ValidationError as exc:
+                    err = SmithersError(
+                        f"signal {node.event!r} payload does not match {node.output.__name__}: "
+                        f"{exc.errors()[0].get('msg')}",
+                        code=INVALID_OUTPUT,
+                    )
+                    self._fail_wait(tx, d, err, wait)
+                    return True
+            self._finish_with_output(tx, d, payload, {"kind": WAIT_KIND, "waitForEvent": wait})
+            return True
+        timeout = wait.get("timeoutMs")
+        if timeout is not None and now - int(wait["startedAtMs"]) >= int(timeout):
+            wait = {**wait, "timedOutAtMs": now}
+            if node.on_timeout == "skip":
+                tx.update_attempt(
+                    self.loop.run_id,
+                    d.node_id,
+                    d.iteration,
+                    self.loop.last_attempt[d.key],
+                    state=SKIPPED,
+                    finished_at_ms=now,
+                    meta_json=dumps({"kind": WAIT_KIND, "waitForEvent": wait}),
+                )
+                self.loop.set_state(tx, d, SKIPPED, ev.NODE_SKIPPED)
+            elif node.on_timeout == "continue":
+                self._finish_with_output(tx, d, None, {"kind": WAIT_KIND, "waitForEvent": wait})
+            else:
+                self._fail_wait(
+                    tx,
+                    d,
+                    SmithersError(f"wait for {node.event!r} timed out after {timeout} ms", code=TASK_TIMEOUT),
+                    wait,
+                )
+            return True
+        return False
+
+    def _fail_wait(self, tx: Tx, d: Descriptor, error: SmithersError, wait: dict[str, Any]) -> None:
+        attempt = self.loop.last_attempt[d.key]
+        tx.update_attempt(
+            self.loop.run_id,
+            d.node_id,
+            d.iteration,
+            attempt,
+            state=FAILED,
+            finished_at_ms=now_ms(),
+            error_json=dumps(error.to_dict()),
+            meta_json=dumps({"kind": WAIT_KIND, "waitForEvent": wait}),
+        )
+        self.loop.set_state(tx, d, FAILED, ev.NODE_FAILED, attempt=attempt, error=error.to_dict())
+
+    def _fire_timer(self, tx: Tx, d: Descriptor, now: int) -> None:
+        fires_at = self.timer_fires_at[d.key]
+        attempt = self.loop.last_attempt.get(d.key, 1)
+        tx.update_attempt(self.loop.run_id, d.node_id, d.iteration, attempt, state=FINISHED, finished_at_ms=now)
+        tx.emit(
+            self.loop.run_id,
+            ev.TIMER_FIRED,
+            {
+                "nodeId": d.node_id,
+                "iteration": d.iteration,
+                "timerId": d.node_id,
+                "firesAtMs": fires_at,
+                "firedAtMs": now,
+                "delayMs": now - fires_at,
+            },
+        )
+        self.loop.set_state(tx, d, FINISHED, ev.NODE_FINISHED, attempt=attempt)
+
+    def cancel_timers(self, tx: Tx, reason: str) -> None:
+        """Cancel the run's pending timers (it is ending)."""
+        graph = self.loop.graph
+        if graph is None:
+            return
+        from smithers.engine.states import CANCELLED
+
+        for d in graph.descriptors:
+            if self.loop.states.get(d.key) == WAITING_TIMER:
+                attempt = self.loop.last_attempt.get(d.key, 1)
+                tx.update_attempt(
+                    self.loop.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now_ms()
+                )
+                tx.emit(
+                    self.loop.run_id,
+                    ev.TIMER_CANCELLED,
+                    {"nodeId": d.node_id, "iteration": d.iteration, "timerId": d.node_id},
+                )
+                self.loop.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason=reason)
+
+    def next_wake_ms(self, graph: Graph, sched: Schedule) -> int | None:
+        """When something suspended becomes due on its own: a timer, a wait timeout, a retry backoff."""
+        times: list[int] = []
+        for key in self.loop.waiting:
+            state = self.loop.states.get(key)
+            if state == WAITING_TIMER and key in self.timer_fires_at:
+                times.append(self.timer_fires_at[key])
+            elif state == WAITING_EVENT:
+                wait = self.wait_meta.get(key) or {}
+                if wait.get("timeoutMs") is not None:
+                    times.append(int(wait["startedAtMs"]) + int(wait["timeoutMs"]))
+        if sched.backoff_until_ms is not None:
+            times.append(sched.backoff_until_ms)
+        return min(times) if times else None

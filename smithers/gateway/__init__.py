@@ -1,0 +1,1 @@
+"""The Smithers gateway: HTTP and WebSocket access to workflows."""

@@ -1,0 +1,142 @@
+"""Opening a database by path or URL: engine setup, dialect differences, and migrations.
+
+SQLite (the default) runs in WAL mode with ``synchronous=NORMAL`` and a 30 s busy timeout; every
+write transaction starts with ``BEGIN IMMEDIATE`` so two writers queue instead of failing with
+"database is locked" half-way through. PostgreSQL (psycopg 3) uses the same tables and statements;
+the only differences live in the two small dialect classes below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from smithers.errors import DB_ERROR, SmithersError
+
+DEFAULT_DB = "smithers.db"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+class DatabaseError(SmithersError):
+    default_code = DB_ERROR
+
+
+def resolve_url(db: str | None) -> str:
+    """Turn ``--db``/``SMITHERS_DB`` (a path or URL) into a SQLAlchemy URL."""
+    value = db or os.environ.get("SMITHERS_DB") or DEFAULT_DB
+    if "://" not in value:
+        return "sqlite:///" + str(Path(value).expanduser().resolve())
+    if value.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + value.split("://", 1)[1]
+    return value
+
+
+class Dialect:
+    """What differs between databases: engine creation and the upsert construct."""
+
+    name = "generic"
+    insert: Any = None
+
+    def create_engine(self, url: str) -> Engine:
+        return create_engine(url)
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    insert = staticmethod(sqlite_insert)
+
+    def create_engine(self, url: str) -> Engine:
+        path = make_url(url).database
+        if path and path != ":memory:":
+            parent = Path(path).parent
+            if not parent.is_dir():
+                raise DatabaseError(f"cannot open database {path}: directory {parent} does not exist")
+            if not os.access(parent, os.W_OK) or (Path(path).exists() and not os.access(path, os.W_OK)):
+                raise DatabaseError(f"cannot open database {path}: not writable")
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # transactions are begun explicitly (BEGIN IMMEDIATE)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    insert = staticmethod(pg_insert)
+
+    def create_engine(self, url: str) -> Engine:
+        return create_engine(url, pool_size=10, max_overflow=40)
+
+
+def dialect_for(url: str) -> Dialect:
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return SqliteDialect()
+    if backend == "postgresql":
+        return PostgresDialect()
+    raise DatabaseError(f"unsupported database URL: {url}")
+
+
+def _alembic_config(conn: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (forward-only, one transaction per migration)."""
+    if current_revision(engine) == head_revision():
+        return
+    url = engine.url
+    if url.get_backend_name() == "postgresql":
+        # Two processes opening a fresh database at once: let one migrate, the other wait.
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(727272)"))
+            try:
+                command.upgrade(_alembic_config(conn), "head")
+                conn.commit()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(727272)"))
+                conn.commit()
+        return
+    migrate_engine = create_engine(url, poolclass=NullPool)
+    try:
+        with migrate_engine.connect() as conn:
+            command.upgrade(_alembic_config(conn), "head")
+            conn.commit()
+    finally:
+        migrate_engine.dispose()

@@ -1,0 +1,38 @@
+"""Row helpers: JSON columns, camelCase wire rows, the clock."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+BOOLEAN_COLUMNS = frozenset({"cached", "enabled", "auto_approved", "done"})
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON as stored in ``*_json`` columns."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def to_wire(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A database row as the gateway returns it: camelCase keys, 0/1 flags as booleans."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in BOOLEAN_COLUMNS and value is not None:
+            value = bool(value)
+        out[camel(key)] = value
+    return out

@@ -1,0 +1,524 @@
+"""The Store: every read and write of the `_smithers_*` tables goes through here.
+
+``Store.read()`` and ``Store.write()`` open a transaction and yield a :class:`Tx`; a write
+transaction collects the events it appends and publishes them on the store's :class:`EventBus`
+once it has committed, so subscribers never see an event that was rolled back. Each thread keeps
+one connection; a transaction opened while another is open on the same thread joins it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from sqlalchemy import Table, bindparam, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql import ClauseElement
+
+from smithers.store import schema as t
+from smithers.store.compiled import (
+    SqlCache,
+    build_insert,
+    build_select,
+    build_update,
+    eq_where,
+    where_key,
+    where_params,
+)
+from smithers.store.database import DatabaseError, dialect_for, migrate, resolve_url
+from smithers.store.events_bus import EventBus, StoredEvent
+from smithers.store.rows import dumps, now_ms
+
+Row = dict[str, Any]
+
+
+class Tx:
+    """One open transaction. Reads work in any Tx; writes only in one from ``Store.write()``."""
+
+    def __init__(self, store: Store, raw: Any, write: bool):
+        self.store = store
+        self.raw = raw
+        self.write = write
+        self.cur = raw.cursor()
+        self.events: list[StoredEvent] = []
+        self._next_seq: dict[str, int] = {}
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def execute(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
+        sql, order, defaults = self.store.sql.get(key, build)
+        if order is not None:
+            self.cur.execute(sql, [params[n] if n in params else defaults.get(n) for n in order])
+        else:
+            self.cur.execute(sql, {**defaults, **params} if defaults else params)
+        return self.cur
+
+    def rows(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> list[Row]:
+        cur = self.execute(key, build, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def scalar(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
+        row = self.execute(key, build, params).fetchone()
+        return None if row is None else row[0]
+
+    def insert(self, table: Table, values: Mapping[str, Any]) -> None:
+        cols = tuple(values)
+        self.execute(("ins", table.name, cols), build_insert(table, cols), {"v_" + k: v for k, v in values.items()})
+
+    def insert_many(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        cols = tuple(rows[0])
+        sql, order, _ = self.store.sql.get(("ins", table.name, cols), build_insert(table, cols))
+        if order is not None:
+            self.cur.executemany(sql, [[r[n[2:]] for n in order] for r in rows])
+        else:
+            self.cur.executemany(sql, [{"v_" + k: v for k, v in r.items()} for r in rows])
+
+    def upsert(self, table: Table, values: Mapping[str, Any]) -> None:
+        """Insert, or update the row with the same primary key (one statement on both databases)."""
+        cols = tuple(values)
+        dialect_insert = self.store.dialect.insert
+
+        def build() -> ClauseElement:
+            stmt = dialect_insert(table).values({c: bindparam("v_" + c) for c in cols})
+            keys = [c.name for c in table.primary_key.columns]
+            out: ClauseElement = stmt.on_conflict_do_update(
+                index_elements=keys, set_={c: stmt.excluded[c] for c in cols if c not in keys}
+            )
+            return out
+
+        self.execute(("ups", table.name, cols), build, {"v_" + k: v for k, v in values.items()})
+
+    def update(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> int:
+        cols = tuple(values)
+        params = {**where_params(where), **{"v_" + k: v for k, v in values.items()}}
+        cur = self.execute(("upd", table.name, where_key(where), cols), build_update(table, where, cols), params)
+        return int(cur.rowcount)
+
+    def select(
+        self, table: Table, where: Mapping[str, Any], order_by: Sequence[str] = (), desc: bool = False
+    ) -> list[Row]:
+        key = ("sel", table.name, where_key(where), tuple(order_by), desc)
+        return self.rows(key, build_select(table, where, order_by, desc), where_params(where))
+
+    def first(self, table: Table, where: Mapping[str, Any]) -> Row | None:
+        found = self.select(table, where)
+        return found[0] if found else None
+
+    def delete(self, table: Table, where: Mapping[str, Any]) -> int:
+        def build() -> ClauseElement:
+            return table.delete().where(eq_where(table, where))
+
+        return int(self.execute(("del", table.name, where_key(where)), build, where_params(where)).rowcount)
+
+    # ---- runs -------------------------------------------------------------------------------
+    def insert_run(self, **values: Any) -> None:
+        self.insert(t.runs, values)
+
+    def get_run(self, run_id: str) -> Row | None:
+        return self.first(t.runs, {"run_id": run_id})
+
+    def update_run(self, run_id: str, **values: Any) -> None:
+        self.update(t.runs, {"run_id": run_id}, values)
+
+    def claim_run(self, run_id: str, expected: Mapping[str, Any], **values: Any) -> bool:
+        """Compare-and-swap: update the run only if ``expected`` columns still hold those values."""
+        return self.update(t.runs, {"run_id": run_id, **expected}, values) == 1
+
+    def list_runs(self, limit: int = 50, status: str | None = None) -> list[Row]:
+        c = t.runs.c
+        statuses = ["running", "continued"] if status == "running" else [status] if status else None
+
+        def build() -> ClauseElement:
+            query = select(t.runs).order_by(c.created_at_ms.desc(), c.run_id).limit(bindparam("lim"))
+            if statuses:
+                query = query.where(c.status.in_(bindparam("st", expanding=True)))
+            return query
+
+        if statuses is None:
+            return self.rows(("runs", False), build, {"lim": limit})
+        # expanding IN parameters are rendered per call; keep them off the compiled cache
+        query = build()
+        names = [col.name for col in t.runs.columns]
+        return [
+            dict(zip(names, r, strict=True))
+            for r in self.store.engine_rows(query, {"lim": limit, "st": statuses}, self)
+        ]
+
+    def list_runs_by_status(self, statuses: Sequence[str]) -> list[Row]:
+        out: list[Row] = []
+        for status in statuses:
+            out.extend(self.select(t.runs, {"status": status}))
+        return sorted(out, key=lambda r: r["created_at_ms"])
+
+    # ---- input ------------------------------------------------------------------------------
+    def insert_input(self, run_id: str, payload: Any) -> None:
+        self.insert(t.run_input, {"run_id": run_id, "payload_json": dumps(payload)})
+
+    def get_input_json(self, run_id: str) -> str | None:
+        row = self.first(t.run_input, {"run_id": run_id})
+        return None if row is None else str(row["payload_json"])
+
+    # ---- nodes ------------------------------------------------------------------------------
+    def insert_nodes(self, rows: list[Row]) -> None:
+        self.insert_many(t.nodes, rows)
+
+    def update_node(self, run_id: str, node_id: str, iteration: int, **values: Any) -> None:
+        self.update(t.nodes, {"run_id": run_id, "node_id": node_id, "iteration": iteration}, values)
+
+    def list_nodes(self, run_id: str) -> list[Row]:
+        return self.select(t.nodes, {"run_id": run_id}, ("updated_at_ms", "node_id", "iteration"))
+
+    def get_node(self, run_id: str, node_id: str, iteration: int) -> Row | None:
+        return self.first(t.nodes, {"run_id": run_id, "node_id": node_id, "iteration": iteration})
+
+    def count_nodes_by_state(self, run_id: str) -> dict[str, int]:
+        c = t.nodes.c
+
+        def build() -> ClauseElement:
+            return select(c.state, func.count()).where(c.run_id == bindparam("r")).group_by(c.state)
+
+        return {str(s): int(n) for s, n in self.execute("count_nodes", build, {"r": run_id}).fetchall()}
+
+    # ---- attempts ---------------------------------------------------------------------------
+    def insert_attempt(self, **values: Any) -> None:
+        self.insert(t.attempts, values)
+
+    def update_attempt(self, run_id: str, node_id: str, iteration: int, attempt: int, **values: Any) -> None:
+        where = {"run_id": run_id, "node_id": node_id, "iteration": iteration, "attempt": attempt}
+        self.update(t.attempts, where, values)
+
+    def list_attempts(self, run_id: str, node_id: str | None = None, iteration: int | None = None) -> list[Row]:
+        where: dict[str, Any] = {"run_id": run_id}
+        if node_id is not None:
+            where["node_id"] = node_id
+        if iteration is not None:
+            where["iteration"] = iteration
+        return self.select(t.attempts, where, ("started_at_ms", "node_id", "iteration", "attempt"))
+
+    def cancel_in_progress_attempts(self, run_id: str, error_json: str, finished_at_ms: int) -> list[Row]:
+        """Mark every in-progress attempt cancelled and its node pending; returns the attempts."""
+        stale = self.select(t.attempts, {"run_id": run_id, "state": "in-progress"})
+        for row in stale:
+            self.update_attempt(
+                run_id,
+                row["node_id"],
+                row["iteration"],
+                row["attempt"],
+                state="cancelled",
+                error_json=error_json,
+                finished_at_ms=finished_at_ms,
+            )
+            self.update_node(run_id, row["node_id"], row["iteration"], state="pending", updated_at_ms=finished_at_ms)
+        return stale
+
+    # ---- outputs ----------------------------------------------------------------------------
+    def upsert_output(self, run_id: str, node_id: str, iteration: int, output_table: str, payload: Any) -> None:
+        self.upsert(
+            t.outputs,
+            {
+                "run_id": run_id,
+                "node_id": node_id,
+                "iteration": iteration,
+                "output_table": output_table,
+                "payload_json": dumps(payload),
+                "created_at_ms": now_ms(),
+            },
+        )
+
+    def list_outputs(self, run_id: str) -> list[Row]:
+        return self.select(t.outputs, {"run_id": run_id}, ("node_id", "iteration"))
+
+    def get_output(self, run_id: str, node_id: str, iteration: int) -> Row | None:
+        return self.first(t.outputs, {"run_id": run_id, "node_id": node_id, "iteration": iteration})
+
+    # ---- frames and snapshots ---------------------------------------------------------------
+    def insert_frame(self, **values: Any) -> None:
+        self.insert(t.frames, values)
+
+    def last_frame_no(self, run_id: str) -> int:
+        c = t.frames.c
+        value = self.scalar(
+            "last_frame", lambda: select(func.max(c.frame_no)).where(c.run_id == bindparam("r")), {"r": run_id}
+        )
+        return int(value) if value is not None else 0
+
+    def list_frame_rows(self, run_id: str, up_to: int | None = None, since: int | None = None) -> list[Row]:
+        """Stored frame rows (deltas not expanded), ascending."""
+        c = t.frames.c
+
+        def build() -> ClauseElement:
+            return (
+                select(t.frames)
+                .where(c.run_id == bindparam("r"), c.frame_no <= bindparam("hi"), c.frame_no >= bindparam("lo"))
+                .order_by(c.frame_no)
+            )
+
+        return self.rows(
+            "frames_range",
+            build,
+            {"r": run_id, "hi": up_to if up_to is not None else 2**31, "lo": since if since is not None else 0},
+        )
+
+    def last_keyframe_no(self, run_id: str, up_to: int) -> int | None:
+        c = t.frames.c
+
+        def build() -> ClauseElement:
+            return select(func.max(c.frame_no)).where(
+                c.run_id == bindparam("r"), c.frame_no <= bindparam("hi"), c.encoding != "delta"
+            )
+
+        value = self.scalar("last_keyframe", build, {"r": run_id, "hi": up_to})
+        return None if value is None else int(value)
+
+    def insert_snapshot(self, **values: Any) -> None:
+        self.insert(t.snapshots, values)
+
+    # ---- loops ------------------------------------------------------------------------------
+    def list_ralph(self, run_id: str) -> list[Row]:
+        return self.select(t.ralph, {"run_id": run_id})
+
+    def upsert_ralph(self, run_id: str, ralph_id: str, iteration: int, done: bool) -> None:
+        values = {"iteration": iteration, "done": int(done), "updated_at_ms": now_ms()}
+        if self.update(t.ralph, {"run_id": run_id, "ralph_id": ralph_id}, values) == 0:
+            self.insert(t.ralph, {"run_id": run_id, "ralph_id": ralph_id, **values})
+
+    # ---- approvals --------------------------------------------------------------------------
+    def get_approval(self, run_id: str, node_id: str, iteration: int) -> Row | None:
+        return self.first(t.approvals, {"run_id": run_id, "node_id": node_id, "iteration": iteration})
+
+    def insert_approval(self, **values: Any) -> None:
+        self.insert(t.approvals, values)
+
+    def update_approval(self, run_id: str, node_id: str, iteration: int, **values: Any) -> None:
+        self.update(t.approvals, {"run_id": run_id, "node_id": node_id, "iteration": iteration}, values)
+
+    def list_pending_approvals(self, run_id: str | None = None) -> list[Row]:
+        where: dict[str, Any] = {"status": "requested"}
+        if run_id is not None:
+            where["run_id"] = run_id
+        return self.select(t.approvals, where, ("requested_at_ms", "run_id", "node_id"))
+
+    # ---- signals ----------------------------------------------------------------------------
+    def insert_signal(
+        self,
+        run_id: str,
+        signal_name: str,
+        correlation_id: str | None,
+        payload: Any,
+        received_at_ms: int,
+        received_by: str | None,
+    ) -> int:
+        self.store.lock_run(self, run_id)
+        c = t.signals.c
+        last = self.scalar(
+            "last_signal", lambda: select(func.max(c.seq)).where(c.run_id == bindparam("r")), {"r": run_id}
+        )
+        seq = 0 if last is None else int(last) + 1
+        self.insert(
+            t.signals,
+            {
+                "run_id": run_id,
+                "seq": seq,
+                "signal_name": signal_name,
+                "correlation_id": correlation_id,
+                "payload_json": dumps(payload),
+                "received_at_ms": received_at_ms,
+                "received_by": received_by,
+            },
+        )
+        return seq
+
+    def find_signal(
+        self, run_id: str, signal_name: str, correlation_id: str | None, exclude_seqs: set[int]
+    ) -> Row | None:
+        """The first signal of that name not already consumed by another wait of the run.
+
+        A wait with no correlation id accepts a signal of its name whatever its correlation id
+        (a deliberate departure, gateway spec §23 D3); a wait with one needs an equal one.
+        """
+        where: dict[str, Any] = {"run_id": run_id, "signal_name": signal_name}
+        if correlation_id is not None:
+            where["correlation_id"] = correlation_id
+        for row in self.select(t.signals, where, ("seq",)):
+            if row["seq"] not in exclude_seqs:
+                return row
+        return None
+
+    def list_signals(self, run_id: str) -> list[Row]:
+        return self.select(t.signals, {"run_id": run_id}, ("seq",))
+
+    # ---- events -----------------------------------------------------------------------------
+    def emit(
+        self, run_id: str, type_: str, payload: Mapping[str, Any] | None = None, timestamp_ms: int | None = None
+    ) -> StoredEvent:
+        """Append one event with the run's next seq; it is published after commit."""
+        seq = self._next_seq.get(run_id)
+        if seq is None:
+            seq = self.last_event_seq(run_id, lock=True) + 1
+        ts = timestamp_ms if timestamp_ms is not None else now_ms()
+        body = {"type": type_, "runId": run_id, "timestampMs": ts, **(payload or {})}
+        self.insert(
+            t.events, {"run_id": run_id, "seq": seq, "timestamp_ms": ts, "type": type_, "payload_json": dumps(body)}
+        )
+        self._next_seq[run_id] = seq + 1
+        stored = StoredEvent(run_id=run_id, seq=seq, timestamp_ms=ts, type=type_, payload=body)
+        self.events.append(stored)
+        return stored
+
+    def list_events(self, run_id: str, after_seq: int = -1, limit: int | None = 1000) -> list[StoredEvent]:
+        c = t.events.c
+
+        def build() -> ClauseElement:
+            return (
+                select(t.events)
+                .where(c.run_id == bindparam("r"), c.seq > bindparam("after"))
+                .order_by(c.seq)
+                .limit(bindparam("lim"))
+            )
+
+        rows = self.rows("events_after", build, {"r": run_id, "after": after_seq, "lim": limit or 2**31})
+        return [
+            StoredEvent(r["run_id"], r["seq"], r["timestamp_ms"], r["type"], json.loads(r["payload_json"]))
+            for r in rows
+        ]
+
+    def last_event_seq(self, run_id: str, lock: bool = False) -> int:
+        if lock:
+            self.store.lock_run(self, run_id)
+        c = t.events.c
+        value = self.scalar(
+            "last_event", lambda: select(func.max(c.seq)).where(c.run_id == bindparam("r")), {"r": run_id}
+        )
+        return -1 if value is None else int(value)
+
+    # ---- cron -------------------------------------------------------------------------------
+    def list_crons(self, enabled_only: bool = False) -> list[Row]:
+        rows = self.select(t.cron, {}, ("created_at_ms", "cron_id"))
+        return [r for r in rows if r["enabled"] in (1, None)] if enabled_only else rows
+
+
+class Store:
+    """A database of runs, opened from a path or URL, migrated to the newest schema on open."""
+
+    def __init__(self, db: str | None = None, *, migrate_schema: bool = True):
+        self.url = resolve_url(db)
+        self.dialect = dialect_for(self.url)
+        self.bus = EventBus()
+        self._local = threading.local()
+        self._raws: list[Any] = []
+        self._raws_lock = threading.Lock()
+        try:
+            self.engine = self.dialect.create_engine(self.url)
+            if migrate_schema:
+                migrate(self.engine)
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot open database {self.display_url}: {_reason(exc)}") from exc
+        self.sql = SqlCache(self.engine.dialect)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password hidden, for messages."""
+        engine = getattr(self, "engine", None)
+        return engine.url.render_as_string(hide_password=True) if engine is not None else self.url
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect.name == "postgresql"
+
+    def _raw(self) -> Any:
+        raw = getattr(self._local, "raw", None)
+        if raw is None:
+            try:
+                raw = self.engine.raw_connection()
+            except SQLAlchemyError as exc:
+                raise DatabaseError(f"cannot open database {self.display_url}: {_reason(exc)}") from exc
+            self._local.raw = raw
+            with self._raws_lock:
+                self._raws.append(raw)
+        return raw
+
+    def lock_run(self, tx: Tx, run_id: str) -> None:
+        """Serialise writers of one run's sequences (events, signals) inside ``tx``."""
+        if self.is_postgres:
+            tx.cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))
+
+    def engine_rows(self, query: ClauseElement, params: Mapping[str, Any], tx: Tx) -> list[tuple[Any, ...]]:
+        """Run an uncached Core query on ``tx``'s connection (for statements with expanding IN)."""
+        compiled: Any = query.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
+        bound = compiled.construct_params(params)
+        names = compiled.positiontup
+        sql = str(compiled)
+        if compiled.positional and names is not None:
+            tx.cur.execute(sql, [bound[n] for n in names])
+        else:
+            tx.cur.execute(sql, bound)
+        return list(tx.cur.fetchall())
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Tx]:
+        outer: Tx | None = getattr(self._local, "tx", None)
+        if outer is not None:
+            if write and not outer.write:
+                raise RuntimeError("cannot open a write transaction inside a read transaction")
+            yield outer
+            return
+        raw = self._raw()
+        tx = Tx(self, raw, write)
+        sqlite = not self.is_postgres
+        if sqlite:
+            tx.cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        self._local.tx = tx
+        try:
+            yield tx
+        except BaseException:
+            self._local.tx = None
+            self._end(raw, tx, commit=False)
+            raise
+        self._local.tx = None
+        self._end(raw, tx, commit=write)
+        if tx.events:
+            self.bus.publish(tx.events)
+
+    def _end(self, raw: Any, tx: Tx, commit: bool) -> None:
+        try:
+            if self.is_postgres:
+                raw.commit() if commit else raw.rollback()
+            else:
+                tx.cur.execute("COMMIT" if commit else "ROLLBACK")
+        except Exception:
+            if commit:
+                raise
+        finally:
+            tx.cur.close()
+
+    def read(self) -> Any:
+        """A read transaction (a consistent view)."""
+        return self._transaction(write=False)
+
+    def write(self) -> Any:
+        """A write transaction; its events are published once it commits."""
+        return self._transaction(write=True)
+
+    def get_run(self, run_id: str) -> Row | None:
+        with self.read() as tx:
+            row: Row | None = tx.get_run(run_id)
+            return row
+
+    def close(self) -> None:
+        with self._raws_lock:
+            for raw in self._raws:
+                with suppress(Exception):
+                    raw.close()
+            self._raws.clear()
+        self._local = threading.local()
+        self.engine.dispose()
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).strip().splitlines()[0]
