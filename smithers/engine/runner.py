@@ -138,6 +138,13 @@ class RunLoop:
         """Write the run row, its input and RunStarted in one transaction."""
         if len(dumps(input).encode()) > MAX_INPUT_BYTES:
             raise InvalidInputError(f"workflow input is larger than {MAX_INPUT_BYTES} bytes")
+        self.input, self.auth = input, auth
+        try:  # a tree that cannot even render its first frame is refused before any row is written
+            extract(self.workflow.render(self._ctx()), self.workflow.key, {})
+        except SmithersError:
+            raise
+        except Exception as exc:
+            raise SmithersError(f"render failed: {type(exc).__name__}: {exc}", code="RENDER_FAILED") from exc
         now = now_ms()
         cfg = {"maxConcurrency": self.max_concurrency, "workflowKey": self.workflow.key, **config}
         if auth is not None:
@@ -161,8 +168,6 @@ class RunLoop:
             )
             tx.insert_input(self.run_id, input)
             tx.emit(self.run_id, ev.RUN_STARTED)
-        self.input = input
-        self.auth = auth
 
     def claim(self, force: bool, auth: dict[str, Any] | None, config: dict[str, Any]) -> None:
         """Take a stored run over for resuming (compare-and-swap on its owner and heartbeat)."""
@@ -312,6 +317,8 @@ class RunLoop:
             if changed:
                 self.needs_render = True
                 continue
+            if sched.runnable and not self.in_flight:
+                continue  # what started now waits: schedule again to see it
             if self.in_flight:
                 return ("wait", self.waits.next_wake_ms(graph, sched))
             if sched.backoff_until_ms is not None:
@@ -431,7 +438,7 @@ class RunLoop:
             )
         ralph = [{"ralphId": k, "iteration": v[0], "done": v[1]} for k, v in sorted(self.loop_state.items())]
         body = {"nodes": nodes, "outputs": outputs, "ralph": ralph, "input": self.input}
-        tx.insert_snapshot(
+        tx.upsert_snapshot(
             run_id=self.run_id,
             frame_no=self.frame_no,
             nodes_json=dumps(nodes),
@@ -722,9 +729,9 @@ class RunLoop:
                 raise RunOwnershipError(
                     f"run {self.run_id} was taken over by another process", code=RUN_RESUME_CLAIM_FAILED
                 )
-            self._snapshot(tx, now)
             if event:
                 tx.emit(self.run_id, event, extra or {})
+            self._snapshot(tx, now)
 
     def _finish_run(self) -> RunResult:
         self._settle(FINISHED, ev.RUN_FINISHED)

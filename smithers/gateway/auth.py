@@ -203,6 +203,7 @@ def _grant_principal(token: str, grant: Mapping[str, Any], now_ms: int) -> Princ
     user_id = grant.get("userId")
     token_id = grant.get("tokenId")
     return Principal(
+        # A grant without a string role acts as an operator (what runs record for it anyway).
         role=role if isinstance(role, str) else ROLE_OPERATOR,
         scopes=_strings(grant.get("scopes")) or (),
         user_id=user_id if isinstance(user_id, str) else None,
@@ -240,6 +241,8 @@ class _JwtVerifier:
     def __init__(self, config: Mapping[str, Any]):
         algorithm = HMACAlgorithm(HMACAlgorithm.SHA256)
         secret = config.get("secret")
+        # The reference only fails at request time; an unusable secret (empty, or an asymmetric
+        # key/JWK that PyJWT refuses as an HMAC secret) is refused here, at construction.
         if not isinstance(secret, str | bytes) or not secret:
             raise GatewayError(INVALID_INPUT, "JWT auth requires a non-empty secret.")
         try:
@@ -257,9 +260,11 @@ class _JwtVerifier:
         default_role = config.get("defaultRole")
         self._default_role = default_role if isinstance(default_role, str) else ROLE_OPERATOR
         self._default_scopes = _strings(config.get("defaultScopes")) or ()
+        # ``max(0, clockSkewSeconds ?? 60)``; a value that is not a finite number also means 60.
         skew = as_number(config.get("clockSkewSeconds"))
         self._skew = 60 if skew is None else max(0, skew)
-        # §23 D10: a JWT without a usable exp never expires, so it is refused unless opted out.
+        # §23 D10: a JWT without a usable exp never expires, so it is refused unless the config
+        # says ``requireExp: False`` (only ``False`` opts out).
         self._require_exp = config.get("requireExp", True) is not False
 
     def verify(self, token: str | None, now_ms: int) -> Principal:
@@ -275,6 +280,8 @@ class _JwtVerifier:
         if header.get("alg") != _HS256:
             raise _unauthorized("Unsupported JWT algorithm")
         signing_input = f"{segments[0]}.{segments[1]}".encode("utf-8", "surrogatepass")
+        # Only segments 0 and 1 may use the standard alphabet; in the signature "+" and "/" are
+        # skipped like any other foreign character, so such a signature cannot match.
         signature = _b64_decode(segments[2], _URL_ALPHABET)
         if not self._algorithm.verify(signing_input, self._key, signature):
             raise _unauthorized("JWT signature verification failed")
@@ -294,7 +301,8 @@ class _JwtVerifier:
             if now - self._skew >= expires:
                 raise _unauthorized("JWT has expired", refresh=True)
         elif self._require_exp:
-            # A non-numeric exp is ignored by the reference, i.e. the same as a missing one.
+            # A non-numeric exp is ignored by the reference, i.e. the same as a missing one. The
+            # message does not say "expired", so no refresh hint is attached.
             raise _unauthorized("JWT is missing exp")
         not_before = as_number(payload.get("nbf"))
         if not_before is not None and now + self._skew < not_before:
@@ -347,7 +355,10 @@ def _proxy_principal(config: Mapping[str, Any], headers: Mapping[str, str]) -> P
 
 
 def _positional(configured: Any) -> list[Any]:
-    """``trustedHeaders`` as ``[user, scopes, role]``, padded with the defaults."""
+    """``trustedHeaders`` as ``[user, scopes, role]``, padded with the defaults.
+
+    Entries past the third are ignored; a non-string entry falls back to its default name.
+    """
     given = list(configured)[:3] if isinstance(configured, list) else []
     return given + list(DEFAULT_TRUSTED_HEADERS[len(given) :])
 
@@ -380,7 +391,11 @@ class Authenticator:
         return self._authenticate(token_from_headers(headers), headers, now_ms)
 
     def authenticate_connect(self, params: Mapping[str, Any], headers: Mapping[str, str], now_ms: int) -> Principal:
-        """Authenticate a WebSocket ``connect``; ``headers`` are the upgrade request's."""
+        """Authenticate a WebSocket ``connect``; ``headers`` are the upgrade request's.
+
+        ``params.auth`` is read in every mode, so a malformed one is a ``TypeError`` (an uncoded
+        server error) even where no token is needed.
+        """
         return self._authenticate(token_from_connect(params), headers, now_ms)
 
     def _authenticate(self, token: str | None, headers: Mapping[str, str], now_ms: int) -> Principal:

@@ -321,7 +321,7 @@ def parse_rpc_json(text: str) -> Any:
 
 # -- §3.3 method names, frame ids --------------------------------------------------------------
 def validate_method(value: Any) -> str:
-    """Return a valid method name or raise ``INVALID_INPUT`` (§3.3)."""
+    """Return a valid method name or raise ``INVALID_INPUT`` (§3.3); length is in UTF-16 units."""
     if not isinstance(value, str):
         raise GatewayError(INVALID_INPUT, "Gateway method name must be a string.")
     if utf16_length(value) > MAX_METHOD_LENGTH:
@@ -332,7 +332,7 @@ def validate_method(value: Any) -> str:
 
 
 def validate_frame_id(value: Any) -> str:
-    """Return a valid frame id or raise ``INVALID_INPUT`` (§2.3)."""
+    """Return a valid frame id or raise ``INVALID_INPUT`` (§2.3); length is in UTF-16 units."""
     if not isinstance(value, str):
         raise GatewayError(INVALID_INPUT, "Gateway frame id must be a string.")
     if utf16_length(value) > MAX_FRAME_ID_LENGTH:
@@ -357,7 +357,7 @@ def parse_ws_frame(message: str | bytes, max_payload: int = DEFAULT_MAX_PAYLOAD)
     """
     if isinstance(message, str):
         text, size = message, len(message.encode("utf-8", "surrogatepass"))
-    else:
+    else:  # a binary message is measured as received, before U+FFFD replacement
         text, size = bytes(message).decode("utf-8", "replace"), len(message)
     if size > max_payload:
         raise GatewayError(INVALID_INPUT, f"Gateway RPC payload exceeds {max_payload} bytes.")

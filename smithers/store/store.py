@@ -261,7 +261,7 @@ class Tx:
         return self.rows(
             "frames_range",
             build,
-            {"r": run_id, "hi": up_to if up_to is not None else 2**31, "lo": since if since is not None else 0},
+            {"r": run_id, "hi": up_to if up_to is not None else 2**31 - 1, "lo": since if since is not None else 0},
         )
 
     def last_keyframe_no(self, run_id: str, up_to: int) -> int | None:
@@ -275,8 +275,8 @@ class Tx:
         value = self.scalar("last_keyframe", build, {"r": run_id, "hi": up_to})
         return None if value is None else int(value)
 
-    def insert_snapshot(self, **values: Any) -> None:
-        self.insert(t.snapshots, values)
+    def upsert_snapshot(self, **values: Any) -> None:
+        self.upsert(t.snapshots, values)
 
     # ---- loops ------------------------------------------------------------------------------
     def list_ralph(self, run_id: str) -> list[Row]:
@@ -381,7 +381,7 @@ class Tx:
                 .limit(bindparam("lim"))
             )
 
-        rows = self.rows("events_after", build, {"r": run_id, "after": after_seq, "lim": limit or 2**31})
+        rows = self.rows("events_after", build, {"r": run_id, "after": after_seq, "lim": limit or 2**31 - 1})
         return [
             StoredEvent(r["run_id"], r["seq"], r["timestamp_ms"], r["type"], json.loads(r["payload_json"]))
             for r in rows

@@ -173,9 +173,7 @@ def test_no_auth_lets_everyone_in() -> None:
 def test_unsupported_modes_refuse_everyone(config: dict[str, Any]) -> None:
     auth = Authenticator(config)
     unauthorized(lambda: auth.authenticate_http(bearer("t"), NOW_MS), "Unsupported auth mode")
-    unauthorized(
-        lambda: auth.authenticate_connect({"auth": {"token": "t"}}, {}, NOW_MS), "Unsupported auth mode"
-    )
+    unauthorized(lambda: auth.authenticate_connect({"auth": {"token": "t"}}, {}, NOW_MS), "Unsupported auth mode")
 
 
 # -- §4.4 token mode ---------------------------------------------------------------------------
@@ -202,18 +200,14 @@ def test_token_grant() -> None:
     assert auth.authenticate_http(bearer("operator-token"), NOW_MS) == Principal(
         "operator", ("run:read", "run:write"), "user:will", "0850123315d21ab9"
     )
-    assert auth.authenticate_http({"x-smithers-key": "named"}, NOW_MS) == Principal(
-        "admin", ("*",), None, "tok-1"
-    )
+    assert auth.authenticate_http({"x-smithers-key": "named"}, NOW_MS) == Principal("admin", ("*",), None, "tok-1")
 
 
 def test_token_grant_boundaries() -> None:
     auth = Authenticator(TOKEN_CONFIG)
     principal = auth.authenticate_http(bearer("later"), NOW_MS)
     assert principal.expires_at_ms == NOW_MS + 1
-    unauthorized(
-        lambda: auth.authenticate_http(bearer("later"), NOW_MS + 1), "Token has been revoked", REFRESH
-    )
+    unauthorized(lambda: auth.authenticate_http(bearer("later"), NOW_MS + 1), "Token has been revoked", REFRESH)
 
 
 def test_token_grant_with_odd_types() -> None:
@@ -295,17 +289,13 @@ def test_stored_tokens_are_not_consulted_in_other_modes() -> None:
         raise AssertionError("not expected")
 
     Authenticator(None, lookup_stored_token=lookup).authenticate_http(bearer("x"), NOW_MS)
-    Authenticator({"mode": "trusted-proxy"}, lookup_stored_token=lookup).authenticate_http(
-        bearer("x"), NOW_MS
-    )
+    Authenticator({"mode": "trusted-proxy"}, lookup_stored_token=lookup).authenticate_http(bearer("x"), NOW_MS)
     jwt_mode = Authenticator(JWT_CONFIG, lookup_stored_token=lookup)
     unauthorized(lambda: jwt_mode.authenticate_http(bearer("x"), NOW_MS), "JWT must have three segments")
 
 
 @settings(max_examples=200)
-@given(
-    st.dictionaries(st.sampled_from(["authorization", "x-smithers-key", "origin", "x-user-id"]), st.text())
-)
+@given(st.dictionaries(st.sampled_from(["authorization", "x-smithers-key", "origin", "x-user-id"]), st.text()))
 def test_token_mode_only_raises_unauthorized(headers: dict[str, str]) -> None:
     try:
         principal = Authenticator(TOKEN_CONFIG).authenticate_http(headers, NOW_MS)
@@ -401,9 +391,7 @@ def test_jwt_signature() -> None:
     good = mint(CLAIMS)
     head, body, sig = good.split(".")
     unauthorized(lambda: verify(mint(CLAIMS, secret=SECRET + "x")), "JWT signature verification failed")
-    unauthorized(
-        lambda: verify(f"{head}.{segment(claims(sub='admin'))}.{sig}"), "JWT signature verification failed"
-    )
+    unauthorized(lambda: verify(f"{head}.{segment(claims(sub='admin'))}.{sig}"), "JWT signature verification failed")
     unauthorized(lambda: verify(f"{head}.{body}.{sig[:-2]}"), "JWT signature verification failed")
     unauthorized(lambda: verify(f"{head}.{body}.{sig}AAAA"), "JWT signature verification failed")
     unauthorized(lambda: verify(f"{head}.{body}.x"), "JWT signature verification failed")
@@ -482,14 +470,10 @@ def test_jwt_expiry_uses_whole_seconds() -> None:
     token = mint(claims(exp=NOW))
     assert verify(token, now_ms=NOW * 1000 - 1, clockSkewSeconds=0).user_id == "user:will"
     unauthorized(lambda: verify(token, now_ms=NOW * 1000, clockSkewSeconds=0), "JWT has expired", REFRESH)
-    unauthorized(
-        lambda: verify(token, now_ms=NOW * 1000 + 999, clockSkewSeconds=0), "JWT has expired", REFRESH
-    )
+    unauthorized(lambda: verify(token, now_ms=NOW * 1000 + 999, clockSkewSeconds=0), "JWT has expired", REFRESH)
 
 
-@pytest.mark.parametrize(
-    ("skew", "effective"), [(0, 0), (10, 10), (-5, 0), (2.5, 2.5), ("30", 60), (None, 60)]
-)
+@pytest.mark.parametrize(("skew", "effective"), [(0, 0), (10, 10), (-5, 0), (2.5, 2.5), ("30", 60), (None, 60)])
 def test_jwt_clock_skew(skew: Any, effective: float) -> None:
     edge = NOW - effective
     unauthorized(lambda: verify(mint(claims(exp=edge)), clockSkewSeconds=skew), "JWT has expired", REFRESH)
@@ -521,9 +505,7 @@ def test_jwt_not_before() -> None:
 
 def test_jwt_rule_order() -> None:
     everything_wrong = claims(iss="x", aud="x", exp=1, nbf=NOW + 10_000)
-    unauthorized(
-        lambda: verify(mint(everything_wrong, secret="wrong" * 10)), "JWT signature verification failed"
-    )
+    unauthorized(lambda: verify(mint(everything_wrong, secret="wrong" * 10)), "JWT signature verification failed")
     unauthorized(lambda: verify(mint(everything_wrong)), "JWT issuer did not match")
     unauthorized(lambda: verify(mint(claims(aud="x", exp=1, nbf=NOW + 10_000))), "JWT audience did not match")
     unauthorized(lambda: verify(mint(claims(exp=1, nbf=NOW + 10_000))), "JWT has expired", REFRESH)
@@ -569,9 +551,7 @@ def test_jwt_role_and_user_claims() -> None:
 def test_jwt_custom_claim_names() -> None:
     token = mint(claims(scp=["cron:read"], groups="admin", email="w@example.com"))
     principal = verify(token, scopesClaim="scp", roleClaim="groups", userClaim="email")
-    assert principal == Principal(
-        "admin", ("cron:read",), "w@example.com", a.token_id_for(token), (NOW + 3600) * 1000
-    )
+    assert principal == Principal("admin", ("cron:read",), "w@example.com", a.token_id_for(token), (NOW + 3600) * 1000)
 
 
 @pytest.mark.parametrize(
@@ -594,11 +574,7 @@ TEXTISH = st.text(alphabet=st.sampled_from("abcAB01-_+/=.!é "), max_size=60)
 
 
 @settings(max_examples=300)
-@given(
-    st.one_of(
-        st.text(max_size=80), TEXTISH, st.builds(lambda a, b, c: f"{a}.{b}.{c}", TEXTISH, TEXTISH, TEXTISH)
-    )
-)
+@given(st.one_of(st.text(max_size=80), TEXTISH, st.builds(lambda a, b, c: f"{a}.{b}.{c}", TEXTISH, TEXTISH, TEXTISH)))
 def test_random_jwts_are_refused_with_unauthorized(token: str) -> None:
     with pytest.raises(GatewayError) as info:
         verify(token)
@@ -699,21 +675,15 @@ def test_proxy_custom_headers_are_positional_and_lower_cased() -> None:
     }
     assert auth.authenticate_http(headers, NOW_MS) == Principal("admin", ("cron:read",), "u", None)
     four = Authenticator({**PROXY, "trustedHeaders": ["a", "b", "c", "d"]})
-    assert four.authenticate_http({"a": "u", "b": "s", "c": "r", "d": "x"}, NOW_MS) == Principal(
-        "r", ("s",), "u", None
-    )
+    assert four.authenticate_http({"a": "u", "b": "s", "c": "r", "d": "x"}, NOW_MS) == Principal("r", ("s",), "u", None)
 
 
 def test_proxy_origins() -> None:
     auth = Authenticator({**PROXY, "allowedOrigins": ["https://ui.example", "https://b.example"]})
     assert auth.authenticate_http({"origin": "https://b.example"}, NOW_MS).role == "operator"
     unauthorized(lambda: auth.authenticate_http({}, NOW_MS), "Origin is not allowed")
-    unauthorized(
-        lambda: auth.authenticate_http({"Origin": "https://evil.example"}, NOW_MS), "Origin is not allowed"
-    )
-    unauthorized(
-        lambda: auth.authenticate_http({"origin": "https://ui.example/"}, NOW_MS), "Origin is not allowed"
-    )
+    unauthorized(lambda: auth.authenticate_http({"Origin": "https://evil.example"}, NOW_MS), "Origin is not allowed")
+    unauthorized(lambda: auth.authenticate_http({"origin": "https://ui.example/"}, NOW_MS), "Origin is not allowed")
     joined = a.node_headers([("origin", "https://ui.example"), ("origin", "https://b.example")])
     unauthorized(lambda: auth.authenticate_http(joined, NOW_MS), "Origin is not allowed")
     assert Authenticator({**PROXY, "allowedOrigins": []}).authenticate_http({}, NOW_MS).scopes == ("*",)

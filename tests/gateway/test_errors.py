@@ -189,9 +189,7 @@ def test_uncoded_error_without_message_uses_the_fallback() -> None:
 
 
 def test_ws_translation() -> None:
-    frame_id, error = ws_error_for(
-        GatewayError(errors.INVALID_INPUT, "Signal name must be a non-empty string.")
-    )
+    frame_id, error = ws_error_for(GatewayError(errors.INVALID_INPUT, "Signal name must be a non-empty string."))
     assert frame_id == WS_INVALID_ID == "invalid"
     assert error.code == "INVALID_INPUT"
     message = "Node n is not waiting for approval. See https://smithers.sh/reference/errors"
@@ -201,9 +199,7 @@ def test_ws_translation() -> None:
 
 
 def test_ws_translation_of_coded_foreign_error() -> None:
-    frame_id, error = ws_error_for(
-        _CodedError("INVALID_INPUT", "bad. See https://smithers.sh/reference/errors")
-    )
+    frame_id, error = ws_error_for(_CodedError("INVALID_INPUT", "bad. See https://smithers.sh/reference/errors"))
     assert frame_id == "invalid"
     assert (error.code, error.message) == ("INVALID_INPUT", "bad.")
 

@@ -84,17 +84,13 @@ def test_quick_reference_constants() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    ("heartbeat", "poll"), [(15_000, 15_000), (60_000, 15_000), (5_000, 5_000), (10, 1_000)]
-)
+@pytest.mark.parametrize(("heartbeat", "poll"), [(15_000, 15_000), (60_000, 15_000), (5_000, 5_000), (10, 1_000)])
 def test_cron_poll_interval(heartbeat: int, poll: int) -> None:
     assert p.cron_poll_interval_ms(heartbeat) == poll
 
 
 # -- JavaScript semantics ----------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("text", "length"), [("", 0), ("abc", 3), ("é", 1), ("😀", 2), ("a😀b", 4), ("\ud800", 1)]
-)
+@pytest.mark.parametrize(("text", "length"), [("", 0), ("abc", 3), ("é", 1), ("😀", 2), ("a😀b", 4), ("\ud800", 1)])
 def test_utf16_length(text: str, length: int) -> None:
     assert p.utf16_length(text) == length
 
@@ -200,9 +196,7 @@ def test_js_number_string(value: float, text: str) -> None:
 
 
 # -- JSON text ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "text", ["NaN", "[Infinity]", '{"a": -Infinity}', "{", "", "'a'", "[1,]", "\ufeff{}"]
-)
+@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"a": -Infinity}', "{", "", "'a'", "[1,]", "\ufeff{}"])
 def test_loads_strict_rejects_non_json(text: str) -> None:
     with pytest.raises(ValueError):
         p.loads_strict(text)
@@ -529,9 +523,7 @@ def test_path_method_wins_and_body_becomes_params() -> None:
     frame = p.http_rpc_request({"workflow": "deploy", "input": {"value": 5}}, "req-1", "launchRun")
     assert frame == p.RequestFrame("req-1", "launchRun", {"workflow": "deploy", "input": {"value": 5}})
     body = {"id": "x", "method": "launchRun", "params": {"workflow": "deploy"}}
-    assert p.http_rpc_request(body, "req-1", "launchRun") == p.RequestFrame(
-        "x", "launchRun", {"workflow": "deploy"}
-    )
+    assert p.http_rpc_request(body, "req-1", "launchRun") == p.RequestFrame("x", "launchRun", {"workflow": "deploy"})
     other = {"method": "Not A Method", "params": {"w": 1}}
     assert p.http_rpc_request(other, "req-1", "getRun") == p.RequestFrame("req-1", "getRun", {"w": 1})
 
@@ -706,14 +698,9 @@ def test_typed_alias_falls_through_wrong_types() -> None:
     params = {"runId": 5, "filter": {"runId": "r"}, "options": {"runId": "o"}}
     assert p.read_alias(params, "runId", p.as_string, "filter", "options") == "r"
     assert p.read_alias({"runId": "top", "filter": {"runId": "r"}}, "runId", p.as_string, "filter") == "top"
+    assert p.read_alias({"filter": [1], "options": {"runId": "o"}}, "runId", p.as_string, "filter", "options") == "o"
     assert (
-        p.read_alias({"filter": [1], "options": {"runId": "o"}}, "runId", p.as_string, "filter", "options")
-        == "o"
-    )
-    assert (
-        p.read_alias(
-            {"approved": "true", "decision": {"approved": False}}, "approved", p.as_boolean, "decision"
-        )
+        p.read_alias({"approved": "true", "decision": {"approved": False}}, "approved", p.as_boolean, "decision")
         is False
     )
     assert p.read_alias({}, "runId", p.as_string, "filter") is None
@@ -738,9 +725,7 @@ def test_conformance_input_depth() -> None:
     assert p.input_depth({"items": [{"child": {"leaf": True}}]}) == 4
 
 
-@pytest.mark.parametrize(
-    ("value", "depth"), [(1, 0), ("x", 0), (None, 0), ({}, 1), ([], 1), ({"a": [1, {}]}, 3)]
-)
+@pytest.mark.parametrize(("value", "depth"), [(1, 0), ("x", 0), (None, 0), ({}, 1), ([], 1), ({"a": [1, {}]}, 3)])
 def test_input_depth(value: Any, depth: int) -> None:
     assert p.input_depth(value) == depth
 
@@ -779,9 +764,7 @@ def test_input_size_is_checked_before_depth() -> None:
 # -- §2.2 envelopes ----------------------------------------------------------------------------
 def test_response_frame() -> None:
     frame = p.response_frame("c1", {"runId": "r"})
-    assert (
-        p.encode_json(frame) == '{"type":"res","id":"c1","ok":true,"apiVersion":"v1","payload":{"runId":"r"}}'
-    )
+    assert p.encode_json(frame) == '{"type":"res","id":"c1","ok":true,"apiVersion":"v1","payload":{"runId":"r"}}'
 
 
 def test_error_frame_matches_the_spec_example() -> None:
@@ -821,10 +804,7 @@ def test_event_frame() -> None:
 
 
 def test_route_not_found_and_webhook_bodies() -> None:
-    assert (
-        p.encode_json(p.route_not_found_body())
-        == '{"error":{"code":"NOT_FOUND","message":"Route not found"}}'
-    )
+    assert p.encode_json(p.route_not_found_body()) == '{"error":{"code":"NOT_FOUND","message":"Route not found"}}'
     body = p.webhook_error_body(GatewayError("UNAUTHORIZED", "Webhook signature verification failed"))
     assert body == {
         "ok": False,
@@ -942,9 +922,7 @@ FRAMEISH = st.fixed_dictionaries(
     optional={
         "type": st.one_of(st.just("req"), LEAVES),
         "id": st.one_of(st.text(max_size=140), LEAVES),
-        "method": st.one_of(
-            st.from_regex(r"[a-z][a-zA-Z0-9]{0,70}", fullmatch=True), st.text(max_size=10), LEAVES
-        ),
+        "method": st.one_of(st.from_regex(r"[a-z][a-zA-Z0-9]{0,70}", fullmatch=True), st.text(max_size=10), LEAVES),
         "params": JSONISH,
     },
 )
