@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: set up, start PostgreSQL, lint, type-check, run every test (in parallel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+SMITHERS_TEST_PG_URL="$(bash scripts/ensure-postgres.sh)"
+export SMITHERS_TEST_PG_URL
+echo "== ruff" && .venv/bin/ruff check smithers tests bench examples
+echo "== mypy" && .venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/pytest -n "${SMITHERS_TEST_WORKERS:-auto}" -p no:cacheprovider -q "$@"
