@@ -9,7 +9,8 @@ import contextvars
 import inspect
 import json
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from smithers.errors import (
     HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE,
     HEARTBEAT_PAYLOAD_TOO_LARGE,
     INVALID_OUTPUT,
+    TASK_HEARTBEAT_TIMEOUT,
     InvalidOutputError,
     SmithersError,
     TaskTimeoutError,
@@ -43,8 +45,7 @@ class TaskRuntime:
     iteration: int
     attempt: int
     on_heartbeat: Callable[[Any, int], None]
-    last_sent_ms: int = 0
-    pending: Any = field(default=None)
+    last_beat_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
 _runtime: contextvars.ContextVar[TaskRuntime | None] = contextvars.ContextVar("smithers_task", default=None)
@@ -69,6 +70,7 @@ def heartbeat(data: Any = None) -> None:
         raise SmithersError(
             f"heartbeat payload is {size} bytes (limit {HEARTBEAT_MAX_BYTES})", code=HEARTBEAT_PAYLOAD_TOO_LARGE
         )
+    runtime.last_beat_ms = int(time.time() * 1000)
     runtime.on_heartbeat(data, size)
 
 
@@ -108,12 +110,34 @@ async def run_attempt(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
     token = _runtime.set(runtime)
     try:
         async with asyncio.timeout(task.timeout_ms / 1000 if task.timeout_ms else None):
-            value = await _invoke(task, ctx)
+            if task.heartbeat_timeout_ms:
+                value = await _watch_heartbeats(_invoke(task, ctx), runtime, task.heartbeat_timeout_ms)
+            else:
+                value = await _invoke(task, ctx)
     except TimeoutError as exc:
         raise TaskTimeoutError(f"task {task.id!r} timed out after {task.timeout_ms} ms") from exc
     finally:
         _runtime.reset(token)
     return to_payload(value, task.output)
+
+
+async def _watch_heartbeats(work: Coroutine[Any, Any, Any], runtime: TaskRuntime, limit_ms: int) -> Any:
+    """Abort the attempt when it has not called heartbeat() for ``limit_ms`` (checked every 250 ms)."""
+    inner = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({inner}, timeout=0.25)
+            if done:
+                return inner.result()
+            silent = int(time.time() * 1000) - runtime.last_beat_ms
+            if silent > limit_ms:
+                raise SmithersError(
+                    f"no heartbeat for {silent} ms (limit {limit_ms} ms)",
+                    code=TASK_HEARTBEAT_TIMEOUT,
+                    details={"lastHeartbeatAtMs": runtime.last_beat_ms, "timeoutMs": limit_ms},
+                )
+    finally:
+        inner.cancel()
 
 
 async def _invoke(task: Task, ctx: Ctx) -> Any:

@@ -47,6 +47,7 @@ from smithers.errors import (
     RUN_NOT_RESUMABLE,
     RUN_OWNER_ALIVE,
     RUN_RESUME_CLAIM_FAILED,
+    TASK_HEARTBEAT_TIMEOUT,
     InvalidInputError,
     RunCancelled,
     RunNotFoundError,
@@ -609,6 +610,12 @@ class RunLoop:
                 self.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason="aborted")
                 return
             error = error_from_exception(exc)
+            if error.code == TASK_HEARTBEAT_TIMEOUT:
+                tx.emit(
+                    self.run_id,
+                    ev.TASK_HEARTBEAT_TIMEOUT,
+                    {"nodeId": d.node_id, "iteration": d.iteration, "attempt": attempt, **(error.details or {})},
+                )
             retryable = is_retryable(error)
             tx.update_attempt(
                 self.run_id,

@@ -62,8 +62,12 @@ class GatewayMetrics:
         self.devtools_subscribe = Counter(d + "subscribe", "DevTools subscriptions", ["result"], registry=r)
         self.devtools_active = Gauge(d + "active_subscribers", "DevTools subscribers", ["runId"], registry=r)
         self.devtools_events = Counter(d + "event", "DevTools events", ["kind"], registry=r)
-        self.devtools_event_bytes = Histogram(d + "event_bytes", "DevTools event size", buckets=_BYTE_BUCKETS, registry=r)
-        self.devtools_snapshot_ms = Histogram(d + "snapshot_build_ms", "Snapshot build", buckets=_MS_BUCKETS, registry=r)
+        self.devtools_event_bytes = Histogram(
+            d + "event_bytes", "DevTools event size", buckets=_BYTE_BUCKETS, registry=r
+        )
+        self.devtools_snapshot_ms = Histogram(
+            d + "snapshot_build_ms", "Snapshot build", buckets=_MS_BUCKETS, registry=r
+        )
         self.devtools_delta_ms = Histogram(d + "delta_build_ms", "Delta build", buckets=_MS_BUCKETS, registry=r)
         self.devtools_backpressure = Counter(d + "backpressure_disconnect", "Backpressure disconnects", registry=r)
         n = "smithers_node_"

@@ -504,3 +504,31 @@ def test_frames_are_keyframes_plus_deltas_and_rebuild_exactly(store: Store) -> N
     for row, doc in zip(rows, docs, strict=True):
         assert frames.sha256_hex(frames.canonical(doc)) == row["xml_hash"]
     assert json.dumps(docs[-1]).count('"smithers:task"') == 61
+
+
+def test_heartbeats_checkpoint_and_the_watchdog_aborts_silent_attempts(store: Store) -> None:
+    seen: list[Any] = []
+
+    async def beats(ctx):
+        seen.append(ctx.last_heartbeat)
+        if ctx.attempt == 1:
+            smithers.heartbeat({"done": 3})
+            await asyncio.sleep(1.0)  # then goes silent: the watchdog aborts it
+        return {"resumed_from": ctx.last_heartbeat}
+
+    @workflow("hb")
+    def hb(ctx):
+        return Task(
+            "work", run=beats, heartbeat_timeout_ms=300, retries=1, retry_policy=RetryPolicy(initial_delay_ms=0)
+        )
+
+    result = smithers.run(hb, {}, db=store)
+    assert result.status == "finished"
+    assert result.output == {"resumed_from": {"done": 3}}
+    assert seen == [None, {"done": 3}]
+    types = types_of(store, result.run_id)
+    assert ev.TASK_HEARTBEAT in types and ev.TASK_HEARTBEAT_TIMEOUT in types
+    with store.read() as tx:
+        first = tx.list_attempts(result.run_id, "work")[0]
+    assert json.loads(first["heartbeat_data_json"]) == {"done": 3}
+    assert json.loads(first["error_json"])["code"] == "TASK_HEARTBEAT_TIMEOUT"
