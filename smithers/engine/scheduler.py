@@ -122,9 +122,9 @@ def schedule(
                 out.backoff_until_ms = eligible if out.backoff_until_ms is None else min(out.backoff_until_ms, eligible)
                 return False
             uses_slot = d.kind == "task" and not d.skip_if
-            if d.parallel_group and d.parallel_max is not None:
-                if group_busy.get(d.parallel_group, 0) >= d.parallel_max:
-                    return False
+            group_full = d.parallel_group and d.parallel_max is not None
+            if group_full and group_busy.get(d.parallel_group or "", 0) >= (d.parallel_max or 0):
+                return False
             if uses_slot and slots <= 0:
                 return False
             if d.parallel_group:

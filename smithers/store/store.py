@@ -401,6 +401,41 @@ class Tx:
         rows = self.select(t.cron, {}, ("created_at_ms", "cron_id"))
         return [r for r in rows if r["enabled"] in (1, None)] if enabled_only else rows
 
+    def get_cron(self, cron_id: str) -> Row | None:
+        return self.first(t.cron, {"cron_id": cron_id})
+
+    def upsert_cron(
+        self, cron_id: str, pattern: str, workflow_path: str, enabled: bool, next_run_at_ms: int | None
+    ) -> None:
+        """Insert a cron row, or update its pattern, path, enabled flag and next fire time."""
+        values = {
+            "pattern": pattern,
+            "workflow_path": workflow_path,
+            "enabled": int(enabled),
+            "next_run_at_ms": next_run_at_ms,
+        }
+        if self.update(t.cron, {"cron_id": cron_id}, values) == 0:
+            self.insert(t.cron, {"cron_id": cron_id, **values, "created_at_ms": now_ms()})
+
+    def delete_cron(self, cron_id: str) -> bool:
+        return self.delete(t.cron, {"cron_id": cron_id}) > 0
+
+    def claim_cron_fire(
+        self, cron_id: str, expected_next: int | None, last_run_at_ms: int, next_run_at_ms: int
+    ) -> bool:
+        """Move a due cron to its next fire time; only one of two racing schedulers gets True."""
+        return (
+            self.update(
+                t.cron,
+                {"cron_id": cron_id, "next_run_at_ms": expected_next},
+                {"last_run_at_ms": last_run_at_ms, "next_run_at_ms": next_run_at_ms},
+            )
+            == 1
+        )
+
+    def set_cron_error(self, cron_id: str, error: str | None) -> None:
+        self.update(t.cron, {"cron_id": cron_id}, {"error_json": error})
+
 
 class Store:
     """A database of runs, opened from a path or URL, migrated to the newest schema on open."""
