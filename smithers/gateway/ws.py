@@ -1,0 +1,346 @@
+"""WebSocket transport (protocol §2): upgrade, handshake, frames, heartbeats, delivery, close.
+
+Each connection writes through an outbox drained by one short-lived task, so frames leave in the
+order they were queued and callers never await the socket. Inbound messages are handled
+concurrently (as the reference does), at most :data:`MAX_IN_FLIGHT` at a time per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from smithers.gateway.auth import Principal, node_headers, token_from_connect
+from smithers.gateway.dispatch import TRANSPORT_WS, Call, Outcome
+from smithers.gateway.errors import UNAUTHORIZED, WS_INVALID_ID, GatewayError, ws_error_for
+from smithers.gateway.protocol import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    CONNECT_METHOD,
+    RequestFrame,
+    encode_json,
+    error_frame,
+    event_frame,
+    parse_connect_request,
+    parse_ws_frame,
+    response_frame,
+)
+from smithers.store.rows import now_ms
+
+if TYPE_CHECKING:
+    from smithers.gateway.server import Gateway
+    from smithers.gateway.streams import RunEventStream
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT: Final = 32
+MAX_OUTBOX: Final = 100_000
+"""Frames queued for a client that does not read; past this the connection is closed (1013)."""
+CLOSE_TRY_AGAIN: Final = 1013
+LIMIT_BODY: Final = "Gateway connection limit reached\n"
+
+
+class ConnectionState(enum.Enum):
+    """Lifecycle of a connection; :meth:`Connection.transition` allows only the edges below."""
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    AUTHENTICATED = "authenticated"
+    CLOSED = "closed"
+
+
+_LEGAL: Final[Mapping[ConnectionState, frozenset[ConnectionState]]] = {
+    ConnectionState.CONNECTING: frozenset({ConnectionState.OPEN, ConnectionState.CLOSED}),
+    ConnectionState.OPEN: frozenset({ConnectionState.AUTHENTICATED, ConnectionState.CLOSED}),
+    # connect again replaces the identity; a refused credential drops back to OPEN
+    ConnectionState.AUTHENTICATED: frozenset(
+        {ConnectionState.AUTHENTICATED, ConnectionState.OPEN, ConnectionState.CLOSED}
+    ),
+    ConnectionState.CLOSED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A connection was asked to move along an edge its state machine does not have."""
+
+
+class Connection:
+    """One WebSocket client: its state, identity, subscription filter, seq and streams."""
+
+    def __init__(self, gateway: Gateway, websocket: WebSocket, headers: dict[str, str]):
+        self.gateway = gateway
+        self.websocket = websocket
+        self.headers = headers
+        self.state = ConnectionState.CONNECTING
+        self.seq = 0
+        self.principal: Principal | None = None
+        self.session_token: str | None = None
+        self.subscribed: set[str] | None = None
+        self.streams: dict[str, RunEventStream] = {}
+        self._token: str | None = None
+        self._recheck = False
+        self._outbox: deque[str] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- state ---------------------------------------------------------------------------------
+    def transition(self, new: ConnectionState) -> None:
+        if new not in _LEGAL[self.state]:
+            raise IllegalTransition(f"connection cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in (ConnectionState.OPEN, ConnectionState.AUTHENTICATED)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.state is ConnectionState.AUTHENTICATED
+
+    # -- delivery ------------------------------------------------------------------------------
+    def receives(self, payload: Mapping[str, Any]) -> bool:
+        """The §2.7 filter: authenticated, and the run (if any) passes the subscription set."""
+        if self.state is not ConnectionState.AUTHENTICATED:
+            return False
+        run_id = payload.get("runId")
+        return not isinstance(run_id, str) or not self.subscribed or run_id in self.subscribed
+
+    def auto_subscribe(self, run_id: str) -> None:
+        """Add a run this connection started or resumed to its filter (creating the filter)."""
+        if self.subscribed is None:
+            self.subscribed = set()
+        self.subscribed.add(run_id)
+
+    def add_stream(self, stream: RunEventStream) -> None:
+        self.streams[stream.stream_id] = stream
+
+    def streams_on(self, run_id: str) -> list[RunEventStream]:
+        if not self.streams:
+            return []
+        return [s for s in self.streams.values() if s.run_id == run_id]
+
+    def send_event(
+        self, event: str, payload: Any, state_version: int | None = None, *, payload_json: str | None = None
+    ) -> None:
+        """Queue an event frame with the next connection seq (not consumed if the socket is closed)."""
+        if not self.is_open:
+            return
+        self.seq += 1
+        version = self.gateway.broadcaster.state_version if state_version is None else state_version
+        if payload_json is None:
+            text = encode_json(event_frame(event, payload, seq=self.seq, state_version=version))
+        else:  # the payload serialised once for all connections; same key order as event_frame
+            text = (
+                f'{{"type":"event","event":{encode_json(event)},"payload":{payload_json},'
+                f'"seq":{self.seq},"stateVersion":{version},"apiVersion":"{API_VERSION}"}}'
+            )
+        self.gateway.metrics.event_sent(event)
+        self._enqueue(text)
+
+    def send_frame(self, frame: Mapping[str, Any]) -> None:
+        if self.is_open:
+            self._enqueue(encode_json(frame))
+
+    def answer(self, outcome: Outcome) -> None:
+        """Queue the response frame of a call, then run its after-response work."""
+        if outcome.error is not None:
+            self.send_frame(error_frame(outcome.response_id, outcome.error))
+        else:
+            self.send_frame(response_frame(outcome.response_id, outcome.payload))
+        if outcome.after is not None and self.is_open:
+            outcome.after()
+
+    def _enqueue(self, text: str) -> None:
+        if len(self._outbox) >= MAX_OUTBOX:
+            log.warning("closing a WebSocket client that stopped reading (%d frames queued)", len(self._outbox))
+            self._outbox.clear()
+            asyncio.get_running_loop().create_task(self.close_socket(CLOSE_TRY_AGAIN))
+            self.close()
+            return
+        self._outbox.append(text)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._outbox and self.is_open:
+                await self.websocket.send_text(self._outbox.popleft())
+        except Exception:  # the peer went away; the receive loop notices and closes
+            self._outbox.clear()
+        finally:
+            self._writer = None
+
+    # -- inbound -------------------------------------------------------------------------------
+    async def handle(self, data: str | bytes) -> None:
+        """Validate and answer one inbound message (§2.3)."""
+        gw = self.gateway
+        gw.metrics.messages_received.labels("ws", "request", "").inc()
+        try:
+            frame = parse_ws_frame(data, gw.options.max_payload)
+        except GatewayError as exc:
+            gw.metrics.error("frame", transport="ws", code=exc.code)
+            self.send_frame(error_frame(WS_INVALID_ID, exc))
+            return
+        if frame.method == CONNECT_METHOD:
+            self._connect(frame)
+            return
+        principal = self._current_principal(frame)
+        if principal is None:
+            return
+        call = Call(gw, TRANSPORT_WS, principal, frame.method, frame.id, self)
+        self.answer(await gw.dispatcher.call(call, frame.id, frame.params))
+
+    def _current_principal(self, frame: RequestFrame) -> Principal | None:
+        if self.principal is None or not self.authenticated:
+            self.send_frame(error_frame(frame.id, GatewayError(UNAUTHORIZED, "Connect first")))
+            return None
+        if self._recheck:
+            # Stored and expiring credentials are checked again on every request, so a revoked or
+            # expired token stops working at once; the connection must connect again.
+            try:
+                return self.gateway.authenticator.authenticate_connect(
+                    {"auth": {"token": self._token}}, self.headers, now_ms()
+                )
+            except GatewayError as exc:
+                self.gateway.metrics.auth("ws", self.gateway.authenticator.mode, False)
+                self._deauthenticate()
+                self.send_frame(error_frame(frame.id, exc))
+                return None
+        return self.principal
+
+    def _connect(self, frame: RequestFrame) -> None:
+        gw = self.gateway
+        try:
+            request = parse_connect_request(frame.params, gw.options.protocol)
+            params = frame.params if isinstance(frame.params, dict) else {}
+            token = token_from_connect(params)
+            principal = gw.authenticator.authenticate_connect(params, self.headers, now_ms())
+        except GatewayError as exc:
+            if exc.code == UNAUTHORIZED:
+                gw.metrics.auth("ws", gw.authenticator.mode, False)
+            self.send_frame(error_frame(frame.id, exc))
+            return
+        except Exception as exc:  # e.g. a non-object params.auth (§2.4 edge case)
+            response_id, error = ws_error_for(exc)
+            self.send_frame(error_frame(response_id, error))
+            return
+        gw.metrics.auth("ws", gw.authenticator.mode, True)
+        self.transition(ConnectionState.AUTHENTICATED)
+        self.principal = principal
+        self._token = token
+        self._recheck = principal.expires_at_ms is not None or gw.is_stored_token(token)
+        self.session_token = str(uuid.uuid4())
+        self.subscribed = set(request.subscribe) if request.subscribe is not None else None
+        self._start_ticks()
+        self.send_frame(response_frame(frame.id, gw.hello(principal, self.session_token)))
+
+    def _deauthenticate(self) -> None:
+        self.transition(ConnectionState.OPEN)
+        self.principal = None
+        self._stop_ticks()
+
+    # -- heartbeat -----------------------------------------------------------------------------
+    def _start_ticks(self) -> None:
+        self._stop_ticks()
+        interval = self.gateway.options.heartbeat_ms
+        if interval > 0:  # heartbeatMs is not validated; a non-positive value sends no ticks
+            self._tick = asyncio.get_running_loop().call_later(interval / 1000, self._on_tick)
+
+    def _stop_ticks(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        if not self.authenticated:
+            return
+        self.send_event("tick", {"ts": now_ms()})
+        self.gateway.metrics.heartbeat_ticks.inc()
+        self._start_ticks()
+
+    # -- close ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Forget the connection: stop ticks and streams (§2.8). Idempotent."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self.transition(ConnectionState.CLOSED)
+        self._stop_ticks()
+        for stream in self.streams.values():
+            stream.stop()
+        self.streams.clear()
+        self._outbox.clear()
+
+    async def close_socket(self, code: int = 1000) -> None:
+        try:
+            await self.websocket.close(code)
+        except Exception:
+            log.debug("closing a WebSocket that is already gone", exc_info=True)
+
+    async def run(self) -> None:
+        """Accept, challenge, then read messages until the client goes away."""
+        await self.websocket.accept(headers=[(API_VERSION_HEADER.lower().encode(), API_VERSION.encode())])
+        self.transition(ConnectionState.OPEN)
+        self.send_event("connect.challenge", {"nonce": str(uuid.uuid4()), "ts": now_ms()})
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            await self._slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._handle_guarded(data))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle_guarded(self, data: str | bytes) -> None:
+        try:
+            await self.handle(data)
+        except Exception as exc:  # never let a bad message kill the connection
+            log.exception("WebSocket message handling failed")
+            response_id, error = ws_error_for(exc)
+            self.send_frame(error_frame(response_id, error))
+        finally:
+            self._slots.release()
+
+
+async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """The ASGI WebSocket endpoint: any path; 503 when ``maxConnections`` sockets are open (§2.1)."""
+    websocket = WebSocket(scope, receive, send)
+    if len(gateway.connections) >= gateway.options.max_connections:
+        gateway.metrics.error("connection_limit", transport="ws")
+        response = PlainTextResponse(
+            LIMIT_BODY,
+            status_code=503,
+            headers={"Connection": "close", API_VERSION_HEADER: API_VERSION},
+            media_type="text/plain; charset=utf-8",
+        )
+        await websocket.send_denial_response(response)
+        return
+    conn = Connection(gateway, websocket, node_headers(scope.get("headers", [])))
+    gateway.connections.add(conn)
+    gateway.metrics.connection_opened(len(gateway.connections))
+    reason = "close"
+    try:
+        await conn.run()
+    except WebSocketDisconnect:
+        pass
+    except Exception:
+        reason = "error"
+        log.exception("WebSocket connection failed")
+    finally:
+        conn.close()
+        gateway.connections.discard(conn)
+        gateway.metrics.connection_closed(len(gateway.connections), reason)
