@@ -81,6 +81,7 @@ class LoopInfo:
     on_max_reached: str
     until: bool
     node_keys: list[str] = field(default_factory=list)
+    logical_id: str = ""
 
 
 @dataclass(eq=False)
@@ -152,10 +153,12 @@ class _Extractor:
             if parent_is_loop:
                 raise GraphError(f"Loop {node.id!r} is a direct child of another Loop", code=NESTED_LOOP)
             self.claim(node.id, "Loop")
-            scope = "".join(f"{lp.ralph_id}={lp.iteration}," for lp in loops).rstrip(",")
+            scope = _scope(loops)
             ralph_id = f"{node.id}@@{scope}" if scope else node.id
             iteration, done = self.loop_state.get(ralph_id, (0, False))
-            info = LoopInfo(ralph_id, iteration, node.max_iterations, node.on_max_reached, node.until or done)
+            info = LoopInfo(
+                ralph_id, iteration, node.max_iterations, node.on_max_reached, node.until or done, logical_id=node.id
+            )
             self.loops[ralph_id] = info
             props = _props(id=node.id, maxIterations=node.max_iterations, until=node.until)
             out = self.container(node, "ralph", props, path, [*loops, info], group, is_loop=True)
@@ -176,7 +179,8 @@ class _Extractor:
     ) -> tuple[dict[str, Any], PlanNode]:
         xml_children: list[dict[str, Any]] = []
         plan = PlanNode(kind)
-        for index, child in enumerate(node.children):
+        for child in node.children:
+            index = len(xml_children)  # paths count mounted elements only
             out = self.walk(child, f"{path}.{index}" if path else str(index), loops, group, is_loop)
             if out is not None:
                 xml_children.append(out[0])
@@ -187,8 +191,8 @@ class _Extractor:
         self, node: Task | Approval | WaitForEvent | Timer, loops: list[LoopInfo], group: tuple[str, int | None] | None
     ) -> tuple[dict[str, Any], PlanNode] | None:
         base_id = self.claim(getattr(node, "id", None), type(node).__name__)
-        outer = loops[:-1]
-        node_id = base_id + ("@@" + ",".join(f"{lp.ralph_id}={lp.iteration}" for lp in outer) if outer else "")
+        outer = _scope(loops[:-1])
+        node_id = f"{base_id}@@{outer}" if outer else base_id
         loop = loops[-1] if loops else None
         iteration = loop.iteration if loop else 0
         d = Descriptor(
@@ -244,6 +248,11 @@ class _Extractor:
         if loop is not None:
             loop.node_keys.append(d.key)
         return _element(node.tag, _props(**props), []), PlanNode("task", key=d.key)
+
+
+def _scope(loops: list[LoopInfo]) -> str:
+    """``a=1,b=2``: the logical ids and iterations of enclosing loops (engine spec §1.2)."""
+    return ",".join(f"{lp.logical_id}={lp.iteration}" for lp in loops)
 
 
 def extract(root: Node | None, workflow_name: str, loop_state: dict[str, tuple[int, bool]]) -> Graph:

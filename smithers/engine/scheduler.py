@@ -141,8 +141,8 @@ def schedule(
         if node.kind == "ralph":
             assert node.key is not None
             info = loops[node.key]
-            if info.until:
-                for key in info.node_keys:
+            if info.until:  # done: its unfinished leaves (nested loops' included) never run
+                for key in _leaf_keys(node):
                     d = descriptors[key]
                     if not is_terminal(d, states.get(key)) and states.get(key) != IN_PROGRESS:
                         out.skip_in_done_loops.append(d)
@@ -152,14 +152,24 @@ def schedule(
             return False
         if node.kind == "sequence":  # stop at the first child that is not terminal
             start = memo.get(id(node), 0) if memo is not None else 0
+            stable = start  # leading children that are terminal leaves: safe to skip next time
             for index in range(start, len(node.children)):
-                if not visit(node.children[index]):
+                child = node.children[index]
+                if not visit(child):
                     if memo is not None:
-                        memo[id(node)] = index
+                        memo[id(node)] = stable
                     return False
+                if stable == index and child.kind == "task":
+                    stable += 1
             return True
         results = [visit(child) for child in node.children]  # parallel / group: visit all
         return all(results)
 
     out.finished = visit(plan)
     return out
+
+
+def _leaf_keys(node: PlanNode) -> list[str]:
+    if node.kind == "task":
+        return [node.key] if node.key is not None else []
+    return [key for child in node.children for key in _leaf_keys(child)]

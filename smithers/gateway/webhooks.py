@@ -173,8 +173,14 @@ async def handle_webhook(host: WebhookHost, key: str, headers: Mapping[str, str]
             if waits_for(host.store, run_id, config.signal_name, correlation):
                 matched.append(run_id)
         for run_id in matched:
-            record = control.signal_run(host.store, run_id, config.signal_name, signal_payload,
-                                        correlation_id=correlation, received_by=auth["triggeredBy"])
+            record = control.signal_run(
+                host.store,
+                run_id,
+                config.signal_name,
+                signal_payload,
+                correlation_id=correlation,
+                received_by=auth["triggeredBy"],
+            )
             delivered.append(record)
             await host.resume_run_if_needed(run_id, auth)
     started = None
@@ -184,8 +190,14 @@ async def handle_webhook(host: WebhookHost, key: str, headers: Mapping[str, str]
         run_input = validate_run_input(run_input)
         run_id = await host.start_run(key, run_input, auth)
         started = {"runId": run_id, "workflow": key}
-    return {"ok": True, "workflow": key, "verified": True, "delivered": delivered, "matchedRunIds": matched,
-            "started": started}
+    return {
+        "ok": True,
+        "workflow": key,
+        "verified": True,
+        "delivered": delivered,
+        "matchedRunIds": matched,
+        "started": started,
+    }
 
 
 def _candidate_runs(store: Store, explicit: str | None) -> list[str]:

@@ -165,7 +165,7 @@ class Connection:
         if len(self._outbox) >= MAX_OUTBOX:
             log.warning("closing a WebSocket client that stopped reading (%d frames queued)", len(self._outbox))
             self._outbox.clear()
-            asyncio.get_running_loop().create_task(self.close_socket(CLOSE_TRY_AGAIN))
+            self.gateway.spawn(self.close_socket(CLOSE_TRY_AGAIN))
             self.close()
             return
         self._outbox.append(text)
@@ -282,9 +282,10 @@ class Connection:
         self.streams.clear()
         self._outbox.clear()
 
-    async def close_socket(self, code: int = 1000) -> None:
+    async def close_socket(self, code: int | None = 1000) -> None:
+        """Send a close frame; ``None`` sends one without a status code (the peer sees 1005)."""
         try:
-            await self.websocket.close(code)
+            await self.websocket.send({"type": "websocket.close", "code": code, "reason": ""})
         except Exception:
             log.debug("closing a WebSocket that is already gone", exc_info=True)
 

@@ -8,7 +8,10 @@ the only differences live in the two small dialect classes below.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +136,29 @@ def migrate(engine: Engine) -> None:
                 conn.execute(text("SELECT pg_advisory_unlock(727272)"))
                 conn.commit()
         return
-    migrate_engine = create_engine(url, poolclass=NullPool)
-    try:
-        with migrate_engine.connect() as conn:
-            command.upgrade(_alembic_config(conn), "head")
-            conn.commit()
-    finally:
-        migrate_engine.dispose()
+    # Two processes opening a fresh file at once: an exclusive lock file lets one migrate at a time.
+    path = url.database
+    lock_path = f"{path}.migrate-lock" if path and path != ":memory:" else None
+    with _file_lock(lock_path):
+        if current_revision(engine) == head_revision():
+            return
+        migrate_engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+        try:
+            with migrate_engine.connect() as conn:
+                command.upgrade(_alembic_config(conn), "head")
+                conn.commit()
+        finally:
+            migrate_engine.dispose()
+
+
+@contextmanager
+def _file_lock(path: str | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,288 @@
+"""HTTP transport (protocol §1): route precedence, RPC over ``/rpc`` and ``/v1/rpc/{method}``,
+``/health``, ``/metrics``, the 404 fallback, body limits and the header/request timeouts.
+
+:class:`GatewayApp` is a plain ASGI application (HTTP, WebSocket and lifespan); the routes are
+matched by hand because §1.1 compares the *raw* target (``/health?x=1`` is not ``/health``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from smithers.gateway.auth import header_value, node_headers
+from smithers.gateway.dispatch import TRANSPORT_HTTP, Call
+from smithers.gateway.errors import INVALID_REQUEST, GatewayError
+from smithers.gateway.metrics import METRICS_CONTENT_TYPE
+from smithers.gateway.protocol import (
+    COMMON_HEADERS,
+    JSON_CONTENT_TYPE,
+    encode_json,
+    error_frame,
+    http_rpc_request,
+    parse_http_body,
+    payload_too_large,
+    response_frame,
+    route_not_found_body,
+    webhook_error_body,
+)
+from smithers.gateway.ws import serve_websocket
+from smithers.store.rows import now_ms
+
+if TYPE_CHECKING:
+    from smithers.gateway.server import Gateway
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH: Final = re.compile(r"/webhooks/([^/]+)")
+RPC_PATH: Final = re.compile(r"/v1/rpc/([^/]+)")
+_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+REQUEST_TIMEOUT_RESPONSE: Final = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n"
+
+WebhookHandler = Callable[[Request, str], Awaitable[Response]]
+"""Serves ``POST /webhooks/{key}`` (decoded key); installed by the webhook module."""
+UiHandler = Callable[[Request], Awaitable[Response | None]]
+"""Serves a ``GET``/``HEAD`` that matches a UI mount, or returns None to fall through to 404."""
+
+
+def decode_segment(segment: str) -> str:
+    """``decodeURIComponent``; malformed escapes or UTF-8 raise ``INVALID_REQUEST`` (§23 D7)."""
+    if "%" not in segment:
+        return segment
+    malformed = GatewayError(INVALID_REQUEST, "Malformed percent-encoding in the request path")
+    if _PERCENT.search(segment) is not None:
+        raise malformed
+    raw = bytearray()
+    index = 0
+    while index < len(segment):
+        char = segment[index]
+        if char == "%":
+            raw.append(int(segment[index + 1 : index + 3], 16))
+            index += 3
+        else:
+            raw.extend(char.encode("utf-8"))
+            index += 1
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise malformed from exc
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """A JSON response with the §1.2 headers (compact, as the reference writes it)."""
+    return Response(encode_json(body).encode("utf-8"), status, dict(COMMON_HEADERS), JSON_CONTENT_TYPE)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None if the client went away; raises when it exceeds ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def rpc(gateway: Gateway, request: Request, path_method: str | None) -> Response:
+    """§1.5 / §1.6: authenticate, read, validate, authorize, dispatch."""
+    headers = node_headers(request.scope.get("headers", []))
+    request_id = _first_header(request, "x-request-id") or str(uuid.uuid4())
+    metrics = gateway.metrics
+    metrics.messages_received.labels("http", "request", "").inc()
+    try:
+        principal = gateway.authenticator.authenticate_http(headers, now_ms())
+    except GatewayError as exc:
+        metrics.auth("http", gateway.authenticator.mode, False)
+        return json_response(error_frame(request_id, exc), exc.http_status)
+    metrics.auth("http", gateway.authenticator.mode, True)
+    limit = gateway.options.max_body_bytes
+    try:
+        declared = header_value(headers, "content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            raise _BodyTooLarge
+        raw = await _read_body(request.receive, limit)
+        if raw is None:
+            return Response(status_code=400)
+        frame = http_rpc_request(parse_http_body(raw), request_id, path_method)
+    except _BodyTooLarge:
+        error = payload_too_large(limit)
+        metrics.error("http", transport="http", code=error.code)
+        return json_response(error_frame(request_id, error), error.http_status)
+    except GatewayError as exc:
+        metrics.error("http", transport="http", code=exc.code)
+        return json_response(error_frame(request_id, exc), exc.http_status)
+    call = Call(gateway, TRANSPORT_HTTP, principal, frame.method, request_id)
+    outcome = await gateway.dispatcher.call(call, frame.id, frame.params)
+    if outcome.error is not None:
+        return json_response(error_frame(outcome.response_id, outcome.error), outcome.error.http_status)
+    return json_response(response_frame(outcome.response_id, outcome.payload))
+
+
+def _first_header(request: Request, name: str) -> str | None:
+    values = request.headers.getlist(name)
+    return values[0] if values and values[0] else None
+
+
+async def route(gateway: Gateway, request: Request) -> Response:
+    """Pick the handler of a request in the order of §1.1."""
+    scope = request.scope
+    method = scope["method"]
+    path = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1")
+    bare = not scope.get("query_string")
+    if method == "GET" and bare and path == "/health":
+        return json_response(
+            {
+                "ok": True,
+                "protocol": gateway.options.protocol,
+                "features": list(gateway.options.features),
+                "stateVersion": gateway.broadcaster.state_version,
+            }
+        )
+    if method == "GET" and bare and path == "/metrics":
+        return Response(gateway.metrics.render(), 200, dict(COMMON_HEADERS), METRICS_CONTENT_TYPE)
+    if method == "POST":
+        hook = WEBHOOK_PATH.fullmatch(path)
+        if hook is not None and gateway.webhook_handler is not None:
+            try:
+                key = decode_segment(hook.group(1))
+            except GatewayError as exc:
+                return json_response(webhook_error_body(exc), exc.http_status)
+            return await gateway.webhook_handler(request, key)
+        forced = RPC_PATH.fullmatch(path)
+        if forced is not None:
+            try:
+                name = decode_segment(forced.group(1))
+            except GatewayError as exc:
+                request_id = _first_header(request, "x-request-id") or str(uuid.uuid4())
+                return json_response(error_frame(request_id, exc), exc.http_status)
+            return await rpc(gateway, request, name)
+        if bare and path == "/rpc":
+            return await rpc(gateway, request, None)
+    if method in ("GET", "HEAD") and gateway.ui_handler is not None:
+        page = await gateway.ui_handler(request)
+        if page is not None:
+            return page
+    return json_response(route_not_found_body(), 404)
+
+
+class GatewayApp:
+    """The gateway as an ASGI application."""
+
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await self.gateway.start()
+        if kind == "websocket":
+            await serve_websocket(self.gateway, scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await route(self.gateway, request)
+        except Exception:
+            log.exception("HTTP request failed")
+            self.gateway.metrics.error("http", transport="http", code="SERVER_ERROR")
+            response = json_response({"error": {"code": "SERVER_ERROR", "message": "Gateway request failed"}}, 500)
+        await response(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Start and stop the gateway when an outside ASGI server runs this app."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.gateway.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol plus Node's ``headersTimeout``/``requestTimeout`` (§1.7).
+
+    A client that has not sent complete headers within ``headersTimeout``, or the whole request
+    within ``requestTimeout``, gets ``408`` and the connection is closed. WebSocket upgrades stop
+    both clocks.
+    """
+
+    class GatewayHttpProtocol(HttpToolsProtocol):
+        _headers_timer: asyncio.TimerHandle | None = None
+        _request_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._headers_timer is None:
+                self._headers_timer = self.loop.call_later(headers_timeout_ms / 1000, self._expire)
+            if self._request_timer is None:
+                self._request_timer = self.loop.call_later(request_timeout_ms / 1000, self._expire)
+
+        def _disarm(self, headers: bool = True, request: bool = True) -> None:
+            if headers and self._headers_timer is not None:
+                self._headers_timer.cancel()
+                self._headers_timer = None
+            if request and self._request_timer is not None:
+                self._request_timer.cancel()
+                self._request_timer = None
+
+        def _expire(self) -> None:
+            self._disarm()
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if cycle is None or not cycle.response_started or cycle.response_complete:
+                self.transport.write(REQUEST_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm(request=False)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def handle_websocket_upgrade(self) -> None:
+            self._disarm()
+            super().handle_websocket_upgrade()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._disarm()  # idle keep-alive is uvicorn's timeout_keep_alive; the next request re-arms
+
+    return GatewayHttpProtocol

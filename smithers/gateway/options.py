@@ -1,0 +1,168 @@
+"""Gateway settings (protocol §6.1), workflow registrations (§6.2) and UI mount config (§1.8)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
+from urllib.parse import quote
+
+from smithers.engine.runner import DEFAULT_MAX_CONCURRENCY
+from smithers.engine.workflow import Workflow
+from smithers.gateway.errors import INVALID_INPUT, GatewayError
+from smithers.gateway.protocol import (
+    DEFAULT_EVENT_WINDOW_SIZE,
+    DEFAULT_FEATURES,
+    DEFAULT_HEADERS_TIMEOUT_MS,
+    DEFAULT_HEARTBEAT_MS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_PROTOCOL,
+    DEFAULT_REQUEST_TIMEOUT_MS,
+    js_trim,
+    positive_int,
+)
+
+JS_NAMES: Final[Mapping[str, str]] = {
+    "protocol": "protocol",
+    "features": "features",
+    "heartbeatMs": "heartbeat_ms",
+    "auth": "auth",
+    "defaults": "defaults",
+    "maxBodyBytes": "max_body_bytes",
+    "maxPayload": "max_payload",
+    "maxConnections": "max_connections",
+    "eventWindowSize": "event_window_size",
+    "headersTimeout": "headers_timeout",
+    "requestTimeout": "request_timeout",
+    "ui": "ui",
+    "maxConcurrency": "max_concurrency",
+}
+"""JavaScript option name → keyword of :class:`GatewayOptions`."""
+
+_POSITIVE: Final = (
+    "max_body_bytes",
+    "max_payload",
+    "max_connections",
+    "event_window_size",
+    "headers_timeout",
+    "request_timeout",
+    "max_concurrency",
+)
+_UI_PATH: Final = re.compile(r"/[A-Za-z0-9/_:.\-]*")
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """Every gateway option, with the defaults of §6.1 (times in milliseconds)."""
+
+    protocol: int = DEFAULT_PROTOCOL
+    """Advertised in hello and /health, and negotiated on connect."""
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    """Advertised only."""
+    heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
+    """Interval of ``tick`` events on authenticated WebSockets (not validated; <= 0 sends none)."""
+    auth: Mapping[str, Any] | None = None
+    """``None`` (open), or ``{"mode": "token"|"jwt"|"trusted-proxy", ...}`` (§4)."""
+    defaults: Mapping[str, Any] | None = None
+    """``{"cliAgentTools": "all"|"explicit-only"}``, kept for agent tasks."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    """Largest WebSocket message; a larger one closes the socket with 1009."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    event_window_size: int = DEFAULT_EVENT_WINDOW_SIZE
+    """Run events kept per run for ``streamRunEvents`` replay."""
+    headers_timeout: int = DEFAULT_HEADERS_TIMEOUT_MS
+    request_timeout: int = DEFAULT_REQUEST_TIMEOUT_MS
+    ui: Mapping[str, Any] | None = None
+    """Gateway-level UI mount (§1.8)."""
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    """Tasks one run executes at once (ours; not a 0.18.0 option)."""
+
+    @classmethod
+    def build(cls, **options: Any) -> GatewayOptions:
+        """Options from keywords (snake_case or the JavaScript names), validated as §1.7 says."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            key = JS_NAMES.get(name, name)
+            if key not in known:
+                raise TypeError(f"unknown gateway option: {name}")
+            if value is not None:
+                values[key] = value
+        js_name = {snake: js for js, snake in JS_NAMES.items()}
+        for key in _POSITIVE:
+            if key in values:
+                value = values[key]
+                if isinstance(value, bool) or not isinstance(value, int | float | str):
+                    raise GatewayError(INVALID_INPUT, f"{js_name[key]} must be a finite number greater than 0.")
+                values[key] = positive_int(value, js_name[key])
+        if "features" in values:
+            values["features"] = tuple(str(f) for f in values["features"])
+        heartbeat = values.get("heartbeat_ms")
+        if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float)):
+            values.pop("heartbeat_ms")
+        return cls(**values)
+
+    @staticmethod
+    def from_js(options: Mapping[str, Any]) -> dict[str, Any]:
+        """JavaScript-style options as keywords for :meth:`build`."""
+        return {JS_NAMES.get(name, name): value for name, value in options.items()}
+
+
+@dataclass(frozen=True)
+class UiMount:
+    """A resolved UI config: absolute entry, normalised mount path, optional title and props."""
+
+    entry: str
+    path: str
+    title: str | None = None
+    props: Mapping[str, Any] = field(default_factory=dict)
+
+
+def resolve_ui(config: Mapping[str, Any] | None, default_path: str) -> UiMount | None:
+    """Validate and normalise a UI config (§1.8); invalid configs raise ``INVALID_INPUT``."""
+    if config is None:
+        return None
+    entry = config.get("entry") if isinstance(config, Mapping) else None
+    if not isinstance(entry, str) or not js_trim(entry):
+        raise GatewayError(INVALID_INPUT, "Gateway UI config requires a non-empty entry path.")
+    raw_path = config.get("path")
+    candidate = js_trim(raw_path) if isinstance(raw_path, str) and js_trim(raw_path) else default_path
+    if not candidate.startswith("/"):
+        candidate = "/" + candidate
+    if len(candidate) > 1:
+        candidate = candidate.rstrip("/")
+    if _UI_PATH.fullmatch(candidate) is None:
+        raise GatewayError(INVALID_INPUT, f"Gateway UI path is invalid: {candidate}")
+    title = config.get("title")
+    props = config.get("props")
+    return UiMount(
+        os.path.abspath(entry),
+        candidate,
+        title if isinstance(title, str) else None,
+        props if isinstance(props, dict) else {},
+    )
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered workflow with its schedule, webhook and UI (kept for their modules)."""
+
+    key: str
+    workflow: Workflow
+    schedule: str | None = None
+    webhook: Mapping[str, Any] | None = None
+    ui: UiMount | None = None
+
+    @property
+    def ui_path(self) -> str | None:
+        return None if self.ui is None else self.ui.path
+
+    @staticmethod
+    def default_ui_path(key: str) -> str:
+        """``/workflows/<encodeURIComponent(key)>``."""
+        return "/workflows/" + quote(key, safe="-_.!~*'()")

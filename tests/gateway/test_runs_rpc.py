@@ -1,0 +1,238 @@
+"""Run RPCs (§7.2-§7.9, §7.13, §10): listing, launch, get, cancel (D1), resume, rerun, hijack."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from smithers.store.rows import now_ms
+
+Live = Any
+
+
+def error_of(response: Any) -> dict[str, Any]:
+    body = response.json()
+    assert body["ok"] is False, body
+    return dict(body["error"])
+
+
+def test_health_rpc(live: Live) -> None:
+    payload = live.ok("health")
+    assert payload["protocol"] == 1 and payload["features"] == ["streaming", "runs"]
+    assert payload["stateVersion"] == 0 and isinstance(payload["uptimeMs"], int)
+
+
+def test_launch_and_get_run(live: Live) -> None:
+    launched = live.ok("launchRun", {"workflow": "hello", "input": {"name": "ada"}})
+    run_id = launched["runId"]
+    assert launched == {"runId": run_id, "workflow": "hello"}
+    live.wait_status(run_id, {"finished"})
+    record = live.ok("getRun", {"runId": run_id})
+    assert record["runId"] == run_id and record["status"] == "finished"
+    assert record["workflowKey"] == "hello" and record["summary"] == {"finished": 1}
+    assert record["runState"]["state"] == "succeeded" and record["runState"]["runId"] == run_id
+    assert record["runState"]["computedAt"].endswith("Z")
+    config = json.loads(record["configJson"])
+    assert config["gatewayWorkflowKey"] == "hello" and config["gatewayTriggeredBy"] == "gateway"
+    assert config["auth"]["triggeredBy"] == "gateway" and config["auth"]["scopes"] == ["*"]
+    assert config["auth"]["role"] == "operator" and config["auth"]["tokenId"] is None
+    assert live.ok("runs.get", {"runId": run_id})["runId"] == run_id
+
+
+def test_launch_records_the_caller(token_live: Live) -> None:
+    run_id = token_live.ok("runs.create", {"workflow": "hello"}, token="operator-token")["runId"]
+    token_live.wait_status(run_id, {"finished"})
+    auth = json.loads(token_live.gateway.store.get_run(run_id)["config_json"])["auth"]
+    assert auth["triggeredBy"] == "user:op" and auth["tokenId"] == "0850123315d21ab9"
+    metrics = token_live.http.get("/metrics").text
+    assert 'smithers_gateway_runs_started_total{resume="false",source="user",workflow="hello"} 1.0' in metrics
+
+
+def test_launch_run_id_options(live: Live) -> None:
+    assert live.ok("launchRun", {"workflow": "hello", "runId": "top", "options": {"runId": "inner"}})["runId"] == "top"
+    assert live.ok("launchRun", {"workflow": "hello", "options": {"runId": "inner"}})["runId"] == "inner"
+    assert live.ok("launchRun", {"workflow": "hello", "runId": 5, "options": {"runId": "typed"}})["runId"] == "typed"
+    live.wait_status("top", {"finished"})
+    duplicate = live.rpc("launchRun", {"workflow": "hello", "runId": "top"})
+    assert duplicate.status_code == 400
+    assert error_of(duplicate) == {"version": "v1", "code": "INVALID_REQUEST", "message": "Run already exists: top"}
+    too_long = live.rpc("launchRun", {"workflow": "hello", "runId": "r" * 300})
+    assert too_long.status_code == 400 and error_of(too_long)["code"] == "INVALID_INPUT"
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code", "message"),
+    [
+        ({}, 400, "INVALID_REQUEST", "workflow is required"),
+        ({"workflow": ""}, 400, "INVALID_REQUEST", "workflow is required"),
+        ({"workflow": 5}, 400, "INVALID_REQUEST", "workflow is required"),
+        ({"workflow": "ghost"}, 404, "NOT_FOUND", "Unknown workflow: ghost"),
+        ({"workflow": "typed", "input": {"nom": 1}}, 400, "INVALID_INPUT", None),
+    ],
+)
+def test_launch_errors(live: Live, params: dict[str, Any], status: int, code: str, message: str | None) -> None:
+    response = live.rpc("launchRun", params)
+    assert response.status_code == status
+    error = error_of(response)
+    assert error["code"] == code
+    if message is not None:
+        assert error["message"] == message
+    assert live.gateway.store.get_run("ghost") is None
+
+
+def test_non_object_input_becomes_empty(live: Live) -> None:
+    run_id = live.ok("launchRun", {"workflow": "hello", "input": [1, 2]})["runId"]
+    live.wait_status(run_id, {"finished"})
+    with live.gateway.store.read() as tx:
+        assert tx.get_input_json(run_id) == "{}"
+
+
+def test_input_size_limit(live: Live) -> None:
+    # The frame bounds (string <= 16384, array <= 256) stop most; many keys still reach the input check.
+    big = {f"k{i}": "x" * 16000 for i in range(70)}
+    response = live.rpc("launchRun", {"workflow": "hello", "input": big})
+    assert response.status_code in (400, 413)
+    assert error_of(response)["code"] in ("INVALID_INPUT", "PayloadTooLarge")
+
+
+def test_list_runs_and_filters(live: Live) -> None:
+    ids = []
+    for name in ("a", "b", "c"):
+        ids.append(live.ok("launchRun", {"workflow": "hello", "input": {"name": name}})["runId"])
+        live.wait_status(ids[-1], {"finished"})
+        time.sleep(0.002)
+    waiting = live.ok("launchRun", {"workflow": "gate"})["runId"]
+    live.wait_status(waiting, {"waiting-approval"})
+    rows = live.ok("listRuns")
+    assert [r["runId"] for r in rows] == [waiting, *reversed(ids)]
+    assert all(r["workflowKey"] in ("hello", "gate") for r in rows)
+    assert [r["runId"] for r in live.ok("runs.list", {"limit": 2})] == [waiting, ids[2]]
+    assert [r["runId"] for r in live.ok("listRuns", {"filter": {"limit": "1"}})] == [waiting]
+    assert [r["runId"] for r in live.ok("listRuns", {"status": "waiting-approval"})] == [waiting]
+    assert [r["runId"] for r in live.ok("listRuns", {"filter": {"status": "waiting-approval"}})] == [waiting]
+    assert len(live.ok("listRuns", {"status": 5, "filter": {"status": "finished"}})) == 3
+    bad = live.rpc("listRuns", {"limit": 0})
+    assert bad.status_code == 400 and error_of(bad)["message"] == "limit must be a finite number greater than 0."
+    assert error_of(live.rpc("listRuns", {"limit": 1.5}))["message"] == "limit must be an integer greater than 0."
+    assert live.rpc("listRuns", {"limit": "x", "filter": {"limit": 5}}).status_code == 400
+
+
+def test_list_workflows(live: Live) -> None:
+    listed = live.ok("listWorkflows")
+    keys = [w["key"] for w in listed]
+    assert keys == sorted(keys, key=lambda k: (k.casefold(), k.swapcase()))
+    hello = next(w for w in listed if w["key"] == "hello")
+    assert hello == {"key": "hello", "readableName": "Hello", "description": "Says hello", "hasUi": False, "uiPath": None}
+    typed = next(w for w in listed if w["key"] == "typed")
+    assert "readableName" not in typed and "description" not in typed
+    assert live.ok("workflows.list", {"hasUi": True}) == []
+    assert len(live.ok("workflows.list", {"filter": {"hasUi": False}})) == len(listed)
+
+
+def test_cancel_run(live: Live) -> None:
+    missing = live.rpc("cancelRun", {})
+    assert missing.status_code == 400 and error_of(missing)["message"] == "runId is required"
+    idle = live.rpc("runs.cancel", {"runId": "nope"})
+    assert idle.status_code == 409  # §23 D1
+    assert error_of(idle) == {"version": "v1", "code": "RUN_NOT_ACTIVE", "message": "Run is not currently active"}
+    run_id = live.ok("launchRun", {"workflow": "slow"})["runId"]
+    live.wait_status(run_id, {"running"})
+    assert live.ok("cancelRun", {"runId": run_id}) == {"runId": run_id, "status": "cancelling"}
+    live.wait_status(run_id, {"cancelled"})
+    assert live.rpc("cancelRun", {"runId": run_id}).status_code == 409
+
+
+def test_get_run_errors(live: Live) -> None:
+    assert error_of(live.rpc("getRun", {})) == {"version": "v1", "code": "INVALID_REQUEST", "message": "runId is required"}
+    missing = live.rpc("getRun", {"runId": "nope"})
+    assert missing.status_code == 404
+    assert error_of(missing) == {"version": "v1", "code": "NOT_FOUND", "message": "Run not found: nope"}
+
+
+def test_rerun(live: Live) -> None:
+    first = live.ok("launchRun", {"workflow": "hello", "input": {"name": "again"}})["runId"]
+    live.wait_status(first, {"finished"})
+    rerun = live.ok("runs.rerun", {"runId": first, "newRunId": "second"})
+    assert rerun == {"runId": "second", "workflow": "hello"}
+    live.wait_status("second", {"finished"})
+    with live.gateway.store.read() as tx:
+        assert json.loads(tx.get_input_json("second")) == {"name": "again"}
+    assert error_of(live.rpc("runs.rerun", {"runId": "nope"}))["code"] == "NOT_FOUND"
+
+
+def test_resume_run(live: Live) -> None:
+    assert error_of(live.rpc("resumeRun", {}))["message"] == "runId is required"
+    assert error_of(live.rpc("resumeRun", {"runId": "nope"})) == {
+        "version": "v1",
+        "code": "NOT_FOUND",
+        "message": "Run not found: nope",
+    }
+    done = live.ok("launchRun", {"workflow": "hello"})["runId"]
+    live.wait_status(done, {"finished"})
+    assert live.ok("resumeRun", {"runId": done}) == {"runId": done, "status": "already_terminal"}
+    waiting = live.ok("launchRun", {"workflow": "waiter"})["runId"]
+    live.wait_status(waiting, {"waiting-event"})
+    from smithers.engine.control import signal_run
+
+    signal_run(live.gateway.store, waiting, "go", {"ok": True})
+    assert live.ok("resumeRun", {"runId": waiting, "options": {"force": True}}) == {
+        "runId": waiting,
+        "status": "resume_requested",
+    }
+    live.wait_status(waiting, {"finished"})
+
+
+def test_resume_over_ws_auto_subscribes(live: Live) -> None:
+    waiting = live.ok("launchRun", {"workflow": "waiter"})["runId"]
+    live.wait_status(waiting, {"waiting-event"})
+    client = live.ws(connect_now=True, subscribe=["other"])
+    from smithers.engine.control import signal_run
+
+    signal_run(live.gateway.store, waiting, "go", None)
+    assert client.request("resumeRun", {"runId": waiting})["payload"]["status"] == "resume_requested"
+    completed = client.event("run.completed", where=lambda f: f["payload"]["runId"] == waiting)
+    assert completed["payload"]["status"] == "finished"
+    client.close()
+
+
+def test_hijack_run(live: Live) -> None:
+    run_id = live.ok("launchRun", {"workflow": "hello"})["runId"]
+    live.wait_status(run_id, {"finished"})
+    before = live.gateway.store.get_run(run_id)
+    payload = live.ok("hijackRun", {"runId": run_id, "options": {"x": 1}})
+    assert payload["runId"] == run_id and payload["status"] == "hijack-ready" and len(payload["sessionId"]) == 36
+    assert live.gateway.store.get_run(run_id) == before
+    assert error_of(live.rpc("hijackRun", {}))["code"] == "InvalidRunId"
+    missing = live.rpc("hijackRun", {"runId": "nope"})
+    assert missing.status_code == 404 and error_of(missing)["code"] == "RunNotFound"
+
+
+def test_timers_are_woken_by_the_gateway(live: Live) -> None:
+    run_id = live.ok("launchRun", {"workflow": "sleeper"})["runId"]
+    live.wait_status(run_id, {"waiting-timer"})
+    live.wait_status(run_id, {"finished"}, timeout=10)
+
+
+def test_startup_resumes_runs_whose_owner_is_gone(start_gateway: Any, tmp_path: Any) -> None:
+    first = start_gateway()
+    store = first.gateway.store
+    now = now_ms()
+    with store.write() as tx:
+        for run_id, owner in (("orphan", "pid:999999999:dead@" + __import__("socket").gethostname()), ("alive", None)):
+            tx.insert_run(
+                run_id=run_id,
+                workflow_name="hello",
+                status="running",
+                created_at_ms=now,
+                started_at_ms=now,
+                heartbeat_at_ms=now if owner is None else now - 60_000,
+                runtime_owner_id=owner or f"pid:{__import__('os').getpid()}:x@{__import__('socket').gethostname()}",
+                config_json=json.dumps({"gatewayWorkflowKey": "hello"}),
+            )
+            tx.insert_input(run_id, {"name": "restart"})
+    first.stop()
+    from smithers.gateway.server import Gateway
+    from tests_gateway_live import Live as _  # noqa: F401  (placeholder removed below)
