@@ -149,7 +149,7 @@ def signal_run(
     """Store a signal for a run. A wait for it (now or later) consumes it when the run next passes."""
     name = (signal_name or "").strip() if isinstance(signal_name, str) else ""
     if not name:
-        raise InvalidInputError("signal name must be a non-empty string")
+        raise InvalidInputError("Signal name must be a non-empty string.")
     try:
         json.dumps(payload)
     except (TypeError, ValueError) as exc:

@@ -73,7 +73,7 @@ class WebhookHost(Protocol):
     store: Store
     max_body_bytes: int
 
-    def webhook_config(self, key: str) -> WebhookConfig | None | bool:
+    def webhook_config(self, key: str) -> WebhookConfig | bool | None:
         """False: unknown workflow; None: registered without a webhook."""
 
     def start_run(self, key: str, input: dict[str, Any], auth: dict[str, Any]) -> Awaitable[str]:

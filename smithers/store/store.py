@@ -130,24 +130,26 @@ class Tx:
         return self.update(t.runs, {"run_id": run_id, **expected}, values) == 1
 
     def list_runs(self, limit: int = 50, status: str | None = None) -> list[Row]:
+        """Newest first. ``status="running"`` also returns ``continued`` runs (JavaScript parity)."""
         c = t.runs.c
-        statuses = ["running", "continued"] if status == "running" else [status] if status else None
+        if not status:
+
+            def build_all() -> ClauseElement:
+                return select(t.runs).order_by(c.created_at_ms.desc(), c.run_id).limit(bindparam("lim"))
+
+            return self.rows("runs_newest", build_all, {"lim": limit})
 
         def build() -> ClauseElement:
-            query = select(t.runs).order_by(c.created_at_ms.desc(), c.run_id).limit(bindparam("lim"))
-            if statuses:
-                query = query.where(c.status.in_(bindparam("st", expanding=True)))
-            return query
+            return (
+                select(t.runs)
+                .where(c.status == bindparam("st"))
+                .order_by(c.created_at_ms.desc(), c.run_id)
+                .limit(bindparam("lim"))
+            )
 
-        if statuses is None:
-            return self.rows(("runs", False), build, {"lim": limit})
-        # expanding IN parameters are rendered per call; keep them off the compiled cache
-        query = build()
-        names = [col.name for col in t.runs.columns]
-        return [
-            dict(zip(names, r, strict=True))
-            for r in self.store.engine_rows(query, {"lim": limit, "st": statuses}, self)
-        ]
+        statuses = ["running", "continued"] if status == "running" else [status]
+        rows = [r for st in statuses for r in self.rows("runs_by_status", build, {"st": st, "lim": limit})]
+        return sorted(rows, key=lambda r: (-r["created_at_ms"], r["run_id"]))[:limit]
 
     def list_runs_by_status(self, statuses: Sequence[str]) -> list[Row]:
         out: list[Row] = []
@@ -436,6 +438,9 @@ class Tx:
     def set_cron_error(self, cron_id: str, error: str | None) -> None:
         self.update(t.cron, {"cron_id": cron_id}, {"error_json": error})
 
+    def update_cron_fields(self, cron_id: str, **values: Any) -> None:
+        self.update(t.cron, {"cron_id": cron_id}, values)
+
 
 class Store:
     """A database of runs, opened from a path or URL, migrated to the newest schema on open."""
@@ -481,18 +486,6 @@ class Store:
         """Serialise writers of one run's sequences (events, signals) inside ``tx``."""
         if self.is_postgres:
             tx.cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))
-
-    def engine_rows(self, query: ClauseElement, params: Mapping[str, Any], tx: Tx) -> list[tuple[Any, ...]]:
-        """Run an uncached Core query on ``tx``'s connection (for statements with expanding IN)."""
-        compiled: Any = query.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
-        bound = compiled.construct_params(params)
-        names = compiled.positiontup
-        sql = str(compiled)
-        if compiled.positional and names is not None:
-            tx.cur.execute(sql, [bound[n] for n in names])
-        else:
-            tx.cur.execute(sql, bound)
-        return list(tx.cur.fetchall())
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:

@@ -1,0 +1,47 @@
+"""Signal RPCs (protocol §15.1): deliver an external event to a run and resume it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from smithers.engine import control
+from smithers.gateway.dispatch import Call
+from smithers.gateway.errors import INVALID_REQUEST, NOT_FOUND, GatewayError
+from smithers.gateway.protocol import as_string, read_alias
+from smithers.gateway.runs import caller_auth
+
+if TYPE_CHECKING:
+    from smithers.gateway.dispatch import Handler
+
+
+async def submit_signal(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    """``signals.send``/``submitSignal``: ``signalName`` or ``correlationKey``, ``data`` or ``payload``.
+
+    ``correlationKey`` (the stable form) is the name fallback and the correlation fallback; a wait
+    with no correlation id still accepts the signal (§23 D3), so a plain ``WaitForEvent`` resumes.
+    A signal for a run that is not waiting yet is stored and consumed when its wait starts.
+    """
+    gw = call.gateway
+    run_id = read_alias(params, "runId", as_string)
+    key = as_string(params.get("correlationKey"))
+    name = as_string(params.get("signalName")) or key
+    if not run_id or not name:
+        raise GatewayError(INVALID_REQUEST, "runId and signalName are required")
+    if gw.resolve_run(run_id) is None:
+        raise GatewayError(NOT_FOUND, f"Run not found: {run_id}")
+    correlation = as_string(params.get("correlationId")) or key
+    data = params.get("data")
+    if data is None:
+        data = params.get("payload")
+    if data is None:
+        data = {}
+    # A blank name escapes as INVALID_INPUT from the engine (400 / id "invalid"), as the reference does.
+    record = control.signal_run(
+        gw.store, run_id, name, data, correlation_id=correlation, received_by=call.principal.user_id
+    )
+    gw.metrics.signals.labels("delivered").inc()
+    await gw.resume_if_needed(run_id, caller_auth(call), call.connection)
+    return record
+
+
+HANDLERS: Final[dict[str, Handler]] = {"signals.send": submit_signal, "submitSignal": submit_signal}
