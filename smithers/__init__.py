@@ -3,6 +3,8 @@
 The public surface is what ``__all__`` lists; everything else is internal.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from smithers.api import run, run_async
 from smithers.engine.attempt import heartbeat
 from smithers.engine.context import Ctx
@@ -23,10 +25,14 @@ from smithers.engine.workflow import Workflow, workflow
 from smithers.errors import SmithersError
 from smithers.store.store import Store
 
+if TYPE_CHECKING:
+    from smithers.gateway.server import Gateway
+
 __all__ = [
     "Approval",
     "Branch",
     "Ctx",
+    "Gateway",
     "Loop",
     "Parallel",
     "RetryPolicy",
@@ -47,3 +53,12 @@ __all__ = [
     "signal_run",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``smithers.Gateway`` is imported on first use, so the engine and CLI start without the server stack."""
+    if name == "Gateway":
+        from smithers.gateway.server import Gateway
+
+        return Gateway
+    raise AttributeError(f"module 'smithers' has no attribute {name!r}")

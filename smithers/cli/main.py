@@ -321,6 +321,8 @@ def cancel(run_id: str, db: DbOption = None) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    import smithers.cli.gateway_cmds  # noqa: F401  (registers serve, token and cron)
+
     try:
         app()
     except KeyboardInterrupt:
