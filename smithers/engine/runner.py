@@ -130,18 +130,21 @@ class RunLoop:
         self.needs_render = True
         self.mounted_json = "[]"
         self._stored_mounted_json: str | None = None
+        self._create_row: dict[str, Any] | None = None
+        self._first_render: tuple[Graph, ReadLog] | None = None
         self.task_index_json = "[]"
         self.waits = WaitHandler(self)
         self._wake = asyncio.Event()
 
     # ---- start / resume --------------------------------------------------------------------
     def create(self, input: dict[str, Any], auth: dict[str, Any] | None, config: dict[str, Any]) -> None:
-        """Write the run row, its input and RunStarted in one transaction."""
+        """Check input and the first render; the rows are written with the first step (``_write_create``)."""
         if len(dumps(input).encode()) > MAX_INPUT_BYTES:
             raise InvalidInputError(f"workflow input is larger than {MAX_INPUT_BYTES} bytes")
         self.input, self.auth = input, auth
         try:  # a tree that cannot even render its first frame is refused before any row is written
-            extract(self.workflow.render(self._ctx()), self.workflow.key, {})
+            reads = ReadLog()
+            self._first_render = (extract(self.workflow.render(self._ctx(reads=reads)), self.workflow.key, {}), reads)
         except SmithersError:
             raise
         except Exception as exc:
@@ -150,25 +153,30 @@ class RunLoop:
         cfg = {"maxConcurrency": self.max_concurrency, "workflowKey": self.workflow.key, **config}
         if auth is not None:
             cfg["auth"] = auth
-        with self.store.write() as tx:
-            if tx.get_run(self.run_id) is not None:
-                raise SmithersError(
-                    f"run {self.run_id} already exists", code=RUN_ALREADY_EXISTS, details={"runId": self.run_id}
-                )
-            tx.insert_run(
-                run_id=self.run_id,
-                workflow_name=self.workflow.key,
-                workflow_path=self.workflow.path,
-                workflow_hash=self.workflow.source_hash(),
-                status=RUNNING,
-                created_at_ms=now,
-                started_at_ms=now,
-                heartbeat_at_ms=now,
-                runtime_owner_id=self.owner_id,
-                config_json=dumps(cfg),
+        self._create_row = {
+            "run_id": self.run_id,
+            "workflow_name": self.workflow.key,
+            "workflow_path": self.workflow.path,
+            "workflow_hash": self.workflow.source_hash(),
+            "status": RUNNING,
+            "created_at_ms": now,
+            "started_at_ms": now,
+            "heartbeat_at_ms": now,
+            "runtime_owner_id": self.owner_id,
+            "config_json": dumps(cfg),
+        }
+
+    def _write_create(self, tx: Tx) -> None:
+        """The run row, its input and RunStarted: committed with the first step, in one transaction."""
+        row, self._create_row = self._create_row, None
+        assert row is not None
+        if tx.get_run(self.run_id) is not None:
+            raise SmithersError(
+                f"run {self.run_id} already exists", code=RUN_ALREADY_EXISTS, details={"runId": self.run_id}
             )
-            tx.insert_input(self.run_id, input)
-            tx.emit(self.run_id, ev.RUN_STARTED)
+        tx.insert_run(**row)
+        tx.insert_input(self.run_id, self.input)
+        tx.emit(self.run_id, ev.RUN_STARTED)
 
     def claim(self, force: bool, auth: dict[str, Any] | None, config: dict[str, Any]) -> None:
         """Take a stored run over for resuming (compare-and-swap on its owner and heartbeat)."""
@@ -290,6 +298,9 @@ class RunLoop:
 
     def _step(self) -> tuple[str, Any]:
         """Advance the run as far as it goes without waiting; say what to wait for (or how it ended)."""
+        if self._create_row is not None:
+            with self.store.write() as tx:
+                self._write_create(tx)
         self._collect_completions()
         if self.lost_ownership:
             raise RunOwnershipError(
@@ -359,8 +370,11 @@ class RunLoop:
         )
 
     def _render(self) -> Graph:
-        reads = ReadLog()
-        graph = extract(self.workflow.render(self._ctx(reads=reads)), self.workflow.key, self.loop_state)
+        if self._first_render is not None:  # the check in create() already rendered the first frame
+            (graph, reads), self._first_render = self._first_render, None
+        else:
+            reads = ReadLog()
+            graph = extract(self.workflow.render(self._ctx(reads=reads)), self.workflow.key, self.loop_state)
         self.graph, self.render_reads, self.needs_render = graph, reads, False
         if self.in_flight:
             self._cancel_unmounted(graph)

@@ -37,6 +37,7 @@ class Workflow:
         self.readable_name = name
         self.description = description or (inspect.getdoc(render) or "").split("\n\n")[0] or None
         self.path = _source_path(render)
+        self._source_hash: str | None = None
 
     def validate_input(self, data: Any) -> dict[str, Any]:
         """The run input as a plain dict, checked against the input model if there is one."""
@@ -55,13 +56,13 @@ class Workflow:
             ) from exc
 
     def source_hash(self) -> str | None:
-        """sha256 of the file that defines the render function (recorded on runs)."""
-        if self.path is None:
-            return None
-        try:
-            return hashlib.sha256(Path(self.path).read_bytes()).hexdigest()
-        except OSError:
-            return None
+        """sha256 of the file that defines the render function (recorded on runs; read once)."""
+        if self._source_hash is None and self.path is not None:
+            try:
+                self._source_hash = hashlib.sha256(Path(self.path).read_bytes()).hexdigest()
+            except OSError:
+                return None
+        return self._source_hash
 
     def __call__(self, ctx: Ctx) -> Node | None:
         return self.render(ctx)

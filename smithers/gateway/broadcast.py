@@ -113,10 +113,16 @@ def map_event(event: StoredEvent) -> tuple[str, Payload] | None:
 class Broadcaster:
     """Owns the global ``stateVersion`` and fans broadcasts out to the connections (§9.2)."""
 
-    def __init__(self, connections: Collection[Connection], windows: RunWindows):
+    def __init__(
+        self,
+        connections: Collection[Connection],
+        windows: RunWindows,
+        on_sent: Callable[[str, int], None] | None = None,
+    ):
         self.state_version = 0
         self._connections = connections
         self._windows = windows
+        self._on_sent = on_sent
 
     def broadcast(self, event: str, payload: Payload) -> int:
         """Send ``event`` to every authenticated connection whose filter passes; returns its stateVersion."""
@@ -127,11 +133,14 @@ class Broadcaster:
         if not self._connections:
             return version
         payload_json = encode_json(payload)  # serialised once, framed per connection
+        sent = 0
         for conn in list(self._connections):
             if not conn.receives(payload):
                 continue
-            conn.send_event(event, payload, version, payload_json=payload_json)
+            sent += conn.send_event(event, payload, version, payload_json=payload_json, counted=False)
             if frame is not None and isinstance(run_id, str):
                 for stream in conn.streams_on(run_id):
                     stream.deliver(frame)
+        if sent and self._on_sent is not None:
+            self._on_sent(event, sent)
         return version

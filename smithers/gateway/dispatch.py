@@ -11,11 +11,14 @@ become wire errors; the transports only frame them.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from smithers.errors import (
     INVALID_INPUT as ENGINE_INVALID_INPUT,
@@ -35,6 +38,7 @@ from smithers.gateway.errors import (
     METHOD_NOT_FOUND,
     NOT_FOUND,
     RUN_NOT_ACTIVE,
+    SERVER_FAILURE_MESSAGE,
     WS_INVALID_ID,
     GatewayError,
     coded_error,
@@ -125,6 +129,11 @@ def escaped_outcome(call: Call, exc: BaseException) -> Outcome:
         error = exc.error
     elif isinstance(exc, SmithersError):
         error = engine_error(exc)
+    elif isinstance(exc, SQLAlchemyError | sqlite3.Error):
+        # Database driver errors carry codes that mean nothing to a client (and SQL text that
+        # should not reach one): they are server errors, logged here.
+        log.error("%s %s failed", call.transport, call.method, exc_info=exc)
+        exc = RuntimeError(SERVER_FAILURE_MESSAGE)
     elif coded_error(exc) is None:
         log.error("%s %s failed", call.transport, call.method, exc_info=exc)
     if call.transport == TRANSPORT_HTTP:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
+import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -47,6 +49,8 @@ WEBHOOK_PATH: Final = re.compile(r"/webhooks/([^/]+)")
 RPC_PATH: Final = re.compile(r"/v1/rpc/([^/]+)")
 _PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 REQUEST_TIMEOUT_RESPONSE: Final = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n"
+FORCE_EXIT_AFTER_S: Final = 0.25
+"""After the gateway closed its sockets, uvicorn gets this long before it is forced to stop."""
 
 WebhookHandler = Callable[[Request, str], Awaitable[Response]]
 """Serves ``POST /webhooks/{key}`` (decoded key); installed by the webhook module."""
@@ -286,3 +290,45 @@ def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asy
             self._disarm()  # idle keep-alive is uvicorn's timeout_keep_alive; the next request re-arms
 
     return GatewayHttpProtocol
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (``port`` 0 picks a free one); raises OSError."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+        0
+    ]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class UvicornServer(uvicorn.Server):
+    """uvicorn configured for the gateway; on shutdown the gateway first stops its runs and sockets."""
+
+    def __init__(self, gateway: Gateway):
+        options = gateway.options
+        config = uvicorn.Config(
+            gateway.app,
+            http=protocol_class(options.headers_timeout, options.request_timeout),
+            ws="websockets-sansio",
+            ws_max_size=options.max_payload,
+            ws_ping_interval=None,  # the gateway never pings (it answers client pings)
+            ws_ping_timeout=None,
+            ws_per_message_deflate=False,
+            lifespan="off",
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+        )
+        super().__init__(config)
+        self.gateway = gateway
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.gateway.stop_runs_and_sockets()
+        asyncio.get_running_loop().call_later(FORCE_EXIT_AFTER_S, setattr, self, "force_exit", True)
+        await super().shutdown(sockets)

@@ -6,7 +6,7 @@ observation is exported as the empty string (Prometheus treats that as an absent
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -93,6 +93,7 @@ class GatewayMetrics:
             w + "sandboxes_reverted", "Sandboxes reverted", buckets=_COUNT_BUCKETS, registry=r
         )
         self.connections_active.labels(transport="ws").set(0)
+        self._event_children: dict[str, Any] = {}
 
     # -- helpers used by the transports --------------------------------------------------------
     def rpc(self, transport: str, method: str, duration_ms: float, code: str | None) -> None:
@@ -108,9 +109,14 @@ class GatewayMetrics:
 
     def auth(self, transport: str, mode: str, ok: bool) -> None:
         self.auth_events.labels(transport, mode, "success" if ok else "failure").inc()
+        if not ok:
+            self.errors.labels("auth", transport, "", "UNAUTHORIZED", "").inc()
 
-    def event_sent(self, event: str) -> None:
-        self.messages_sent.labels("ws", "event", "ok", event, "", "").inc()
+    def event_sent(self, event: str, count: int = 1) -> None:
+        child = self._event_children.get(event)
+        if child is None:  # labels() is slow enough to matter when one event fans out to many sockets
+            child = self._event_children[event] = self.messages_sent.labels("ws", "event", "ok", event, "", "")
+        child.inc(count)
 
     def connection_opened(self, active: int) -> None:
         self.connections.labels("ws").inc()

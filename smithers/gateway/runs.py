@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from smithers.engine.runner import auth_context
 from smithers.engine.runstate import compute_run_state
-from smithers.engine.states import ACTIVE_RUN_STATUSES, TERMINAL_RUN_STATUSES
-from smithers.errors import InvalidInputError
+from smithers.engine.states import ACTIVE_RUN_STATUSES, CONTINUED, RUNNING, TERMINAL_RUN_STATUSES
+from smithers.errors import InvalidInputError, SmithersError
+from smithers.gateway.auth import Principal
 from smithers.gateway.dispatch import Call, escaping
 from smithers.gateway.errors import (
     INVALID_INPUT,
@@ -69,7 +70,13 @@ def stored_workflow_key(row: Mapping[str, Any]) -> str:
 def list_run_rows(gateway: Gateway, limit: int, status: str | None) -> list[dict[str, Any]]:
     """Newest runs first, each a wire run row plus ``workflowKey`` (§7.3)."""
     with gateway.store.read() as tx:
-        rows = tx.list_runs(limit, status or None)
+        if status:
+            # Filtering with Tx.list_runs(limit, status) fails in the store at the moment (an
+            # expanding bind parameter left unset), so the status filter is applied here.
+            wanted = [RUNNING, CONTINUED] if status == RUNNING else [status]
+            rows = sorted(tx.list_runs_by_status(wanted), key=lambda r: (-r["created_at_ms"], r["run_id"]))[:limit]
+        else:
+            rows = tx.list_runs(limit, None)
     return [{**to_wire(row), "workflowKey": stored_workflow_key(row)} for row in rows]
 
 
@@ -154,6 +161,43 @@ def _run_id_param(params: Mapping[str, Any], code: str = INVALID_REQUEST) -> str
     if not run_id:
         raise GatewayError(code, "runId is required")
     return run_id
+
+
+def hello_payload(gateway: Gateway, principal: Principal, session_token: str) -> dict[str, Any]:
+    """The payload of a successful ``connect`` (§2.4)."""
+    return {
+        "protocol": gateway.options.protocol,
+        "features": list(gateway.options.features),
+        "policy": {"heartbeatMs": gateway.options.heartbeat_ms},
+        "auth": {
+            "sessionToken": session_token,
+            "role": principal.role,
+            "scopes": list(principal.scopes),
+            "userId": principal.user_id,
+            "tokenId": principal.token_id,
+        },
+        "snapshot": {
+            "runs": active_run_rows(gateway),
+            "approvals": gateway.pending_approvals(),
+            "stateVersion": gateway.broadcaster.state_version,
+        },
+    }
+
+
+def trigger_source(triggered_by: str) -> str:
+    """The ``source`` label of a trigger (§10.2)."""
+    if triggered_by.startswith("cron:"):
+        return "cron"
+    if triggered_by.startswith("webhook:"):
+        return "webhook"
+    return "gateway" if triggered_by == "gateway" else "user"
+
+
+def serialize_error(exc: BaseException) -> dict[str, Any]:
+    """The ``error`` of a run.completed for an execution that raised (no stack on the wire)."""
+    if isinstance(exc, SmithersError):
+        return exc.to_dict()
+    return {"name": type(exc).__name__, "message": str(exc)}
 
 
 # -- handlers ----------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 import threading
 import time
@@ -17,8 +16,6 @@ import uuid
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import uvicorn
 
 from smithers.api import run_async
 from smithers.engine import events as ev
@@ -30,7 +27,7 @@ from smithers.gateway import runs, streams
 from smithers.gateway.auth import MODE_TOKEN, Authenticator, Principal
 from smithers.gateway.broadcast import RUN_COMPLETED, Broadcaster, map_event
 from smithers.gateway.dispatch import Dispatcher, Handler
-from smithers.gateway.http import GatewayApp, UiHandler, WebhookHandler, protocol_class
+from smithers.gateway.http import GatewayApp, UiHandler, UvicornServer, WebhookHandler, bind_socket
 from smithers.gateway.metrics import GatewayMetrics
 from smithers.gateway.options import GatewayOptions, Registration, resolve_ui
 from smithers.gateway.tokens import stored_token_lookup
@@ -44,7 +41,6 @@ log = logging.getLogger("smithers.gateway")
 RESUME_ATTEMPTS = 20
 RESUME_RETRY_S = 0.025
 RUN_SETTLE_TIMEOUT_S = 10.0
-FORCE_EXIT_AFTER_S = 0.25
 
 
 @dataclass
@@ -55,35 +51,6 @@ class ActiveRun:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     completed: bool = False
-
-
-def trigger_source(triggered_by: str) -> str:
-    """The ``source`` label of a trigger (§10.2)."""
-    if triggered_by.startswith("cron:"):
-        return "cron"
-    if triggered_by.startswith("webhook:"):
-        return "webhook"
-    return "gateway" if triggered_by == "gateway" else "user"
-
-
-def serialize_error(exc: BaseException) -> dict[str, Any]:
-    """The ``error`` of a run.completed for an execution that raised (no stack on the wire)."""
-    if isinstance(exc, SmithersError):
-        return exc.to_dict()
-    return {"name": type(exc).__name__, "message": str(exc)}
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, letting the gateway stop its runs and close its sockets before shutting down."""
-
-    def __init__(self, config: uvicorn.Config, gateway: Gateway):
-        super().__init__(config)
-        self.gateway = gateway
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await self.gateway.stop_runs_and_sockets()
-        asyncio.get_running_loop().call_later(FORCE_EXIT_AFTER_S, setattr, self, "force_exit", True)
-        await super().shutdown(sockets)
 
 
 class Gateway:
@@ -97,6 +64,7 @@ class Gateway:
     def __init__(self, db: str | Store | None = None, **options: Any):
         self.options = GatewayOptions.build(**options)
         self.store = db if isinstance(db, Store) else Store(db)
+        self._owns_store = not isinstance(db, Store)
         self.metrics = GatewayMetrics()
         self.workflows: dict[str, Registration] = {}
         self.ui = resolve_ui(self.options.ui, "/")
@@ -104,7 +72,7 @@ class Gateway:
         self.active: dict[str, ActiveRun] = {}
         self.connections: set[Connection] = set()
         self.windows = streams.RunWindows(self.options.event_window_size)
-        self.broadcaster = Broadcaster(self.connections, self.windows)
+        self.broadcaster = Broadcaster(self.connections, self.windows, self.metrics.event_sent)
         auth = self.options.auth
         self.authenticator = Authenticator(auth, lookup_stored_token=stored_token_lookup(self.store))
         self._configured_tokens = auth.get("tokens") if isinstance(auth, Mapping) else None
@@ -121,7 +89,7 @@ class Gateway:
         self._loop_thread: int | None = None
         self._unsubscribe: Any = None
         self._wakes: dict[str, asyncio.TimerHandle] = {}
-        self._server: _Server | None = None
+        self._server: UvicornServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._stopped = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -191,23 +159,7 @@ class Gateway:
 
     def hello(self, principal: Principal, session_token: str) -> dict[str, Any]:
         """The payload of a successful ``connect`` (§2.4)."""
-        return {
-            "protocol": self.options.protocol,
-            "features": list(self.options.features),
-            "policy": {"heartbeatMs": self.options.heartbeat_ms},
-            "auth": {
-                "sessionToken": session_token,
-                "role": principal.role,
-                "scopes": list(principal.scopes),
-                "userId": principal.user_id,
-                "tokenId": principal.token_id,
-            },
-            "snapshot": {
-                "runs": runs.active_run_rows(self),
-                "approvals": self.pending_approvals(),
-                "stateVersion": self.broadcaster.state_version,
-            },
-        }
+        return runs.hello_payload(self, principal, session_token)
 
     # -- run lifecycle (§10) -------------------------------------------------------------------
     def start_run(
@@ -233,7 +185,7 @@ class Gateway:
         if subscribe is not None:
             subscribe.auto_subscribe(run_id)
         triggered_by = str((auth or {}).get("triggeredBy") or "gateway")
-        self.metrics.runs_started.labels(key, trigger_source(triggered_by), str(resume).lower()).inc()
+        self.metrics.runs_started.labels(key, runs.trigger_source(triggered_by), str(resume).lower()).inc()
         config = {"gatewayWorkflowKey": key, "gatewayTriggeredBy": triggered_by}
         entry.task = asyncio.get_running_loop().create_task(
             self._execute(run_id, reg.workflow, input, auth, resume, config, entry), name=f"smithers-run:{run_id}"
@@ -265,7 +217,7 @@ class Gateway:
             )
         except Exception as exc:
             log.warning("run %s ended with an error: %s", run_id, exc, exc_info=not isinstance(exc, SmithersError))
-            self._settled(run_id, entry, FAILED, serialize_error(exc))
+            self._settled(run_id, entry, FAILED, runs.serialize_error(exc))
         else:
             if result.status in (FINISHED, FAILED, CANCELLED):
                 self._settled(run_id, entry, result.status, result.error)
@@ -279,6 +231,8 @@ class Gateway:
 
     def _settled(self, run_id: str, entry: ActiveRun, status: str, error: Any) -> None:
         self.metrics.runs_completed.labels(entry.key, status).inc()
+        if status == FAILED:
+            self.metrics.error("run", workflow=entry.key)
         if entry.completed:  # the engine's terminal event already went out (§23 D4)
             return
         entry.completed = True
@@ -387,31 +341,9 @@ class Gateway:
             return
         await self.start()
         bind_host = host or "0.0.0.0"
-        family, kind, proto, _, address = socket.getaddrinfo(
-            bind_host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError:
-            sock.close()
-            raise
+        sock = bind_socket(bind_host, port)
         self.host, self.port = bind_host, sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            http=protocol_class(self.options.headers_timeout, self.options.request_timeout),
-            ws="websockets-sansio",
-            ws_max_size=self.options.max_payload,
-            ws_ping_interval=None,
-            ws_ping_timeout=None,
-            ws_per_message_deflate=False,
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-        )
-        self._server = _Server(config, self)
+        self._server = UvicornServer(self)
         self._serve_task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._serve_task.done():
@@ -474,3 +406,5 @@ class Gateway:
             if not self._serve_task.done():
                 await asyncio.wait([self._serve_task], timeout=5)
         self._server = None
+        if self._owns_store:
+            self.store.close()

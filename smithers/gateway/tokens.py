@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from sqlalchemy import select
+
 from smithers.gateway.auth import GrantLookup, hash_token, token_id_for
 from smithers.gateway.errors import INVALID_INPUT, GatewayError
 from smithers.store import schema as t
@@ -102,8 +104,9 @@ def _public(row: Row) -> dict[str, Any]:
 def list_tokens(store: Store, *, include_inactive: bool = True, now_ms: int | None = None) -> list[dict[str, Any]]:
     """Every stored token without its hash, oldest first; optionally only the usable ones."""
     now = clock_ms() if now_ms is None else now_ms
+    c = t.tokens.c
     with store.read() as tx:
-        rows = tx.select(t.tokens, {}, ("created_at_ms", "token_id"))
+        rows = tx.rows("tokens_all", lambda: select(t.tokens).order_by(c.created_at_ms, c.token_id), {})
     out = [_public(row) for row in rows]
     if include_inactive:
         return out

@@ -76,9 +76,10 @@ class IllegalTransition(RuntimeError):
 class Connection:
     """One WebSocket client: its state, identity, subscription filter, seq and streams."""
 
-    def __init__(self, gateway: Gateway, websocket: WebSocket, headers: dict[str, str]):
+    def __init__(self, gateway: Gateway, websocket: WebSocket, headers: dict[str, str], send: Send | None = None):
         self.gateway = gateway
         self.websocket = websocket
+        self._send = send
         self.headers = headers
         self.state = ConnectionState.CONNECTING
         self.seq = 0
@@ -131,11 +132,21 @@ class Connection:
         return [s for s in self.streams.values() if s.run_id == run_id]
 
     def send_event(
-        self, event: str, payload: Any, state_version: int | None = None, *, payload_json: str | None = None
-    ) -> None:
-        """Queue an event frame with the next connection seq (not consumed if the socket is closed)."""
-        if not self.is_open:
-            return
+        self,
+        event: str,
+        payload: Any,
+        state_version: int | None = None,
+        *,
+        payload_json: str | None = None,
+        counted: bool = True,
+    ) -> bool:
+        """Queue an event frame with the next connection seq (not consumed if the socket is closed).
+
+        Returns whether it was queued; ``counted=False`` leaves the sent-message metric to the
+        caller (a broadcast counts all its frames at once).
+        """
+        if self.state is not ConnectionState.OPEN and self.state is not ConnectionState.AUTHENTICATED:
+            return False
         self.seq += 1
         version = self.gateway.broadcaster.state_version if state_version is None else state_version
         if payload_json is None:
@@ -145,8 +156,10 @@ class Connection:
                 f'{{"type":"event","event":{encode_json(event)},"payload":{payload_json},'
                 f'"seq":{self.seq},"stateVersion":{version},"apiVersion":"{API_VERSION}"}}'
             )
-        self.gateway.metrics.event_sent(event)
+        if counted:
+            self.gateway.metrics.event_sent(event)
         self._enqueue(text)
+        return True
 
     def send_frame(self, frame: Mapping[str, Any]) -> None:
         if self.is_open:
@@ -173,9 +186,14 @@ class Connection:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        send = self._send
         try:
             while self._outbox and self.is_open:
-                await self.websocket.send_text(self._outbox.popleft())
+                text = self._outbox.popleft()
+                if send is not None:  # the ASGI send itself: the hot path of a broadcast
+                    await send({"type": "websocket.send", "text": text})
+                else:
+                    await self.websocket.send_text(text)
         except Exception:  # the peer went away; the receive loop notices and closes
             self._outbox.clear()
         finally:
@@ -330,7 +348,7 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
         )
         await websocket.send_denial_response(response)
         return
-    conn = Connection(gateway, websocket, node_headers(scope.get("headers", [])))
+    conn = Connection(gateway, websocket, node_headers(scope.get("headers", [])), send)
     gateway.connections.add(conn)
     gateway.metrics.connection_opened(len(gateway.connections))
     reason = "close"
@@ -340,6 +358,7 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
         pass
     except Exception:
         reason = "error"
+        gateway.metrics.error("socket", transport="ws")
         log.exception("WebSocket connection failed")
     finally:
         conn.close()

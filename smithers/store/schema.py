@@ -1,6 +1,7 @@
 """The `_smithers_*` tables: the one place their names and columns are written down.
 
-Timestamps are epoch milliseconds (BigInteger). Structured values are JSON text in ``*_json``
+Small tables addressed by their primary key are ``WITHOUT ROWID`` on SQLite, so a write touches
+one B-tree instead of two. Timestamps are epoch milliseconds (BigInteger). Structured values are JSON text in ``*_json``
 columns on both SQLite and PostgreSQL, so rows read back identically on either.
 """
 
@@ -42,6 +43,7 @@ run_input = Table(
     metadata,
     Column("run_id", Text, primary_key=True),
     Column("payload_json", Text, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 nodes = Table(
@@ -55,6 +57,7 @@ nodes = Table(
     Column("updated_at_ms", BigInteger, nullable=False),
     Column("output_table", Text, nullable=False),
     Column("label", Text),
+    sqlite_with_rowid=False,
 )
 
 attempts = Table(
@@ -75,6 +78,7 @@ attempts = Table(
     Column("response_text", Text),
     Column("cached", Integer, nullable=False, default=0),
     Column("meta_json", Text),
+    sqlite_with_rowid=False,
 )
 
 outputs = Table(
@@ -125,6 +129,7 @@ events = Table(
     Column("timestamp_ms", BigInteger, nullable=False),
     Column("type", Text, nullable=False),
     Column("payload_json", Text, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 approvals = Table(
@@ -141,6 +146,7 @@ approvals = Table(
     Column("request_json", Text),
     Column("decision_json", Text),
     Column("auto_approved", Integer, nullable=False, default=0),
+    sqlite_with_rowid=False,
 )
 
 signals = Table(
@@ -154,6 +160,7 @@ signals = Table(
     Column("received_at_ms", BigInteger, nullable=False),
     Column("received_by", Text),
     Index("_smithers_signals_lookup_idx", "run_id", "signal_name", "correlation_id", "received_at_ms"),
+    sqlite_with_rowid=False,
 )
 
 ralph = Table(
@@ -164,6 +171,7 @@ ralph = Table(
     Column("iteration", Integer, nullable=False, default=0),
     Column("done", Integer, nullable=False, default=0),
     Column("updated_at_ms", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 cache = Table(

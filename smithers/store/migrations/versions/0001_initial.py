@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("decision_json", sa.Text(), nullable=True),
         sa.Column("auto_approved", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("run_id", "node_id", "iteration"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "_smithers_attempts",
@@ -50,6 +51,7 @@ def upgrade() -> None:
         sa.Column("cached", sa.Integer(), nullable=False),
         sa.Column("meta_json", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("run_id", "node_id", "iteration", "attempt"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "_smithers_branches",
@@ -95,6 +97,7 @@ def upgrade() -> None:
         sa.Column("type", sa.Text(), nullable=False),
         sa.Column("payload_json", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("run_id", "seq"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "_smithers_frames",
@@ -114,6 +117,7 @@ def upgrade() -> None:
         sa.Column("run_id", sa.Text(), nullable=False),
         sa.Column("payload_json", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("run_id"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "_smithers_nodes",
@@ -126,6 +130,7 @@ def upgrade() -> None:
         sa.Column("output_table", sa.Text(), nullable=False),
         sa.Column("label", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("run_id", "node_id", "iteration"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "_smithers_outputs",
@@ -145,6 +150,7 @@ def upgrade() -> None:
         sa.Column("done", sa.Integer(), nullable=False),
         sa.Column("updated_at_ms", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("run_id", "ralph_id"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "_smithers_runs",
@@ -184,6 +190,7 @@ def upgrade() -> None:
         sa.Column("received_at_ms", sa.BigInteger(), nullable=False),
         sa.Column("received_by", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("run_id", "seq"),
+        sqlite_with_rowid=False,
     )
     op.create_index(
         "_smithers_signals_lookup_idx",
