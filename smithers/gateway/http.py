@@ -86,11 +86,11 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(encode_json(body).encode("utf-8"), status, dict(COMMON_HEADERS), JSON_CONTENT_TYPE)
 
 
-class _BodyTooLarge(Exception):
+class BodyTooLarge(Exception):
     pass
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The request body, or None if the client went away; raises when it exceeds ``limit``."""
     chunks: list[bytes] = []
     size = 0
@@ -101,7 +101,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _BodyTooLarge
+            raise BodyTooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -123,12 +123,12 @@ async def rpc(gateway: Gateway, request: Request, path_method: str | None) -> Re
     try:
         declared = header_value(headers, "content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            raise _BodyTooLarge
-        raw = await _read_body(request.receive, limit)
+            raise BodyTooLarge
+        raw = await read_body(request.receive, limit)
         if raw is None:
             return Response(status_code=400)
         frame = http_rpc_request(parse_http_body(raw), request_id, path_method)
-    except _BodyTooLarge:
+    except BodyTooLarge:
         error = payload_too_large(limit)
         metrics.error("http", transport="http", code=error.code)
         return json_response(error_frame(request_id, error), error.http_status)

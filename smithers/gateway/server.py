@@ -23,7 +23,7 @@ from smithers.engine.ownership import owner_gone
 from smithers.engine.states import CANCELLED, FAILED, FINISHED, RUNNING, TERMINAL_RUN_STATUSES, WAITING_TIMER
 from smithers.engine.workflow import Workflow
 from smithers.errors import SmithersError
-from smithers.gateway import runs, streams
+from smithers.gateway import approvals, cron, runs, signals, streams, webhooks
 from smithers.gateway.auth import MODE_TOKEN, Authenticator, Principal
 from smithers.gateway.broadcast import RUN_COMPLETED, Broadcaster, map_event
 from smithers.gateway.dispatch import Dispatcher, Handler
@@ -77,9 +77,11 @@ class Gateway:
         self.authenticator = Authenticator(auth, lookup_stored_token=stored_token_lookup(self.store))
         self._configured_tokens = auth.get("tokens") if isinstance(auth, Mapping) else None
         self.dispatcher = Dispatcher()
-        self.dispatcher.add(runs.HANDLERS)
-        self.dispatcher.add(streams.HANDLERS)
+        for table in (runs.HANDLERS, streams.HANDLERS, approvals.HANDLERS, signals.HANDLERS, cron.HANDLERS):
+            self.dispatcher.add(table)
         self.webhook_handler: WebhookHandler | None = None
+        webhooks.install(self)
+        self.cron = cron.CronScheduler(self)
         self.ui_handler: UiHandler | None = None
         self.app = GatewayApp(self)
         self.host: str | None = None
@@ -340,6 +342,8 @@ class Gateway:
         if self._server is not None:
             return
         await self.start()
+        cron.register_schedules(self)  # an invalid schedule makes listen() fail (§16.1)
+        self.cron.start()
         bind_host = host or "0.0.0.0"
         sock = bind_socket(bind_host, port)
         self.host, self.port = bind_host, sock.getsockname()[1]
@@ -377,6 +381,7 @@ class Gateway:
         if self._stopped:
             return
         self._stopped = True
+        await self.cron.stop()
         for handle in self._wakes.values():
             handle.cancel()
         self._wakes.clear()

@@ -9,14 +9,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
 
 from smithers.engine import control
 from smithers.engine.runner import auth_context
 from smithers.engine.states import TERMINAL_RUN_STATUSES, WAITING_EVENT
+from smithers.errors import SmithersError
 from smithers.gateway.errors import (
     INVALID_INPUT,
     INVALID_REQUEST,
@@ -25,8 +30,14 @@ from smithers.gateway.errors import (
     UNAUTHORIZED,
     GatewayError,
 )
-from smithers.gateway.protocol import payload_too_large, validate_run_input
+from smithers.gateway.http import BodyTooLarge, json_response, read_body
+from smithers.gateway.protocol import payload_too_large, validate_run_input, webhook_error_body
 from smithers.store.store import Store
+
+if TYPE_CHECKING:
+    from smithers.gateway.server import Gateway
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE_HEADER = "x-hub-signature-256"
 DEFAULT_SIGNATURE_PREFIX = "sha256="
@@ -65,22 +76,6 @@ class WebhookConfig:
             run_enabled=True if run is None else run.get("enabled", True) is not False,
             input_path=(run or {}).get("inputPath"),
         )
-
-
-class WebhookHost(Protocol):
-    """What the webhook handler needs from the gateway."""
-
-    store: Store
-    max_body_bytes: int
-
-    def webhook_config(self, key: str) -> WebhookConfig | bool | None:
-        """False: unknown workflow; None: registered without a webhook."""
-
-    def start_run(self, key: str, input: dict[str, Any], auth: dict[str, Any]) -> Awaitable[str]:
-        """Start a run of ``key``; returns its id."""
-
-    def resume_run_if_needed(self, run_id: str, auth: dict[str, Any]) -> Awaitable[None]:
-        """Resume a run after a signal (spec §10.3)."""
 
 
 def select_path(payload: Any, path: str | None) -> Any:
@@ -143,24 +138,42 @@ def waits_for(store: Store, run_id: str, signal_name: str, correlation_id: str |
     return False
 
 
-async def handle_webhook(host: WebhookHost, key: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-    """Process one delivery; returns the 200 payload or raises GatewayError (with the spec's status)."""
-    config = host.webhook_config(key)
-    if config is False:
-        raise GatewayError(NOT_FOUND, f"Unknown workflow: {key}")
-    if config is None or config is True:
-        raise GatewayError(NOT_FOUND, f"Webhook not configured for workflow: {key}")
+class WebhookRejected(Exception):
+    """A refused delivery: the wire error plus the reject reason used in metrics."""
+
+    def __init__(self, error: GatewayError, reason: str):
+        super().__init__(error.message)
+        self.error = error
+        self.reason = reason
+
+
+def _reject(code: str, message: str, reason: str) -> WebhookRejected:
+    return WebhookRejected(GatewayError(code, message), reason)
+
+
+async def handle_webhook(gateway: Gateway, key: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """Process one delivery; returns the 200 payload or raises :class:`WebhookRejected`."""
+    reg = gateway.workflows.get(key)
+    if reg is None:
+        raise _reject(NOT_FOUND, f"Unknown workflow: {key}", "workflow_not_found")
+    if not reg.webhook:
+        raise _reject(NOT_FOUND, f"Webhook not configured for workflow: {key}", "not_configured")
+    config = WebhookConfig.parse(reg.webhook)
     if not config.secret:
-        raise GatewayError(SERVER_ERROR, "Webhook secret is not configured")
+        raise _reject(SERVER_ERROR, "Webhook secret is not configured", "not_configured")
     if not config.signal_name and not config.run_enabled:
-        raise GatewayError(INVALID_REQUEST, "Webhook config must enable signal delivery or run creation")
-    if len(body) > host.max_body_bytes:
-        raise payload_too_large(host.max_body_bytes)
-    verify_signature(config, headers, body)
+        raise _reject(INVALID_REQUEST, "Webhook config must enable signal delivery or run creation", "misconfigured")
+    if len(body) > gateway.options.max_body_bytes:
+        raise WebhookRejected(payload_too_large(gateway.options.max_body_bytes), "invalid_payload")
+    try:
+        verify_signature(config, headers, body)
+    except GatewayError as exc:
+        raise WebhookRejected(exc, "invalid_signature") from exc
+    gateway.metrics.webhooks_verified.labels(key).inc()
     try:
         payload = json.loads(body) if body.strip() else {}
     except (ValueError, UnicodeDecodeError) as exc:
-        raise GatewayError(INVALID_INPUT, "Webhook payload must be valid JSON.") from exc
+        raise _reject(INVALID_INPUT, "Webhook payload must be valid JSON.", "invalid_payload") from exc
 
     auth = auth_context(f"webhook:{key}", ["*"], "system")
     delivered: list[dict[str, Any]] = []
@@ -169,12 +182,12 @@ async def handle_webhook(host: WebhookHost, key: str, headers: Mapping[str, str]
         correlation = as_id(select_path(payload, config.correlation_id_path))
         explicit = as_id(select_path(payload, config.run_id_path)) if config.run_id_path else None
         signal_payload = select_path(payload, config.payload_path)
-        for run_id in _candidate_runs(host.store, explicit):
-            if waits_for(host.store, run_id, config.signal_name, correlation):
+        for run_id in _candidate_runs(gateway.store, explicit):
+            if waits_for(gateway.store, run_id, config.signal_name, correlation):
                 matched.append(run_id)
         for run_id in matched:
             record = control.signal_run(
-                host.store,
+                gateway.store,
                 run_id,
                 config.signal_name,
                 signal_payload,
@@ -182,14 +195,18 @@ async def handle_webhook(host: WebhookHost, key: str, headers: Mapping[str, str]
                 received_by=auth["triggeredBy"],
             )
             delivered.append(record)
-            await host.resume_run_if_needed(run_id, auth)
+            await gateway.resume_if_needed(run_id, auth)
     started = None
     if not delivered and config.run_enabled:
         raw_input = select_path(payload, config.input_path)
         run_input = raw_input if isinstance(raw_input, dict) else {"payload": raw_input}
-        run_input = validate_run_input(run_input)
-        run_id = await host.start_run(key, run_input, auth)
-        started = {"runId": run_id, "workflow": key}
+        try:
+            run_input = reg.workflow.validate_input(validate_run_input(run_input))
+        except GatewayError as exc:
+            raise WebhookRejected(exc, "invalid_payload") from exc
+        except SmithersError as exc:
+            raise _reject(INVALID_INPUT, exc.message, "invalid_payload") from exc
+        started = gateway.start_run(key, run_input, auth=auth)
     return {
         "ok": True,
         "workflow": key,
@@ -198,6 +215,38 @@ async def handle_webhook(host: WebhookHost, key: str, headers: Mapping[str, str]
         "matchedRunIds": matched,
         "started": started,
     }
+
+
+def install(gateway: Gateway) -> None:
+    """Serve ``POST /webhooks/{key}`` on ``gateway`` with the ``{ok, error}`` envelope of §15.3."""
+
+    async def handler(request: Request, key: str) -> Response:
+        gateway.metrics.webhooks_received.labels(key).inc()
+        try:
+            try:
+                body = await read_body(request.receive, gateway.options.max_body_bytes)
+            except BodyTooLarge as exc:
+                raise WebhookRejected(payload_too_large(gateway.options.max_body_bytes), "invalid_payload") from exc
+            if body is None:
+                return Response(status_code=400)
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(request.scope.get("headers", []))
+            }  # first value wins
+            result = await handle_webhook(gateway, key, headers, body)
+        except WebhookRejected as exc:
+            gateway.metrics.webhooks_rejected.labels(key, exc.reason).inc()
+            return json_response(webhook_error_body(exc.error), exc.error.http_status)
+        except GatewayError as exc:
+            gateway.metrics.webhooks_rejected.labels(key, "server_error").inc()
+            return json_response(webhook_error_body(exc), exc.http_status)
+        except Exception as exc:
+            log.exception("webhook for %s failed", key)
+            gateway.metrics.webhooks_rejected.labels(key, "server_error").inc()
+            error = GatewayError(SERVER_ERROR, str(exc) or "Webhook processing failed")
+            return json_response(webhook_error_body(error), 500)
+        return json_response(result)
+
+    gateway.webhook_handler = handler
 
 
 def _candidate_runs(store: Store, explicit: str | None) -> list[str]:

@@ -254,6 +254,8 @@ class Connection:
             self.send_frame(error_frame(response_id, error))
             return
         gw.metrics.auth("ws", gw.authenticator.mode, True)
+        if not self.is_open:  # the socket closed while this connect was being checked
+            return
         self.transition(ConnectionState.AUTHENTICATED)
         self.principal = principal
         self._token = token

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, insert, select, true, update
 from sqlalchemy.engine import Dialect as SaDialect
 from sqlalchemy.sql import ClauseElement, ColumnElement
 
@@ -39,12 +39,10 @@ class SqlCache:
 
 def eq_where(table: Table, where: Mapping[str, Any]) -> ColumnElement[bool]:
     """``col = :w_col`` for each key (``IS NULL`` where the value is None)."""
-    return and_(
-        *[
-            table.c[col].is_(None) if val is None else table.c[col] == bindparam("w_" + col)
-            for col, val in where.items()
-        ]
-    )
+    clauses = [
+        table.c[col].is_(None) if val is None else table.c[col] == bindparam("w_" + col) for col, val in where.items()
+    ]
+    return and_(*clauses) if clauses else true()
 
 
 def where_params(where: Mapping[str, Any]) -> dict[str, Any]:
