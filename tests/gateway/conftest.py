@@ -201,7 +201,7 @@ class WsClient:
     """A synchronous WebSocket client that keeps events apart from responses."""
 
     def __init__(self, url: str, connect_now: bool = False, **connect_params: Any):
-        self.conn: ClientConnection = connect(url, open_timeout=10, max_size=None, legacy=True)
+        self.conn: ClientConnection = connect(url, open_timeout=10, close_timeout=1, max_size=None, legacy=True)
         self.events: list[dict[str, Any]] = []
         self.challenge = self.recv()
         self._ids = 0
@@ -239,7 +239,9 @@ class WsClient:
         self.send(frame)
         return self.response(None if any_id else frame_id)
 
-    def event(self, name: str, timeout: float = 10, where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    def event(
+        self, name: str, timeout: float = 10, where: Callable[[dict[str, Any]], bool] | None = None
+    ) -> dict[str, Any]:
         """The next event called ``name`` (from those already seen, then the socket)."""
         for index, frame in enumerate(self.events):
             if frame["event"] == name and (where is None or where(frame)):
@@ -268,7 +270,11 @@ class WsClient:
 
 
 def connect_params_for(token: str | None = None, subscribe: Any = None, **extra: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {"minProtocol": 1, "maxProtocol": 1, "client": {"id": "test", "version": "1", "platform": "py"}}
+    params: dict[str, Any] = {
+        "minProtocol": 1,
+        "maxProtocol": 1,
+        "client": {"id": "test", "version": "1", "platform": "py"},
+    }
     if token is not None:
         params["auth"] = {"token": token}
     if subscribe is not None:
@@ -289,9 +295,10 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_gateway(tmp_path: Path, migrated_db: Path) -> Iterator[Callable[..., Live]]:
     started: list[Live] = []
 
-    def start(**options: Any) -> Live:
-        db_path = tmp_path / f"gateway-{len(started)}.db"
-        shutil.copyfile(migrated_db, db_path)
+    def start(db_path: Path | None = None, **options: Any) -> Live:
+        if db_path is None:
+            db_path = tmp_path / f"gateway-{len(started)}.db"
+            shutil.copyfile(migrated_db, db_path)
         gateway = Gateway.for_workflows(WORKFLOWS, db=str(db_path), **options)
         live = Live(gateway, db_path)
         started.append(live)

@@ -144,7 +144,11 @@ def test_body_validation_errors(live: Live) -> None:
 def test_unknown_method_and_transport_only_methods(live: Live) -> None:
     unknown = live.rpc("nope.nothing")
     assert unknown.status_code == 404
-    assert unknown.json()["error"] == {"version": "v1", "code": "METHOD_NOT_FOUND", "message": "Unknown method: nope.nothing"}
+    assert unknown.json()["error"] == {
+        "version": "v1",
+        "code": "METHOD_NOT_FOUND",
+        "message": "Unknown method: nope.nothing",
+    }
     connect = live.rpc("connect", {})
     assert connect.status_code == 404 and connect.json()["error"]["code"] == "METHOD_NOT_FOUND"
     stream = live.rpc("streamRunEvents", {"runId": "x"})
@@ -173,7 +177,9 @@ def test_payload_too_large(start_gateway: Any) -> None:
 
 def test_forbidden_conformance_vector(start_gateway: Any) -> None:
     live = start_gateway(auth={"mode": "token", "tokens": {READER_TOKEN: {"role": "viewer", "scopes": ["run:read"]}}})
-    response = live.http.post("/v1/rpc/launchRun", json={"workflow": "hello"}, headers={"authorization": f"Bearer {READER_TOKEN}"})
+    response = live.http.post(
+        "/v1/rpc/launchRun", json={"workflow": "hello"}, headers={"authorization": f"Bearer {READER_TOKEN}"}
+    )
     assert response.status_code == 403
     assert response.headers["x-smithers-api-version"] == "v1"
     assert response.json()["error"] == {

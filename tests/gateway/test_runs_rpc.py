@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smithers.engine.control import signal_run
 from smithers.store.rows import now_ms
+from smithers.store.store import Store
 
 Live = Any
 
@@ -125,7 +131,13 @@ def test_list_workflows(live: Live) -> None:
     keys = [w["key"] for w in listed]
     assert keys == sorted(keys, key=lambda k: (k.casefold(), k.swapcase()))
     hello = next(w for w in listed if w["key"] == "hello")
-    assert hello == {"key": "hello", "readableName": "Hello", "description": "Says hello", "hasUi": False, "uiPath": None}
+    assert hello == {
+        "key": "hello",
+        "readableName": "Hello",
+        "description": "Says hello",
+        "hasUi": False,
+        "uiPath": None,
+    }
     typed = next(w for w in listed if w["key"] == "typed")
     assert "readableName" not in typed and "description" not in typed
     assert live.ok("workflows.list", {"hasUi": True}) == []
@@ -146,7 +158,11 @@ def test_cancel_run(live: Live) -> None:
 
 
 def test_get_run_errors(live: Live) -> None:
-    assert error_of(live.rpc("getRun", {})) == {"version": "v1", "code": "INVALID_REQUEST", "message": "runId is required"}
+    assert error_of(live.rpc("getRun", {})) == {
+        "version": "v1",
+        "code": "INVALID_REQUEST",
+        "message": "runId is required",
+    }
     missing = live.rpc("getRun", {"runId": "nope"})
     assert missing.status_code == 404
     assert error_of(missing) == {"version": "v1", "code": "NOT_FOUND", "message": "Run not found: nope"}
@@ -175,8 +191,6 @@ def test_resume_run(live: Live) -> None:
     assert live.ok("resumeRun", {"runId": done}) == {"runId": done, "status": "already_terminal"}
     waiting = live.ok("launchRun", {"workflow": "waiter"})["runId"]
     live.wait_status(waiting, {"waiting-event"})
-    from smithers.engine.control import signal_run
-
     signal_run(live.gateway.store, waiting, "go", {"ok": True})
     assert live.ok("resumeRun", {"runId": waiting, "options": {"force": True}}) == {
         "runId": waiting,
@@ -189,8 +203,6 @@ def test_resume_over_ws_auto_subscribes(live: Live) -> None:
     waiting = live.ok("launchRun", {"workflow": "waiter"})["runId"]
     live.wait_status(waiting, {"waiting-event"})
     client = live.ws(connect_now=True, subscribe=["other"])
-    from smithers.engine.control import signal_run
-
     signal_run(live.gateway.store, waiting, "go", None)
     assert client.request("resumeRun", {"runId": waiting})["payload"]["status"] == "resume_requested"
     completed = client.event("run.completed", where=lambda f: f["payload"]["runId"] == waiting)
@@ -216,23 +228,76 @@ def test_timers_are_woken_by_the_gateway(live: Live) -> None:
     live.wait_status(run_id, {"finished"}, timeout=10)
 
 
-def test_startup_resumes_runs_whose_owner_is_gone(start_gateway: Any, tmp_path: Any) -> None:
-    first = start_gateway()
-    store = first.gateway.store
+def test_startup_resumes_runs_whose_owner_is_gone(start_gateway: Any, migrated_db: Path, tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    shutil.copyfile(migrated_db, db)
+    store = Store(str(db))
     now = now_ms()
+    host = socket.gethostname()
+    rows = {
+        "orphan": (f"pid:999999999:dead@{host}", now - 60_000, "hello"),
+        "alive": (f"pid:{os.getpid()}:x@{host}", now, "hello"),
+        "foreign": (f"pid:999999999:dead@{host}", now - 60_000, "unregistered"),
+    }
     with store.write() as tx:
-        for run_id, owner in (("orphan", "pid:999999999:dead@" + __import__("socket").gethostname()), ("alive", None)):
+        for run_id, (owner, beat, key) in rows.items():
             tx.insert_run(
                 run_id=run_id,
-                workflow_name="hello",
+                workflow_name=key,
                 status="running",
                 created_at_ms=now,
                 started_at_ms=now,
-                heartbeat_at_ms=now if owner is None else now - 60_000,
-                runtime_owner_id=owner or f"pid:{__import__('os').getpid()}:x@{__import__('socket').gethostname()}",
-                config_json=json.dumps({"gatewayWorkflowKey": "hello"}),
+                heartbeat_at_ms=beat,
+                runtime_owner_id=owner,
+                config_json=json.dumps({"gatewayWorkflowKey": key}),
             )
             tx.insert_input(run_id, {"name": "restart"})
-    first.stop()
+    store.close()
+    live = start_gateway(db_path=db)
+    live.wait_status("orphan", {"finished"})
+    assert live.gateway.store.get_run("alive")["status"] == "running"
+    assert live.gateway.store.get_run("foreign")["status"] == "running"
+
+
+def test_options_are_validated_and_accept_javascript_names(tmp_path: Path) -> None:
+    from smithers.gateway.errors import GatewayError
+    from smithers.gateway.options import GatewayOptions
     from smithers.gateway.server import Gateway
-    from tests_gateway_live import Live as _  # noqa: F401  (placeholder removed below)
+
+    assert GatewayOptions.build(heartbeatMs=5, maxBodyBytes="10").max_body_bytes == 10
+    with pytest.raises(GatewayError, match=r"^maxPayload must be a finite number greater than 0\.$"):
+        GatewayOptions.build(max_payload=0)
+    with pytest.raises(GatewayError, match=r"^eventWindowSize must be an integer greater than 0\.$"):
+        GatewayOptions.build(eventWindowSize=2.5)
+    with pytest.raises(TypeError):
+        GatewayOptions.build(nonsense=1)
+    gateway = Gateway.from_options(str(tmp_path / "o.db"), {"heartbeatMs": 1000, "maxConnections": 7})
+    assert gateway.options.heartbeat_ms == 1000 and gateway.options.max_connections == 7
+    gateway.store.close()
+
+
+def test_ui_registration_and_list_workflows(tmp_path: Path) -> None:
+    import asyncio
+
+    from smithers import Task, workflow
+    from smithers.gateway.dispatch import Call
+    from smithers.gateway.errors import GatewayError
+    from smithers.gateway.runs import list_workflows
+    from smithers.gateway.server import Gateway
+
+    flow = workflow("deploy")(lambda ctx: Task("t", value={"ok": True}))
+    gateway = Gateway(str(tmp_path / "ui.db"))
+    gateway.register("deploy", flow, ui={"entry": "ui/app.tsx"})
+    gateway.register("Beta", flow, ui={"entry": "x.tsx", "path": " custom/ "})
+    gateway.register("alpha", flow)
+    for bad in ({"entry": "  "}, {"path": "/x"}, {"entry": "e", "path": "/a b"}):
+        with pytest.raises(GatewayError):
+            gateway.register("bad", flow, ui=bad)
+    with pytest.raises(GatewayError, match="Gateway UI path is invalid"):
+        gateway.register("has space", flow, ui={"entry": "e"})
+    call = Call(gateway, "http", None, "listWorkflows", "id")  # type: ignore[arg-type]
+    listed = asyncio.run(list_workflows(call, {}))
+    assert [w["key"] for w in listed] == ["alpha", "Beta", "deploy"]
+    assert listed[1]["uiPath"] == "/custom" and listed[2]["uiPath"] == "/workflows/deploy"
+    assert [w["key"] for w in asyncio.run(list_workflows(call, {"hasUi": True}))] == ["Beta", "deploy"]
+    gateway.store.close()

@@ -63,11 +63,31 @@ def test_hello_snapshot_lists_active_runs_and_pending_approvals(live: Live) -> N
     ("params", "code", "message"),
     [
         ("x", "INVALID_REQUEST", "Connect params must be an object"),
-        ({"minProtocol": 1, "maxProtocol": 1}, "INVALID_REQUEST", "Connect request is missing protocol negotiation fields"),
-        ({"minProtocol": "1", "maxProtocol": 1, "client": {}}, "INVALID_REQUEST", "Connect request is missing protocol negotiation fields"),
-        ({"minProtocol": 0, "maxProtocol": 1, "client": {}}, "INVALID_INPUT", "minProtocol must be a finite number greater than 0."),
-        ({"minProtocol": 1, "maxProtocol": 1.5, "client": {}}, "INVALID_INPUT", "maxProtocol must be an integer greater than 0."),
-        ({"minProtocol": 2, "maxProtocol": 2, "client": {}}, "PROTOCOL_UNSUPPORTED", "Gateway protocol 1 is not supported by the client"),
+        (
+            {"minProtocol": 1, "maxProtocol": 1},
+            "INVALID_REQUEST",
+            "Connect request is missing protocol negotiation fields",
+        ),
+        (
+            {"minProtocol": "1", "maxProtocol": 1, "client": {}},
+            "INVALID_REQUEST",
+            "Connect request is missing protocol negotiation fields",
+        ),
+        (
+            {"minProtocol": 0, "maxProtocol": 1, "client": {}},
+            "INVALID_INPUT",
+            "minProtocol must be a finite number greater than 0.",
+        ),
+        (
+            {"minProtocol": 1, "maxProtocol": 1.5, "client": {}},
+            "INVALID_INPUT",
+            "maxProtocol must be an integer greater than 0.",
+        ),
+        (
+            {"minProtocol": 2, "maxProtocol": 2, "client": {}},
+            "PROTOCOL_UNSUPPORTED",
+            "Gateway protocol 1 is not supported by the client",
+        ),
     ],
 )
 def test_connect_negotiation_errors(live: Live, params: Any, code: str, message: str) -> None:
@@ -111,8 +131,14 @@ def test_reconnect_replaces_identity(token_live: Live) -> None:
         ("[1]", "Gateway frame must be a request object."),
         ('{"type":"req","id":"a","method":"run:read"}', "Gateway method name is invalid."),
         ('{"type":"req","id":"a","method":"' + "a" * 65 + '"}', "method exceeds the maximum length of 64 characters."),
-        ('{"type":"req","id":"' + "i" * 129 + '","method":"health"}', "id exceeds the maximum length of 128 characters."),
-        ('{"type":"req","id":"a","method":"health","params":' + "[" * 40 + "]" * 40 + "}", "gateway frame exceeds the maximum JSON depth of 32."),
+        (
+            '{"type":"req","id":"' + "i" * 129 + '","method":"health"}',
+            "id exceeds the maximum length of 128 characters.",
+        ),
+        (
+            '{"type":"req","id":"a","method":"health","params":' + "[" * 40 + "]" * 40 + "}",
+            "gateway frame exceeds the maximum JSON depth of 32.",
+        ),
     ],
 )
 def test_invalid_frames_answer_with_id_invalid(live: Live, raw: str, message: str) -> None:
@@ -211,4 +237,6 @@ def test_connection_state_machine() -> None:
     for state in ConnectionState:
         with pytest.raises(IllegalTransition):
             conn.transition(state)
-    assert all(ConnectionState.CLOSED in edges for state, edges in _LEGAL.items() if state is not ConnectionState.CLOSED)
+    assert all(
+        ConnectionState.CLOSED in edges for state, edges in _LEGAL.items() if state is not ConnectionState.CLOSED
+    )

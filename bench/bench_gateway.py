@@ -1,0 +1,227 @@
+"""Gateway benchmarks on 127.0.0.1 (the gateway runs in a child process so its memory can be read).
+
+    .venv/bin/python bench/bench_gateway.py [--launches 800] [--clients 16] [--tasks 300]
+                                            [--subscribers 100] [--idle 1000]
+
+Prints:
+  1. launchRun over HTTP for a one-task workflow with ``--clients`` concurrent clients:
+     completed runs/s and p50/p99 RPC latency;
+  2. one run emitting 2 x ``--tasks`` + 1 events to ``--subscribers`` WebSocket subscribers:
+     events/s delivered, and whether every subscriber got every event in order;
+  3. memory of ``--idle`` idle authenticated WebSocket connections (KiB per connection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from smithers import Parallel, Task, workflow  # noqa: E402
+from smithers.gateway.server import Gateway  # noqa: E402
+
+TOKEN = "bench-token"
+HOST = "127.0.0.1"
+
+
+class Out(BaseModel):
+    n: int
+
+
+@workflow("one")
+def one(ctx: Any) -> Any:
+    return Task("only", output=Out, value=Out(n=1))
+
+
+@workflow("many")
+def many(ctx: Any) -> Any:
+    count = int(ctx.input.get("tasks", 300))
+    return Parallel(*[Task(f"t{i}", output=Out, value=Out(n=i)) for i in range(count)])
+
+
+def serve(port: int, db: str) -> None:
+    """Child process: a token-mode gateway with the two workflows."""
+    auth = {"mode": "token", "tokens": {TOKEN: {"role": "operator", "scopes": ["*"]}}}
+    gateway = Gateway.for_workflows([one, many], db=db, auth=auth, max_connections=5000)
+    asyncio.run(gateway.serve(HOST, port))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def ws_connect(url: str, subscribe: list[str] | None = None) -> ClientConnection:
+    ws = await connect(url, max_size=None, open_timeout=30, ping_interval=None)
+    await ws.recv()  # connect.challenge
+    params: dict[str, Any] = {"minProtocol": 1, "maxProtocol": 1, "client": {"id": "bench"}, "auth": {"token": TOKEN}}
+    if subscribe is not None:
+        params["subscribe"] = subscribe
+    await ws.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": params}))
+    while True:
+        frame = json.loads(await ws.recv())
+        if frame.get("type") == "res":
+            assert frame["ok"], frame
+            return ws
+
+
+async def bench_launch(base: str, ws_url: str, launches: int, clients: int) -> None:
+    watcher = await ws_connect(ws_url)
+    done: set[str] = set()
+    all_done = asyncio.Event()
+
+    async def watch() -> None:
+        async for message in watcher:
+            frame = json.loads(message)
+            if frame.get("event") == "run.completed":
+                done.add(frame["payload"]["runId"])
+                if len(done) >= launches:
+                    all_done.set()
+                    return
+
+    watching = asyncio.create_task(watch())
+    latencies: list[float] = []
+    remaining = iter(range(launches))
+    body = json.dumps({"workflow": "one"}).encode()
+    request = (
+        f"POST /v1/rpc/launchRun HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    port = int(base.rsplit(":", 1)[1])
+
+    async def client() -> None:
+        # A minimal keep-alive HTTP/1.1 client: a full-featured one costs more CPU than the server.
+        reader, writer = await asyncio.open_connection(HOST, port)
+        for _ in remaining:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(v.split(b":")[1]) for v in head.split(b"\r\n") if v.lower().startswith(b"content-length"))
+            answer = await reader.readexactly(length)
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert head.startswith(b"HTTP/1.1 200"), answer
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.wait_for(all_done.wait(), timeout=300)
+    elapsed = time.perf_counter() - started
+    watching.cancel()
+    await watcher.close()
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    print(f"launchRun over HTTP, one-task workflow, {clients} concurrent clients, {launches} runs:")
+    print(
+        f"  completed runs/s: {launches / elapsed:.0f}   RPC latency p50 {statistics.median(latencies):.1f} ms, "
+        f"p99 {p99:.1f} ms"
+    )
+
+
+async def bench_fanout(base: str, ws_url: str, tasks: int, subscribers: int) -> None:
+    run_id = f"fanout-{os.getpid()}"
+    expected = 2 * tasks + 1
+    sockets = await asyncio.gather(*(ws_connect(ws_url, [run_id]) for _ in range(subscribers)))
+    finished_at: list[float] = []
+
+    async def collect(ws: ClientConnection) -> list[int]:
+        seqs: list[int] = []
+        async for message in ws:
+            frame = json.loads(message)
+            if frame.get("type") == "event" and frame["payload"].get("runId") == run_id:
+                seqs.append(frame["stateVersion"])
+                if frame["event"] == "run.completed":
+                    finished_at.append(time.perf_counter())
+                    return seqs
+        return seqs
+
+    collectors = [asyncio.create_task(collect(ws)) for ws in sockets]
+    async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {TOKEN}"}) as http:
+        started = time.perf_counter()
+        response = await http.post(
+            "/v1/rpc/launchRun", json={"workflow": "many", "runId": run_id, "input": {"tasks": tasks}}
+        )
+        assert response.status_code == 200, response.text
+        results = await asyncio.wait_for(asyncio.gather(*collectors), timeout=300)
+    elapsed = max(finished_at) - started
+    complete = all(len(r) == expected and r == sorted(r) and len(set(r)) == expected for r in results)
+    same = all(r == results[0] for r in results)
+    print(f"one run with {expected} events to {subscribers} WebSocket subscribers:")
+    print(
+        f"  events/s delivered: {subscribers * expected / elapsed:.0f} ({elapsed:.2f} s for the run)   "
+        f"every subscriber got every event in order: {complete and same}"
+    )
+    await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def bench_idle(ws_url: str, pid: int, idle: int) -> None:
+    await asyncio.sleep(1)
+    before = rss_kib(pid)
+    sockets = []
+    for start in range(0, idle, 100):
+        sockets += await asyncio.gather(*(ws_connect(ws_url) for _ in range(min(100, idle - start))))
+    await asyncio.sleep(1)
+    after = rss_kib(pid)
+    print(f"{idle} idle authenticated WebSocket connections:")
+    print(f"  server RSS {before} KiB -> {after} KiB: {(after - before) / idle:.1f} KiB per connection")
+    await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def main(args: argparse.Namespace) -> None:
+    port = free_port()
+    db = str(Path(tempfile.mkdtemp(prefix="smithers-bench-")) / "gateway.db")
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--db", db], stderr=subprocess.DEVNULL)
+    base, ws_url = f"http://{HOST}:{port}", f"ws://{HOST}:{port}/"
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            for _ in range(200):
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+        await bench_launch(base, ws_url, args.launches, args.clients)
+        await bench_fanout(base, ws_url, args.tasks, args.subscribers)
+        await bench_idle(ws_url, child.pid, args.idle)
+    finally:
+        child.terminate()
+        child.wait(30)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--launches", type=int, default=800)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--subscribers", type=int, default=100)
+    parser.add_argument("--idle", type=int, default=1000)
+    options = parser.parse_args()
+    if options.serve:
+        serve(options.serve, options.db)
+    else:
+        asyncio.run(main(options))
