@@ -214,9 +214,7 @@ class RunLoop:
                 started_at_ms=row["started_at_ms"] or now,
             )
             if not won:
-                raise RunOwnershipError(
-                    f"run {self.run_id} was claimed by another process", code=RUN_RESUME_CLAIM_FAILED
-                )
+                raise self._claimed_by_other(tx)
             aborted = dumps(
                 SmithersError("attempt interrupted; the run was resumed", code="ATTEMPT_ABANDONED").to_dict()
             )
@@ -239,6 +237,13 @@ class RunLoop:
             self.input = json.loads(tx.get_input_json(self.run_id) or "{}")
             self.auth = cfg.get("auth")
             self._load(tx, resumed_failed=status == FAILED)
+
+    def _claimed_by_other(self, tx: Tx) -> RunOwnershipError:
+        """The error for a lost claim race, naming the process that won it."""
+        winner = (tx.get_run(self.run_id) or {}).get("runtime_owner_id") or "another process"
+        return RunOwnershipError(
+            f"run {self.run_id} was just claimed by {winner}", code=RUN_RESUME_CLAIM_FAILED, details={"owner": winner}
+        )
 
     def _load(self, tx: Tx, resumed_failed: bool) -> None:
         for node in tx.list_nodes(self.run_id):

@@ -30,6 +30,7 @@ from smithers.gateway.dispatch import Dispatcher, Handler
 from smithers.gateway.http import GatewayApp, UiHandler, UvicornServer, WebhookHandler, bind_socket
 from smithers.gateway.metrics import GatewayMetrics
 from smithers.gateway.options import GatewayOptions, Registration, resolve_ui
+from smithers.gateway.sweeper import WaitSweeper
 from smithers.gateway.tokens import stored_token_lookup
 from smithers.gateway.ws import Connection
 from smithers.store.events_bus import StoredEvent
@@ -82,6 +83,7 @@ class Gateway:
         self.webhook_handler: WebhookHandler | None = None
         webhooks.install(self)
         self.cron = cron.CronScheduler(self)
+        self.sweeper = WaitSweeper(self, cron.poll_interval_s(self.options.heartbeat_ms))
         self.ui_handler: UiHandler | None = None
         self.app = GatewayApp(self)
         self.host: str | None = None
@@ -344,6 +346,7 @@ class Gateway:
         await self.start()
         cron.register_schedules(self)  # an invalid schedule makes listen() fail (§16.1)
         self.cron.start()
+        self.sweeper.start()
         bind_host = host or "0.0.0.0"
         sock = bind_socket(bind_host, port)
         self.host, self.port = bind_host, sock.getsockname()[1]
@@ -382,6 +385,7 @@ class Gateway:
             return
         self._stopped = True
         await self.cron.stop()
+        await self.sweeper.stop()
         for handle in self._wakes.values():
             handle.cancel()
         self._wakes.clear()

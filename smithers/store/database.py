@@ -15,14 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from smithers.errors import DB_ERROR, SmithersError
@@ -100,7 +97,14 @@ def dialect_for(url: str) -> Dialect:
     raise DatabaseError(f"unsupported database URL: {url}")
 
 
-def _alembic_config(conn: Connection) -> Config:
+HEAD_REVISION = "0001"
+"""The newest migration in ``migrations/versions`` (a test keeps the two equal). Opening a database
+that is already at this revision runs one query and never imports Alembic."""
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = conn
@@ -108,7 +112,10 @@ def _alembic_config(conn: Connection) -> Config:
 
 
 def head_revision() -> str:
-    """The newest migration shipped with this package."""
+    """The newest migration shipped with this package, read from the migration scripts."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     head = ScriptDirectory.from_config(cfg).get_current_head()
@@ -117,13 +124,20 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The database's migration revision (None for an empty database)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        try:
+            value = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except SQLAlchemyError:
+            return None
+    return None if value is None else str(value)
 
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration (forward-only, one transaction per migration)."""
-    if current_revision(engine) == head_revision():
+    from alembic import command
+
+    if current_revision(engine) == HEAD_REVISION:
         return
     url = engine.url
     if url.get_backend_name() == "postgresql":
@@ -141,7 +155,7 @@ def migrate(engine: Engine) -> None:
     path = url.database
     lock_path = f"{path}.migrate-lock" if path and path != ":memory:" else None
     with _file_lock(lock_path):
-        if current_revision(engine) == head_revision():
+        if current_revision(engine) == HEAD_REVISION:
             return
         migrate_engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
         try:

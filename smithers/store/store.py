@@ -389,6 +389,16 @@ class Tx:
             for r in rows
         ]
 
+    def last_seq_of_type(self, run_id: str, type_: str) -> int:
+        """The seq of the run's latest event of that type (-1 if none)."""
+        c = t.events.c
+
+        def build() -> ClauseElement:
+            return select(func.max(c.seq)).where(c.run_id == bindparam("r"), c.type == bindparam("ty"))
+
+        value = self.scalar("last_of_type", build, {"r": run_id, "ty": type_})
+        return -1 if value is None else int(value)
+
     def last_event_seq(self, run_id: str, lock: bool = False) -> int:
         if lock:
             self.store.lock_run(self, run_id)

@@ -286,18 +286,25 @@ def test_cancel_a_waiting_run_cancels_it_directly(cli: Cli) -> None:
     cancelled = cli("cancel", "c-1")
     assert cancelled.returncode == 2, cancelled.stderr
     assert cancelled.stdout.strip() == "run c-1: cancelled"
-    detail = cli.json("inspect", "c-1")
-    assert detail["run"]["status"] == "cancelled"
-    assert detail["run"]["runtimeOwnerId"] is None and detail["run"]["finishedAtMs"] is not None
-    assert {n["nodeId"]: n["state"] for n in detail["nodes"]} == {"plan": "finished", "ship": "cancelled"}
-    assert "RunCancelled" in [e["type"] for e in cli.events("c-1")]
+    store = Store(cli.db)
+    try:
+        run = store.get_run("c-1")
+        with store.read() as tx:
+            nodes = {n["node_id"]: n["state"] for n in tx.list_nodes("c-1")}
+            types = [e.type for e in tx.list_events("c-1", limit=None)]
+    finally:
+        store.close()
+    assert run is not None and run["status"] == "cancelled"
+    assert run["runtime_owner_id"] is None and run["finished_at_ms"] is not None
+    assert nodes == {"plan": "finished", "ship": "cancelled"}
+    assert types.count("RunCancelled") == 1
 
     again = cli("cancel", "c-1")
     assert again.returncode == 4 and "RUN_NOT_ACTIVE" in one_error_line(again)
     late = cli("approve", "c-1", "--node", "ship")
     assert late.returncode == 4, late.stdout
     one_error_line(late)
-    assert cli.json("inspect", "c-1")["run"]["status"] == "cancelled"
+    assert [r["status"] for r in runs_in(cli.db)] == ["cancelled"]
 
 
 def test_decisions_and_signals_refuse_what_does_not_apply(cli: Cli) -> None:
@@ -318,15 +325,27 @@ def test_decisions_and_signals_refuse_what_does_not_apply(cli: Cli) -> None:
     none_left = cli("approve", "d-1")
     assert none_left.returncode == 4 and "NO_PENDING_APPROVALS" in one_error_line(none_left)
 
-    detail = cli.json("inspect", "d-1")
     with sqlite3.connect(cli.db.removeprefix("sqlite:///")) as conn:
         approvals = conn.execute("SELECT status, note FROM _smithers_approvals WHERE run_id = 'd-1'").fetchall()
         signals = conn.execute("SELECT count(*) FROM _smithers_signals WHERE run_id = 'd-1'").fetchone()[0]
     assert approvals == [("approved", "fine")] and signals == 0
-    assert detail["run"]["status"] in ("waiting-approval", "waiting-event")
+    assert [r["status"] for r in runs_in(cli.db)] == ["waiting-event"]  # decided, not yet resumed (spec §8 #5)
 
 
 # ---- bad input ---------------------------------------------------------------------------------------
+
+
+def _seed_state(url: str) -> dict[str, Any]:
+    store = Store(url)
+    try:
+        with store.read() as tx:
+            return {
+                "runs": tx.list_runs(limit=100),
+                "nodes": tx.list_nodes("seed"),
+                "events": len(tx.list_events("seed", limit=None)),
+            }
+    finally:
+        store.close()
 
 
 def _seed(url: str) -> dict[str, Any]:
@@ -372,19 +391,6 @@ def test_bad_input_gives_one_line_exit_4_and_leaves_the_store_intact(
     assert sqlite_integrity(sqlite_url) == "ok"
 
 
-def _seed_state(url: str) -> dict[str, Any]:
-    store = Store(url)
-    try:
-        with store.read() as tx:
-            return {
-                "runs": tx.list_runs(limit=100),
-                "nodes": tx.list_nodes("seed"),
-                "events": len(tx.list_events("seed", limit=None)),
-            }
-    finally:
-        store.close()
-
-
 def test_an_output_failing_its_model_fails_the_run_with_one_line(cli: Cli) -> None:
     proc = cli("run", f"{BAD}:bad_output", "--run-id", "bad-out", "-q")
     assert proc.returncode == 1
@@ -396,6 +402,17 @@ def test_an_output_failing_its_model_fails_the_run_with_one_line(cli: Cli) -> No
     states = {n["nodeId"]: (n["state"], n["output"]) for n in detail["nodes"]}
     assert states == {"ok": ("finished", {"n": 1}), "bad": ("failed", None), "never": ("pending", None)}
     assert [(a["nodeId"], a["state"]) for a in detail["attempts"]] == [("ok", "finished"), ("bad", "failed")]
+    assert sqlite_integrity(cli.db) == "ok"
+
+
+def test_duplicate_ids_appearing_mid_run_fail_the_run_with_one_line(cli: Cli) -> None:
+    proc = cli("run", f"{BAD}:dup_later", "--run-id", "dup-later", "-q")
+    assert proc.returncode == 1
+    assert "DUPLICATE_ID" in one_error_line(proc)
+    detail = cli.json("inspect", "dup-later")
+    assert detail["run"]["status"] == "failed"
+    assert json.loads(detail["run"]["errorJson"])["code"] == "DUPLICATE_ID"
+    assert {n["nodeId"]: n["state"] for n in detail["nodes"]} == {"a": "finished"}
     assert sqlite_integrity(cli.db) == "ok"
 
 

@@ -419,3 +419,20 @@ def test_cancel_stops_a_run_executing_in_another_process(h: Harness) -> None:
     assert h.counter_lines() == ["first", "slow", "slow", "last"]
     assert h.attempts("stop", "slow") == [(1, "cancelled"), (2, "finished")]
     assert_finished_cleanly(h, "stop")
+
+
+def test_cancel_of_a_run_whose_owner_died_cancels_it_directly(h: Harness) -> None:
+    h.hold.touch()
+    job = h.start_run("orphan")
+    h.wait_executing("orphan", "slow", attempt=1, starts=1)
+    job.kill()
+
+    cancelled = h.cli("cancel", "orphan")
+    assert cancelled.returncode == 2, cancelled.stderr
+    assert cancelled.stdout.strip() == "run orphan: cancelled"
+    row = h.run_row("orphan")
+    assert row["status"] == "cancelled" and row["finished_at_ms"] is not None
+    assert row["runtime_owner_id"] is None and row["heartbeat_at_ms"] is None
+    assert h.attempts("orphan", "slow") == [(1, "cancelled")]
+    assert h.node_states("orphan") == {"first::0": "finished", "slow::0": "cancelled", "last::0": "pending"}
+    assert [e.type for e in h.events("orphan")].count("RunCancelled") == 1

@@ -21,7 +21,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.pool import NullPool
 
-from smithers.store import database
 from smithers.store.database import (
     MIGRATIONS_DIR,
     DatabaseError,
@@ -234,7 +233,9 @@ def test_reopening_a_migrated_database_is_a_read_only_no_op(db_url: str, monkeyp
     def no_upgrade(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("alembic upgrade ran on an up-to-date database")
 
-    monkeypatch.setattr(database.command, "upgrade", no_upgrade)
+    import alembic.command
+
+    monkeypatch.setattr(alembic.command, "upgrade", no_upgrade)
     event.listen(Engine, "before_cursor_execute", record)
     try:
         for _ in range(3):
@@ -438,3 +439,9 @@ def test_postgres_scheme_opens_a_postgres_store(pg_empty_url: str) -> None:
         assert current_revision(store.engine) == head_revision()
     finally:
         store.close()
+
+
+def test_head_revision_constant_matches_the_migration_scripts() -> None:
+    from smithers.store.database import HEAD_REVISION, head_revision
+
+    assert head_revision() == HEAD_REVISION
