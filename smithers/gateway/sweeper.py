@@ -9,8 +9,9 @@ CLI decision continues the run without a second command.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from smithers.engine import events as ev
 from smithers.engine.states import WAITING_APPROVAL, WAITING_EVENT
@@ -36,6 +37,29 @@ def runs_to_wake(gateway: Gateway) -> list[tuple[str, str]]:
             if any(tx.last_seq_of_type(run_id, kind) > suspended for kind in WAKING_EVENTS):
                 found.append((run_id, key))
     return found
+
+
+def has_timed_wait(tx: Any, run_id: str) -> bool:
+    """Whether a waiting-event node of the run waits with a timeout (it must be woken to time out)."""
+    for node in tx.list_nodes(run_id):
+        if node["state"] != WAITING_EVENT:
+            continue
+        for attempt in tx.list_attempts(run_id, node["node_id"], node["iteration"]):
+            meta = json.loads(attempt["meta_json"] or "{}")
+            if (meta.get("waitForEvent") or {}).get("timeoutMs") is not None:
+                return True
+    return False
+
+
+def runs_to_wake_on_start(gateway: Gateway) -> list[str]:
+    """After a restart: runs decided or signalled while down, and waits with a timeout to re-arm."""
+    ids = [run_id for run_id, _ in runs_to_wake(gateway)]
+    with gateway.store.read() as tx:
+        for row in tx.list_runs_by_status([WAITING_EVENT]):
+            run_id = row["run_id"]
+            if run_id not in ids and runs.stored_workflow_key(row) in gateway.workflows and has_timed_wait(tx, run_id):
+                ids.append(run_id)
+    return ids
 
 
 class WaitSweeper:
@@ -65,6 +89,11 @@ class WaitSweeper:
         return resumed
 
     async def _loop(self) -> None:
+        try:
+            for run_id in runs_to_wake_on_start(self.gateway):
+                await self.gateway.resume_if_needed(run_id, None)
+        except Exception:
+            log.exception("resuming waiting runs after start failed")
         while True:
             await asyncio.sleep(self.interval_s)
             try:
