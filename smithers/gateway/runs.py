@@ -146,8 +146,15 @@ def pending_approvals(gateway: Gateway) -> list[dict[str, Any]]:
 
 
 def active_run_rows(gateway: Gateway) -> list[dict[str, Any]]:
-    """The hello snapshot's runs: the 1 000 newest, those running or waiting (§2.4)."""
-    return [r for r in list_run_rows(gateway, SNAPSHOT_RUN_LIMIT, None) if r["status"] in ACTIVE_RUN_STATUSES]
+    """The hello snapshot's runs: the 1 000 newest running or waiting runs (§2.4).
+
+    The reference takes the active runs among the 1 000 newest of any status; reading by status
+    instead keeps the cost of a connect flat however many finished runs the database holds.
+    """
+    with gateway.store.read() as tx:
+        rows = tx.list_runs_by_status(sorted(ACTIVE_RUN_STATUSES))
+    rows.sort(key=lambda r: (-r["created_at_ms"], r["run_id"]))
+    return [{**to_wire(row), "workflowKey": stored_workflow_key(row)} for row in rows[:SNAPSHOT_RUN_LIMIT]]
 
 
 def caller_auth(call: Call) -> dict[str, Any]:

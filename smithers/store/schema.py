@@ -146,6 +146,7 @@ approvals = Table(
     Column("request_json", Text),
     Column("decision_json", Text),
     Column("auto_approved", Integer, nullable=False, default=0),
+    Index("_smithers_approvals_status_idx", "status", "requested_at_ms"),
     sqlite_with_rowid=False,
 )
 

@@ -445,3 +445,28 @@ def test_head_revision_constant_matches_the_migration_scripts() -> None:
     from smithers.store.database import HEAD_REVISION, head_revision
 
     assert head_revision() == HEAD_REVISION
+
+
+def test_upgrading_from_the_previous_revision_keeps_rows(empty_url: str) -> None:
+    engine = create_engine(empty_url, poolclass=NullPool)
+    revisions = _revisions_base_to_head()
+    try:
+        with engine.connect() as conn:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revisions[-2])
+            conn.execute(
+                text(
+                    "INSERT INTO _smithers_approvals (run_id, node_id, iteration, status, auto_approved) "
+                    "VALUES ('r', 'n', 0, 'requested', 0)"
+                )
+            )
+            conn.commit()
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT status FROM _smithers_approvals")).scalars().all() == ["requested"]
+        assert _schema_differences(engine) == []
+    finally:
+        engine.dispose()

@@ -1,0 +1,367 @@
+"""Cron end to end (§16, §10.2, §23 D2): registered schedules, the scheduler, the RPCs and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from croniter import croniter
+
+from smithers.errors import SmithersError
+from smithers.gateway.server import Gateway
+from smithers.store.rows import now_ms
+from smithers.store.store import Store
+from tests.gateway.conftest_humans import (
+    HUMAN_AUTH,
+    SCHEDULE,
+    Live,
+    adhoc,
+    cli,
+    error_of,
+    start_humans,
+    wait_for,
+)
+
+__all__ = ["start_humans"]  # the fixture, imported for pytest
+
+OP = "op-token"
+Start = Callable[..., Live]
+HOUR_MS = 3_600_000
+
+
+def next_fire(pattern: str, after_ms: int) -> int:
+    """First fire strictly after ``after_ms``, in the server's local time zone (§16.1)."""
+    start = datetime.fromtimestamp(after_ms / 1000).astimezone()
+    return int(croniter(pattern, start).get_next(float) * 1000)
+
+
+def cron_rows(live: Live, **params: Any) -> list[dict[str, Any]]:
+    return list(live.ok("cronList", params or None, token=OP))
+
+
+def cron_of(live: Live, cron_id: str) -> dict[str, Any]:
+    [row] = [r for r in live.ok("cron.list", token=OP) if r["cronId"] == cron_id]
+    return dict(row)
+
+
+def tick(live: Live, now: int | None = None) -> list[str]:
+    return list(live.run_sync(lambda: live.gateway.cron.tick(now)))
+
+
+def runs_of(live: Live, workflow: str) -> list[dict[str, Any]]:
+    return [r for r in live.ok("listRuns", {"limit": 1000}, token=OP) if r["workflowKey"] == workflow]
+
+
+def output(live: Live, run_id: str, node_id: str) -> Any:
+    with live.gateway.store.read() as tx:
+        row = tx.get_output(run_id, node_id, 0)
+    assert row is not None
+    return json.loads(row["payload_json"])["value"]
+
+
+def assert_cron_auth(live: Live, run_id: str) -> None:
+    row = live.wait_status(run_id, {"finished"})
+    config = json.loads(row["config_json"])
+    assert config["gatewayWorkflowKey"] == "nightly" and config["gatewayTriggeredBy"] == "cron:gateway"
+    auth = config["auth"]
+    assert isinstance(auth.pop("createdAt"), str)
+    assert auth == {"triggeredBy": "cron:gateway", "scopes": ["*"], "role": "system", "tokenId": None}
+    seen = output(live, run_id, "report")  # ctx.auth inside the run
+    assert seen["triggeredBy"] == "cron:gateway" and seen["role"] == "system" and seen["scopes"] == ["*"]
+
+
+def test_registered_schedule_row(start_humans: Start) -> None:
+    before = now_ms()
+    live = start_humans(auth=HUMAN_AUTH)
+    after = now_ms()
+    [row] = cron_rows(live)
+    assert isinstance(row["createdAtMs"], int) and before <= row["createdAtMs"] <= after
+    assert row == {
+        "cronId": "gateway:nightly",
+        "pattern": SCHEDULE,
+        "workflowPath": "gateway:nightly",
+        "enabled": True,
+        "createdAtMs": row["createdAtMs"],
+        "lastRunAtMs": None,
+        "nextRunAtMs": row["nextRunAtMs"],
+        "errorJson": None,
+        "workflow": "nightly",
+    }
+    assert row["nextRunAtMs"] in {next_fire(SCHEDULE, before), next_fire(SCHEDULE, after)}
+    fire = datetime.fromtimestamp(row["nextRunAtMs"] / 1000).astimezone()
+    assert (fire.hour, fire.minute, fire.second) == (8, 0, 0) and fire.isoweekday() <= 5
+    assert live.ok("cron.list", {"filter": {"workflow": "nightly"}}, token=OP) == [row]
+    assert live.ok("cron.list", {"filter": {"workflow": "adhoc"}}, token=OP) == []
+
+
+def test_scheduler_fires_a_due_cron_with_the_cron_auth_context(start_humans: Start) -> None:
+    """``smithers cron trigger`` makes the row due; the running gateway's scheduler fires it."""
+    live = start_humans(auth=HUMAN_AUTH)
+    ws = live.ws(connect_now=True, token=OP)
+    try:
+        proc = cli("cron", "trigger", "gateway:nightly", "--db", str(live.db_path), cwd=live.db_path.parent)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "gateway:nightly is due now"
+        event = ws.event("cron.triggered", timeout=20)
+        run_id = event["payload"]["runId"]
+        assert event["payload"] == {"cronId": "gateway:nightly", "workflow": "nightly", "runId": run_id}
+        completed = ws.event("run.completed", where=lambda f: f["payload"]["runId"] == run_id)
+        assert completed["payload"]["status"] == "finished"
+    finally:
+        ws.close()
+    assert_cron_auth(live, run_id)
+    row = cron_of(live, "gateway:nightly")
+    assert isinstance(row["lastRunAtMs"], int) and row["errorJson"] is None
+    assert row["nextRunAtMs"] == next_fire(SCHEDULE, row["lastRunAtMs"])
+    assert [r["runId"] for r in runs_of(live, "nightly")] == [run_id]
+    metrics = live.http.get("/metrics").text
+    assert 'smithers_gateway_runs_started_total{resume="false",source="cron",workflow="nightly"} 1.0' in metrics
+
+
+def test_two_passes_never_start_the_same_fire_twice(start_humans: Start) -> None:
+    live = start_humans(auth=HUMAN_AUTH)
+    ws = live.ws(connect_now=True, token=OP)
+    try:
+        due = cron_of(live, "gateway:nightly")["nextRunAtMs"]
+        first = tick(live, due)
+        assert len(first) == 1
+        assert tick(live, due) == []  # the same fire, again
+        assert tick(live, due + 1) == []
+        event = ws.event("cron.triggered")
+        assert event["payload"] == {"cronId": "gateway:nightly", "workflow": "nightly", "runId": first[0]}
+    finally:
+        ws.close()
+    assert_cron_auth(live, first[0])
+    row = cron_of(live, "gateway:nightly")
+    assert row["lastRunAtMs"] == due and row["nextRunAtMs"] == next_fire(SCHEDULE, due)
+
+    # two gateways on one database, ticking at the same instant: one run
+    other = start_humans(db_path=live.db_path, auth=HUMAN_AUTH)
+    due = cron_of(live, "gateway:nightly")["nextRunAtMs"]
+    barrier = threading.Barrier(2)
+    results: dict[int, list[str]] = {}
+
+    def race(index: int, gateway_live: Live) -> None:
+        def body() -> list[str]:
+            barrier.wait(10)
+            return list(gateway_live.gateway.cron.tick(due))
+
+        results[index] = list(gateway_live.run_sync(body))
+
+    threads = [threading.Thread(target=race, args=(i, g)) for i, g in enumerate((live, other))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert sorted(len(r) for r in results.values()) == [0, 1], results
+    second = next(r[0] for r in results.values() if r)
+    wait_for(lambda: live.gateway.store.get_run(second) is not None, "the raced run")
+    live.wait_status(second, {"finished"})
+    assert sorted(r["runId"] for r in runs_of(live, "nightly")) == sorted([first[0], second])
+
+
+def test_a_cron_missed_while_down_fires_once_on_start(start_humans: Start, tmp_path: Path, migrated_db: Path) -> None:
+    db_path = tmp_path / "missed.db"
+    shutil.copyfile(migrated_db, db_path)
+    store = Store(str(db_path))
+    three_days_ago = now_ms() - 72 * HOUR_MS  # 72 hourly fires were missed
+    try:
+        with store.write() as tx:
+            tx.upsert_cron("missed", "0 * * * *", "gateway:adhoc", True, three_days_ago)
+    finally:
+        store.close()
+    live = start_humans(db_path=db_path, auth=HUMAN_AUTH)
+    [started] = wait_for(lambda: runs_of(live, "adhoc"), "the missed cron to fire")
+    row = wait_for(lambda: (r := cron_of(live, "missed"))["lastRunAtMs"] is not None and r, "the cron row update")
+    fired_at = row["lastRunAtMs"]
+    assert row["nextRunAtMs"] == next_fire("0 * * * *", fired_at) and row["errorJson"] is None
+    assert tick(live, fired_at + 1) == []  # nothing left to catch up on
+    live.wait_status(started["runId"], {"finished"})
+    assert [r["runId"] for r in runs_of(live, "adhoc")] == [started["runId"]]
+    config = json.loads(live.gateway.store.get_run(started["runId"])["config_json"])
+    assert config["auth"]["triggeredBy"] == "cron:gateway" and config["auth"]["role"] == "system"
+
+
+def test_registered_schedule_keeps_creation_and_last_run_across_restarts(start_humans: Start) -> None:
+    live = start_humans()
+    created = cron_of(live, "gateway:nightly")["createdAtMs"]
+    due = cron_of(live, "gateway:nightly")["nextRunAtMs"]
+    [run_id] = tick(live, due)
+    live.wait_status(run_id, {"finished"})
+    live.stop()
+    again = start_humans(db_path=live.db_path)
+    row = cron_of(again, "gateway:nightly")
+    assert row["createdAtMs"] == created and row["lastRunAtMs"] == due
+    assert row["nextRunAtMs"] > now_ms() - 1000 and row["nextRunAtMs"] == next_fire(SCHEDULE, row["nextRunAtMs"] - 1)
+
+
+def test_an_invalid_registered_schedule_makes_listen_fail(tmp_path: Path, migrated_db: Path) -> None:
+    db_path = tmp_path / "bad.db"
+    shutil.copyfile(migrated_db, db_path)
+    gateway = Gateway(db=str(db_path))
+    gateway.register("adhoc", adhoc, schedule="every morning")
+
+    async def main() -> None:
+        try:
+            with pytest.raises(SmithersError) as caught:
+                await gateway.listen("127.0.0.1", 0)
+            assert caught.value.code == "INVALID_INPUT" and "every morning" in caught.value.message
+        finally:
+            await gateway.close()
+
+    asyncio.run(main())
+
+
+def test_cron_add(start_humans: Start) -> None:
+    live = start_humans(auth=HUMAN_AUTH)
+    before = now_ms()
+    added = live.ok("cron.add", {"workflow": "adhoc", "pattern": "*/5 * * * *", "cronId": "c1"}, token=OP)
+    assert isinstance(added["createdAtMs"], int) and added["createdAtMs"] >= before
+    assert added == {
+        "cronId": "c1",
+        "pattern": "*/5 * * * *",
+        "workflowPath": "gateway:adhoc",
+        "enabled": True,
+        "createdAtMs": added["createdAtMs"],
+        "lastRunAtMs": None,
+        "nextRunAtMs": next_fire("*/5 * * * *", added["createdAtMs"]),
+        "errorJson": None,
+        "workflow": "adhoc",
+    }
+    disabled = live.ok("cronCreate", {"workflow": "adhoc", "pattern": "0 0 1 1 *", "enabled": False}, token=OP)
+    assert disabled["enabled"] is False and len(disabled["cronId"]) == 36  # a random UUID
+    listed = cron_rows(live)
+    assert [r["cronId"] for r in listed] == ["gateway:nightly", "c1", disabled["cronId"]]
+    assert listed[1] == {**added, "createdAtMs": listed[1]["createdAtMs"]}
+    assert [r["cronId"] for r in cron_rows(live, filter={"workflow": "adhoc"})] == ["c1", disabled["cronId"]]
+    assert len(cron_rows(live, workflow="adhoc")) == 3  # a top-level workflow is ignored
+
+    required = {"version": "v1", "code": "INVALID_REQUEST", "message": "workflow and pattern are required"}
+    for params in ({"workflow": "adhoc"}, {"pattern": "* * * * *"}, {"workflow": "", "pattern": "* * * * *"}):
+        response = live.rpc("cron.add", params, token=OP)
+        assert response.status_code == 400 and error_of(response) == required
+    response = live.rpc("cron.add", {"workflow": "nope", "pattern": "* * * * *"}, token=OP)
+    assert response.status_code == 404
+    assert error_of(response) == {"version": "v1", "code": "NOT_FOUND", "message": "Unknown workflow: nope"}
+    for pattern in ("not a cron", "61 * * * *", "* * * *", "* * * * * * *"):
+        response = live.rpc("cronCreate", {"workflow": "adhoc", "pattern": pattern}, token=OP)
+        assert response.status_code == 400, (pattern, response.text)  # D2: not a server fault
+        error = error_of(response)
+        assert error["code"] == "INVALID_INPUT" and pattern in error["message"], error
+    response = live.rpc("cron.add", {"workflow": "adhoc", "pattern": "* * * * *"}, token="alice-token")
+    assert response.status_code == 403 and error_of(response)["requiredScope"] == "cron:write"
+    assert len(cron_rows(live)) == 3
+
+    # the scheduler skips disabled crons
+    far = now_ms() + 400 * 24 * HOUR_MS
+    started = tick(live, far)
+    assert len(started) == 2  # gateway:nightly and c1
+    assert cron_of(live, disabled["cronId"])["lastRunAtMs"] is None
+    assert cron_of(live, "c1")["lastRunAtMs"] == far
+
+
+def test_cron_remove(start_humans: Start) -> None:
+    live = start_humans(auth=HUMAN_AUTH)
+    live.ok("cron.add", {"workflow": "adhoc", "pattern": "0 9 * * *", "cronId": "c1"}, token=OP)
+    assert live.ok("cron.remove", {"cronId": "c1"}, token=OP) == {"cronId": "c1", "removed": True}
+    assert [r["cronId"] for r in cron_rows(live)] == ["gateway:nightly"]
+    response = live.rpc("cronDelete", {"cronId": "c1"}, token=OP)
+    assert response.status_code == 404
+    assert error_of(response) == {"version": "v1", "code": "NOT_FOUND", "message": "Cron not found: c1"}
+    response = live.rpc("cronDelete", {}, token=OP)
+    assert response.status_code == 400
+    assert error_of(response) == {"version": "v1", "code": "INVALID_REQUEST", "message": "cronId is required"}
+    assert live.ok("cronDelete", {"cronId": "gateway:nightly"}, token=OP) == {
+        "cronId": "gateway:nightly",
+        "removed": True,
+    }
+    assert cron_rows(live) == []
+
+
+def test_cron_trigger(start_humans: Start) -> None:
+    live = start_humans(auth=HUMAN_AUTH, max_body_bytes=4 * 1024 * 1024)  # room for an oversized input
+    ws = live.ws(connect_now=True, token=OP)
+    try:
+        frame = ws.request("cron.trigger", {"cronId": "gateway:nightly"})
+        assert frame["ok"] is True, frame
+        run_id = frame["payload"]["runId"]
+        assert frame["payload"] == {"runId": run_id, "workflow": "nightly"}
+        # the caller is auto-subscribed and hears the run finish
+        completed = ws.event("run.completed", where=lambda f: f["payload"]["runId"] == run_id)
+        assert completed["payload"]["status"] == "finished"
+        assert not [e for e in ws.events if e["event"] == "cron.triggered"]  # manual triggers broadcast nothing
+    finally:
+        ws.close()
+    auth = json.loads(live.gateway.store.get_run(run_id)["config_json"])["auth"]
+    assert auth["triggeredBy"] == "user:op" and auth["role"] == "operator"  # the caller, not the cron
+    row = cron_of(live, "gateway:nightly")
+    assert isinstance(row["lastRunAtMs"], int) and row["nextRunAtMs"] == next_fire(SCHEDULE, row["lastRunAtMs"])
+
+    by_workflow = live.ok("cronRun", {"workflow": "adhoc", "input": {"a": 1}}, token=OP)
+    assert by_workflow["workflow"] == "adhoc"
+    live.wait_status(by_workflow["runId"], {"finished"})
+    assert output(live, by_workflow["runId"], "job") == {"a": 1}
+    as_array = live.ok("cronRun", {"workflow": "adhoc", "input": [1, 2]}, token=OP)  # not an object: {}
+    live.wait_status(as_array["runId"], {"finished"})
+    assert output(live, as_array["runId"], "job") == {}
+
+    required = {"version": "v1", "code": "INVALID_REQUEST", "message": "cronId or workflow is required"}
+    for params in ({}, {"cronId": "missing"}, {"input": {}}):
+        response = live.rpc("cron.trigger", params, token=OP)
+        assert response.status_code == 400 and error_of(response) == required
+    response = live.rpc("cron.trigger", {"workflow": "nope"}, token=OP)
+    assert response.status_code == 500
+    assert error_of(response) == {"version": "v1", "code": "SERVER_ERROR", "message": "Unknown workflow: nope"}
+    big = {f"k{i}": "x" * 16_000 for i in range(70)}  # over 1 MiB serialized (§3.4)
+    live.ok("cron.add", {"workflow": "adhoc", "pattern": "0 9 * * *", "cronId": "c1"}, token=OP)
+    response = live.rpc("cron.trigger", {"cronId": "c1", "input": big}, token=OP)
+    assert response.status_code == 400
+    assert error_of(response) == {
+        "version": "v1",
+        "code": "INVALID_INPUT",
+        "message": "Gateway RPC input exceeds 1048576 bytes.",
+    }
+    assert isinstance(cron_of(live, "c1")["lastRunAtMs"], int)  # updated before the input is validated
+    assert runs_of(live, "adhoc") and len(runs_of(live, "adhoc")) == 2
+
+
+def test_cli_cron_commands_against_the_gateway_database(start_humans: Start) -> None:
+    live = start_humans(auth=HUMAN_AUTH)
+    db, cwd = str(live.db_path), live.db_path.parent
+    proc = cli("cron", "add", "30 6 * * *", "adhoc", "--id", "cli-1", "--db", db, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cli-1"
+    row = cron_of(live, "cli-1")
+    assert row["workflow"] == "adhoc" and row["workflowPath"] == "gateway:adhoc" and row["pattern"] == "30 6 * * *"
+    assert row["enabled"] is True and row["nextRunAtMs"] == next_fire("30 6 * * *", row["createdAtMs"])
+
+    proc = cli("cron", "list", "--json", "--db", db, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    listed = {r["cronId"]: r for r in json.loads(proc.stdout)}
+    assert set(listed) == {"gateway:nightly", "cli-1"}
+    assert listed["cli-1"]["pattern"] == "30 6 * * *" and listed["gateway:nightly"]["pattern"] == SCHEDULE
+
+    ws = live.ws(connect_now=True, token=OP)
+    try:
+        proc = cli("cron", "trigger", "cli-1", "--db", db, cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        event = ws.event("cron.triggered", timeout=20, where=lambda f: f["payload"]["cronId"] == "cli-1")
+        run_id = event["payload"]["runId"]
+        assert event["payload"] == {"cronId": "cli-1", "workflow": "adhoc", "runId": run_id}
+    finally:
+        ws.close()
+    live.wait_status(run_id, {"finished"})
+    assert json.loads(live.gateway.store.get_run(run_id)["config_json"])["auth"]["triggeredBy"] == "cron:gateway"
+
+    proc = cli("cron", "remove", "cli-1", "--db", db, cwd=cwd)
+    assert proc.returncode == 0 and proc.stdout.strip() == "removed cli-1", proc.stderr
+    assert [r["cronId"] for r in cron_rows(live)] == ["gateway:nightly"]
+    proc = cli("cron", "remove", "cli-1", "--db", db, cwd=cwd)
+    assert proc.returncode == 4 and proc.stderr.strip() == "error: Cron not found: cli-1"
