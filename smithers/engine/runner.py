@@ -528,6 +528,25 @@ class RunLoop:
         if event:
             tx.emit(self.run_id, event, {"nodeId": d.node_id, "iteration": d.iteration, **payload})
 
+    def open_attempt(
+        self, tx: Tx, d: Descriptor, state: str, meta: dict[str, Any], now: int | None = None, **values: Any
+    ) -> int:
+        """Insert the node's next attempt row (numbered from 1) and return its number."""
+        attempt = self.last_attempt.get(d.key, 0) + 1
+        self.last_attempt[d.key] = attempt
+        tx.insert_attempt(
+            run_id=self.run_id,
+            node_id=d.node_id,
+            iteration=d.iteration,
+            attempt=attempt,
+            state=state,
+            started_at_ms=now_ms() if now is None else now,
+            cached=0,
+            meta_json=dumps(meta),
+            **values,
+        )
+        return attempt
+
     def _mark_skipped(self, descriptors: list[Descriptor]) -> None:
         with self.store.write() as tx:
             for d in descriptors:
@@ -545,29 +564,16 @@ class RunLoop:
             if handled is not None:
                 return handled
         assert isinstance(d.node, Task)
-        attempt = self.last_attempt.get(d.key, 0) + 1
-        self.last_attempt[d.key] = attempt
-        now = now_ms()
+        meta = {
+            "kind": d.node.kind,
+            "label": d.label,
+            "outputTable": d.output_table,
+            "retries": d.retries,
+            "timeoutMs": d.timeout_ms,
+            "lastHeartbeat": self.last_heartbeat_data.get(d.key),
+        }
         with self.store.write() as tx:
-            tx.insert_attempt(
-                run_id=self.run_id,
-                node_id=d.node_id,
-                iteration=d.iteration,
-                attempt=attempt,
-                state=IN_PROGRESS,
-                started_at_ms=now,
-                cached=0,
-                meta_json=dumps(
-                    {
-                        "kind": d.node.kind,
-                        "label": d.label,
-                        "outputTable": d.output_table,
-                        "retries": d.retries,
-                        "timeoutMs": d.timeout_ms,
-                        "lastHeartbeat": self.last_heartbeat_data.get(d.key),
-                    }
-                ),
-            )
+            attempt = self.open_attempt(tx, d, IN_PROGRESS, meta)
             self.set_state(tx, d, IN_PROGRESS, ev.NODE_STARTED, attempt=attempt)
         runtime = TaskRuntime(d.node_id, d.iteration, attempt, self._heartbeat_callback(d, attempt))
         ctx = self._ctx(attempt, self.last_heartbeat_data.get(d.key))

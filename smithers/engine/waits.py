@@ -172,63 +172,33 @@ class WaitHandler:
             payload.update({k: v for k, v in decision.items() if k in ("selected", "ranked", "notes", "value")})
         self._finish_with_output(tx, d, payload)
 
+    def _close_attempt(
+        self, tx: Tx, d: Descriptor, state: str, meta: dict[str, Any] | None = None, error: SmithersError | None = None
+    ) -> int:
+        """End the node's current attempt in ``state`` (approvals, which have none, get one)."""
+        now = now_ms()
+        values: dict[str, Any] = {"finished_at_ms": now}
+        if error is not None:
+            values["error_json"] = dumps(error.to_dict())
+        attempt = self.loop.last_attempt.get(d.key, 0)
+        if attempt == 0:
+            return self.loop.open_attempt(tx, d, state, meta or {"kind": "approval"}, now, **values)
+        if meta is not None:
+            values["meta_json"] = dumps(meta)
+        tx.update_attempt(self.loop.run_id, d.node_id, d.iteration, attempt, state=state, **values)
+        return attempt
+
     def _finish_with_output(self, tx: Tx, d: Descriptor, payload: Any, meta: dict[str, Any] | None = None) -> None:
         from smithers.engine.context import StoredOutput
 
-        run_id = self.loop.run_id
-        attempt = self.loop.last_attempt.get(d.key, 0)
-        if attempt == 0:
-            attempt = 1
-            self.loop.last_attempt[d.key] = 1
-            tx.insert_attempt(
-                run_id=run_id,
-                node_id=d.node_id,
-                iteration=d.iteration,
-                attempt=1,
-                state=FINISHED,
-                started_at_ms=now_ms(),
-                finished_at_ms=now_ms(),
-                cached=0,
-                meta_json=dumps(meta or {"kind": "approval"}),
-            )
-        else:
-            values: dict[str, Any] = {"state": FINISHED, "finished_at_ms": now_ms()}
-            if meta is not None:
-                values["meta_json"] = dumps(meta)
-            tx.update_attempt(run_id, d.node_id, d.iteration, attempt, **values)
+        attempt = self._close_attempt(tx, d, FINISHED, meta)
         if payload is not None or d.kind == "wait":
-            tx.upsert_output(run_id, d.node_id, d.iteration, d.output_table, payload)
+            tx.upsert_output(self.loop.run_id, d.node_id, d.iteration, d.output_table, payload)
             self.loop.outputs[(d.node_id, d.iteration)] = StoredOutput(d.node_id, d.iteration, d.output_table, payload)
         self.loop.set_state(tx, d, FINISHED, ev.NODE_FINISHED, attempt=attempt)
 
-    def _record_failure(self, tx: Tx, d: Descriptor, error: SmithersError) -> None:
-        run_id = self.loop.run_id
-        attempt = self.loop.last_attempt.get(d.key, 0)
-        if attempt == 0:
-            attempt = 1
-            self.loop.last_attempt[d.key] = 1
-            tx.insert_attempt(
-                run_id=run_id,
-                node_id=d.node_id,
-                iteration=d.iteration,
-                attempt=1,
-                state=FAILED,
-                started_at_ms=now_ms(),
-                finished_at_ms=now_ms(),
-                cached=0,
-                error_json=dumps(error.to_dict()),
-                meta_json=dumps({"kind": "approval"}),
-            )
-        else:
-            tx.update_attempt(
-                run_id,
-                d.node_id,
-                d.iteration,
-                attempt,
-                state=FAILED,
-                finished_at_ms=now_ms(),
-                error_json=dumps(error.to_dict()),
-            )
+    def _record_failure(self, tx: Tx, d: Descriptor, error: SmithersError, meta: dict[str, Any] | None = None) -> None:
+        attempt = self._close_attempt(tx, d, FAILED, meta, error)
         self.loop.set_state(tx, d, FAILED, ev.NODE_FAILED, attempt=attempt, error=error.to_dict())
 
     def _start_wait(self, d: Descriptor) -> bool:
@@ -243,20 +213,9 @@ class WaitHandler:
             "waitAsync": False,
             "startedAtMs": now,
         }
-        attempt = self.loop.last_attempt.get(d.key, 0) + 1
-        self.loop.last_attempt[d.key] = attempt
         self.wait_meta[d.key] = wait
         with self.loop.store.write() as tx:
-            tx.insert_attempt(
-                run_id=self.loop.run_id,
-                node_id=d.node_id,
-                iteration=d.iteration,
-                attempt=attempt,
-                state=WAITING_EVENT,
-                started_at_ms=now,
-                cached=0,
-                meta_json=dumps({"kind": WAIT_KIND, "waitForEvent": wait}),
-            )
+            attempt = self.loop.open_attempt(tx, d, WAITING_EVENT, {"kind": WAIT_KIND, "waitForEvent": wait}, now)
             self.loop.set_state(tx, d, WAITING_EVENT, ev.NODE_WAITING_EVENT, attempt=attempt)
             return self._resolve_wait(tx, d, now)
 
@@ -274,20 +233,9 @@ class WaitHandler:
             "firesAtMs": fires_at,
             "firedAtMs": None,
         }
-        attempt = self.loop.last_attempt.get(d.key, 0) + 1
-        self.loop.last_attempt[d.key] = attempt
         self.timer_fires_at[d.key] = fires_at
         with self.loop.store.write() as tx:
-            tx.insert_attempt(
-                run_id=self.loop.run_id,
-                node_id=d.node_id,
-                iteration=d.iteration,
-                attempt=attempt,
-                state=WAITING_TIMER,
-                started_at_ms=now,
-                cached=0,
-                meta_json=dumps({"kind": TIMER_KIND, "timer": timer}),
-            )
+            self.loop.open_attempt(tx, d, WAITING_TIMER, {"kind": TIMER_KIND, "timer": timer}, now)
             tx.emit(
                 self.loop.run_id,
                 ev.TIMER_CREATED,
@@ -374,7 +322,7 @@ class WaitHandler:
                         f"{exc.errors()[0].get('msg')}",
                         code=INVALID_OUTPUT,
                     )
-                    self._fail_wait(tx, d, err, wait)
+                    self._record_failure(tx, d, err, {"kind": WAIT_KIND, "waitForEvent": wait})
                     return True
             self._finish_with_output(tx, d, payload, {"kind": WAIT_KIND, "waitForEvent": wait})
             return True
@@ -382,41 +330,15 @@ class WaitHandler:
         if timeout is not None and now - int(wait["startedAtMs"]) >= int(timeout):
             wait = {**wait, "timedOutAtMs": now}
             if node.on_timeout == "skip":
-                tx.update_attempt(
-                    self.loop.run_id,
-                    d.node_id,
-                    d.iteration,
-                    self.loop.last_attempt[d.key],
-                    state=SKIPPED,
-                    finished_at_ms=now,
-                    meta_json=dumps({"kind": WAIT_KIND, "waitForEvent": wait}),
-                )
+                self._close_attempt(tx, d, SKIPPED, {"kind": WAIT_KIND, "waitForEvent": wait})
                 self.loop.set_state(tx, d, SKIPPED, ev.NODE_SKIPPED)
             elif node.on_timeout == "continue":
                 self._finish_with_output(tx, d, None, {"kind": WAIT_KIND, "waitForEvent": wait})
             else:
-                self._fail_wait(
-                    tx,
-                    d,
-                    SmithersError(f"wait for {node.event!r} timed out after {timeout} ms", code=TASK_TIMEOUT),
-                    wait,
-                )
+                error = SmithersError(f"wait for {node.event!r} timed out after {timeout} ms", code=TASK_TIMEOUT)
+                self._record_failure(tx, d, error, {"kind": WAIT_KIND, "waitForEvent": wait})
             return True
         return False
-
-    def _fail_wait(self, tx: Tx, d: Descriptor, error: SmithersError, wait: dict[str, Any]) -> None:
-        attempt = self.loop.last_attempt[d.key]
-        tx.update_attempt(
-            self.loop.run_id,
-            d.node_id,
-            d.iteration,
-            attempt,
-            state=FAILED,
-            finished_at_ms=now_ms(),
-            error_json=dumps(error.to_dict()),
-            meta_json=dumps({"kind": WAIT_KIND, "waitForEvent": wait}),
-        )
-        self.loop.set_state(tx, d, FAILED, ev.NODE_FAILED, attempt=attempt, error=error.to_dict())
 
     def _fire_timer(self, tx: Tx, d: Descriptor, now: int) -> None:
         fires_at = self.timer_fires_at[d.key]
