@@ -119,17 +119,26 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="smithers-bench-"))
     targets.append(("sqlite", lambda: f"sqlite:///{tmp / f'{time.time_ns()}.db'}"))
     if not args.no_pg:
-        pg = args.pg or os.environ.get("SMITHERS_TEST_PG_URL") or subprocess.run(
-            ["bash", str(Path(__file__).parent.parent / "scripts" / "ensure-postgres.sh")],
-            capture_output=True, text=True, check=True).stdout.strip()
+        pg = (
+            args.pg
+            or os.environ.get("SMITHERS_TEST_PG_URL")
+            or subprocess.run(
+                ["bash", str(Path(__file__).parent.parent / "scripts" / "ensure-postgres.sh")],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
         targets.append(("postgresql", lambda: fresh_pg(pg)))
     for name, make_url in targets:
         small, small_db = step_overhead(make_url(), 100, args.repeat)
         large, large_db = step_overhead(make_url(), 1000, args.repeat)
         rps = throughput(make_url())
-        print(f"{name:10} 100 steps: {small:.3f} ms/step ({small_db:.0%} in db)   "
-              f"1000 steps: {large:.3f} ms/step ({large_db:.0%} in db)   growth x{large / small:.2f}   "
-              f"200 one-task runs: {rps:.0f} runs/s")
+        print(
+            f"{name:10} 100 steps: {small:.3f} ms/step ({small_db:.0%} in db)   "
+            f"1000 steps: {large:.3f} ms/step ({large_db:.0%} in db)   growth x{large / small:.2f}   "
+            f"200 one-task runs: {rps:.0f} runs/s"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from smithers.engine import control
+from smithers.errors import SmithersError
 from smithers.gateway.dispatch import Call, escaping
 from smithers.gateway.errors import (
     FORBIDDEN,
@@ -114,10 +115,20 @@ async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         _validate_value(request.get("mode"), value, request.get("options"))
     decide = control.approve_node if approved else control.deny_node
     decided_by = call.principal.user_id
-    # Engine failures (the node is not waiting for approval) escape as SERVER_ERROR (§13.3 step 7, §3.5).
-    decide(
-        gw.store, run_id, node_id, iteration, note=note, decided_by=decided_by, decision=value if value_given else None
-    )
+    try:
+        decide(
+            gw.store,
+            run_id,
+            node_id,
+            iteration,
+            note=note,
+            decided_by=decided_by,
+            decision=value if value_given else None,
+        )
+    except SmithersError as exc:
+        # The reference's engine failure here (the node is not waiting for approval) reaches the
+        # client uncoded, as SERVER_ERROR with the engine's message (§13.3 step 7, §3.5).
+        raise RuntimeError(exc.message) from exc
     gw.metrics.approval_decisions.labels("approved" if approved else "denied").inc()
     # Ours (§23 D5): dashboards learn of the decision at once, not only from the resumed run.
     gw.broadcast(

@@ -55,7 +55,13 @@ def register_schedules(gateway: Gateway) -> None:
             if reg.schedule is None:
                 continue
             pattern = validate_pattern(reg.schedule)
-            tx.upsert_cron(cron_id_for(key), pattern, cron_id_for(key), True, next_fire_ms(pattern, now))
+            existing = tx.get_cron(cron_id_for(key))
+            following = next_fire_ms(pattern, now)
+            if existing is not None and existing["pattern"] == pattern and existing["next_run_at_ms"] is not None:
+                # Same schedule as before a restart: keep its due time, so a fire missed while the
+                # gateway was down happens once now (the reference recomputes it and drops the fire).
+                following = min(following, existing["next_run_at_ms"])
+            tx.upsert_cron(cron_id_for(key), pattern, cron_id_for(key), True, following)
 
 
 def poll_interval_s(heartbeat_ms: int) -> float:

@@ -31,7 +31,7 @@ from smithers.gateway.errors import (
     GatewayError,
 )
 from smithers.gateway.http import BodyTooLarge, json_response, read_body
-from smithers.gateway.protocol import payload_too_large, validate_run_input, webhook_error_body
+from smithers.gateway.protocol import loads_strict, payload_too_large, validate_run_input, webhook_error_body
 from smithers.store.store import Store
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ async def handle_webhook(gateway: Gateway, key: str, headers: Mapping[str, str],
         raise WebhookRejected(exc, "invalid_signature") from exc
     gateway.metrics.webhooks_verified.labels(key).inc()
     try:
-        payload = json.loads(body) if body.strip() else {}
+        payload = loads_strict(body.decode("utf-8")) if body.strip() else {}
     except (ValueError, UnicodeDecodeError) as exc:
         raise _reject(INVALID_INPUT, "Webhook payload must be valid JSON.", "invalid_payload") from exc
 
