@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/bench_engine.py [--pg URL] [--repeat 3]
 
-Prints, per database: ms/step for sequences of 100 and 1,000 static tasks (median of --repeat
-runs), the share of that time spent inside database calls, the growth from 100 to 1,000 steps,
+Prints, per database and kind of task (static value, async function, sync function run in a
+worker thread): ms/step for sequences of 100 and 1,000 trivial tasks (median of --repeat runs), the share of that time spent inside database calls, the growth from 100 to 1,000 steps,
 and the throughput of 200 one-task runs executed back to back.
 """
 
@@ -25,10 +25,25 @@ from smithers import Sequence, Task, workflow
 from smithers.store import store as store_module
 
 
-def chain(n: int) -> smithers.Workflow:
-    @workflow(f"chain{n}")
+async def async_step(ctx: smithers.Ctx) -> Any:
+    return {"ok": True}
+
+
+def sync_step(ctx: smithers.Ctx) -> Any:
+    return {"ok": True}
+
+
+KINDS = ("static", "async", "sync")
+
+
+def chain(n: int, kind: str = "static") -> smithers.Workflow:
+    """n trivial tasks in a sequence: static values, async functions, or sync functions (run in a thread)."""
+
+    @workflow(f"chain{n}-{kind}")
     def wf(ctx: smithers.Ctx) -> Any:
-        return Sequence(*[Task(f"t{i}", value={"i": i}) for i in range(n)])
+        if kind == "static":
+            return Sequence(*[Task(f"t{i}", value={"i": i}) for i in range(n)])
+        return Sequence(*[Task(f"t{i}", run=async_step if kind == "async" else sync_step) for i in range(n)])
 
     return wf
 
@@ -67,9 +82,9 @@ class DbClock:
             store_module.Store._end = end  # type: ignore[method-assign]
 
 
-def step_overhead(url: str, n: int, repeat: int) -> tuple[float, float]:
+def step_overhead(url: str, n: int, repeat: int, kind: str = "static") -> tuple[float, float]:
     """(median ms/step, median share of time in the database)."""
-    wf = chain(n)
+    wf = chain(n, kind)
     store = smithers.Store(url)
     smithers.run(wf, {}, db=store)  # warm up: imports, compiled statements
     per_step, shares = [], []
@@ -131,14 +146,15 @@ def main() -> None:
         )
         targets.append(("postgresql", lambda: fresh_pg(pg)))
     for name, make_url in targets:
-        small, small_db = step_overhead(make_url(), 100, args.repeat)
-        large, large_db = step_overhead(make_url(), 1000, args.repeat)
-        rps = throughput(make_url())
-        print(
-            f"{name:10} 100 steps: {small:.3f} ms/step ({small_db:.0%} in db)   "
-            f"1000 steps: {large:.3f} ms/step ({large_db:.0%} in db)   growth x{large / small:.2f}   "
-            f"200 one-task runs: {rps:.0f} runs/s"
-        )
+        for kind in KINDS:
+            small, small_db = step_overhead(make_url(), 100, args.repeat, kind)
+            large, large_db = step_overhead(make_url(), 1000, args.repeat, kind)
+            print(
+                f"{name:10} {kind:6} 100 steps: {small:.3f} ms/step ({small_db:.0%} in db)   "
+                f"1000 steps: {large:.3f} ms/step ({large_db:.0%} in db)   growth x{large / small:.2f}",
+                flush=True,
+            )
+        print(f"{name:10} 200 one-task runs back to back: {throughput(make_url()):.0f} runs/s", flush=True)
 
 
 if __name__ == "__main__":

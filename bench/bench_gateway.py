@@ -177,6 +177,29 @@ async def bench_fanout(base: str, ws_url: str, tasks: int, subscribers: int) -> 
     await asyncio.gather(*(ws.close() for ws in sockets))
 
 
+def cpu_ms(pid: int) -> float:
+    """User + system CPU time of a process so far, in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_connect(ws_url: str, pid: int, label: str, count: int = 200) -> None:
+    """Server CPU and latency of one connect (challenge, connect, hello snapshot), sequentially."""
+    latencies = []
+    before = cpu_ms(pid)
+    for _ in range(count):
+        start = time.perf_counter()
+        ws = await ws_connect(ws_url)
+        latencies.append((time.perf_counter() - start) * 1000)
+        await ws.close()
+    used = cpu_ms(pid) - before
+    latencies.sort()
+    print(
+        f"connect with {label}: server CPU {used / count:.2f} ms per connect, "
+        f"latency p50 {latencies[count // 2]:.2f} ms"
+    )
+
+
 async def bench_idle(ws_url: str, pid: int, idle: int) -> None:
     await asyncio.sleep(1)
     before = rss_kib(pid)
@@ -203,7 +226,9 @@ async def main(args: argparse.Namespace) -> None:
                         break
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
+        await bench_connect(ws_url, child.pid, "0 runs stored")
         await bench_launch(base, ws_url, args.launches, args.clients)
+        await bench_connect(ws_url, child.pid, f"{args.launches} runs stored")
         await bench_fanout(base, ws_url, args.tasks, args.subscribers)
         await bench_idle(ws_url, child.pid, args.idle)
     finally:

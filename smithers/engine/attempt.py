@@ -96,11 +96,15 @@ def to_payload(value: Any, model: type[BaseModel] | None) -> Any:
 
 
 def _call_arity(fn: Callable[..., Any]) -> int:
+    """1 when ``fn`` takes ``ctx``, 0 when it takes nothing (plain functions are read off their code)."""
+    code = getattr(fn, "__code__", None)
+    if code is not None and not inspect.ismethod(fn):
+        return 1 if code.co_argcount or code.co_flags & inspect.CO_VARARGS else 0
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return 1
-    return 1 if any(p.kind in (p.VAR_POSITIONAL,) for p in params) else min(1, len(list(params)))
+    return 1 if any(p.kind is p.VAR_POSITIONAL for p in params) or params else 0
 
 
 async def run_attempt(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:

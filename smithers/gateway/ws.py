@@ -76,6 +76,26 @@ class IllegalTransition(RuntimeError):
 class Connection:
     """One WebSocket client: its state, identity, subscription filter, seq and streams."""
 
+    __slots__ = (
+        "_recheck",
+        "_send",
+        "_slots",
+        "_tasks",
+        "_tick",
+        "_token",
+        "_outbox",
+        "_writer",
+        "gateway",
+        "headers",
+        "principal",
+        "seq",
+        "session_token",
+        "state",
+        "streams",
+        "subscribed",
+        "websocket",
+    )
+
     def __init__(self, gateway: Gateway, websocket: WebSocket, headers: dict[str, str], send: Send | None = None):
         self.gateway = gateway
         self.websocket = websocket

@@ -152,10 +152,15 @@ class Tx:
         return sorted(rows, key=lambda r: (-r["created_at_ms"], r["run_id"]))[:limit]
 
     def list_runs_by_status(self, statuses: Sequence[str]) -> list[Row]:
-        out: list[Row] = []
-        for status in statuses:
-            out.extend(self.select(t.runs, {"status": status}))
-        return sorted(out, key=lambda r: r["created_at_ms"])
+        """Runs in any of ``statuses`` (one indexed query), oldest first."""
+        c = t.runs.c
+        count = len(statuses)
+
+        def build() -> ClauseElement:
+            wanted = c.status.in_([bindparam(f"s{i}") for i in range(count)])
+            return select(t.runs).where(wanted).order_by(c.created_at_ms, c.run_id)
+
+        return self.rows(("runs_in", count), build, {f"s{i}": status for i, status in enumerate(statuses)})
 
     # ---- input ------------------------------------------------------------------------------
     def insert_input(self, run_id: str, payload: Any) -> None:
