@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_engine.py [--pg URL] [--repeat 3]
 
 Prints, per database and kind of task (static value, async function, sync function run in a
-worker thread): ms/step for sequences of 100 and 1,000 trivial tasks (median of --repeat runs), the share of that time spent inside database calls, the growth from 100 to 1,000 steps,
-and the throughput of 200 one-task runs executed back to back.
+worker thread): ms/step for sequences of 100 and 1,000 trivial tasks (median of --repeat runs),
+the share of that time spent inside database calls, the growth from 100 to 1,000 steps, and the
+throughput of 200 one-task runs executed back to back.
 """
 
 from __future__ import annotations

@@ -77,13 +77,13 @@ class Connection:
     """One WebSocket client: its state, identity, subscription filter, seq and streams."""
 
     __slots__ = (
+        "_outbox",
         "_recheck",
         "_send",
         "_slots",
         "_tasks",
         "_tick",
         "_token",
-        "_outbox",
         "_writer",
         "gateway",
         "headers",
