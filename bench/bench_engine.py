@@ -83,23 +83,28 @@ class DbClock:
             store_module.Store._end = end  # type: ignore[method-assign]
 
 
-def step_overhead(url: str, n: int, repeat: int, kind: str = "static") -> tuple[float, float]:
-    """(median ms/step, median share of time in the database)."""
+def step_overhead(url: str, n: int, repeat: int, kind: str = "static") -> tuple[float, float, float]:
+    """(median wall ms/step, median CPU ms/step of this process, median share of wall time in the database).
+
+    The CPU figure is steadier than wall time on a shared virtual machine; the difference between
+    the two is waiting (fsync, worker-thread hand-offs, other tenants).
+    """
     wf = chain(n, kind)
     store = smithers.Store(url)
     smithers.run(wf, {}, db=store)  # warm up: imports, compiled statements
-    per_step, shares = [], []
+    per_step, cpu, shares = [], [], []
     for _ in range(repeat):
         clock = DbClock()
         with clock.installed():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             result = smithers.run(wf, {}, db=store)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu_used = time.perf_counter() - start, time.process_time() - cpu_start
         assert result.status == "finished", result
         per_step.append(elapsed * 1000 / n)
+        cpu.append(cpu_used * 1000 / n)
         shares.append(clock.seconds / elapsed)
     store.close()
-    return statistics.median(per_step), statistics.median(shares)
+    return statistics.median(per_step), statistics.median(cpu), statistics.median(shares)
 
 
 def throughput(url: str, runs: int = 200) -> float:
@@ -148,11 +153,12 @@ def main() -> None:
         targets.append(("postgresql", lambda: fresh_pg(pg)))
     for name, make_url in targets:
         for kind in KINDS:
-            small, small_db = step_overhead(make_url(), 100, args.repeat, kind)
-            large, large_db = step_overhead(make_url(), 1000, args.repeat, kind)
+            small, small_cpu, small_db = step_overhead(make_url(), 100, args.repeat, kind)
+            large, large_cpu, large_db = step_overhead(make_url(), 1000, args.repeat, kind)
             print(
-                f"{name:10} {kind:6} 100 steps: {small:.3f} ms/step ({small_db:.0%} in db)   "
-                f"1000 steps: {large:.3f} ms/step ({large_db:.0%} in db)   growth x{large / small:.2f}",
+                f"{name:10} {kind:6} 100 steps: {small:.3f} ms/step (cpu {small_cpu:.3f}, {small_db:.0%} in db)   "
+                f"1000 steps: {large:.3f} ms/step (cpu {large_cpu:.3f}, {large_db:.0%} in db)   "
+                f"growth x{large / small:.2f}",
                 flush=True,
             )
         print(f"{name:10} 200 one-task runs back to back: {throughput(make_url()):.0f} runs/s", flush=True)
