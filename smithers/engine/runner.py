@@ -438,15 +438,21 @@ class RunLoop:
 
     def _snapshot(self, tx: Tx, now: int) -> None:
         """Full durable state at this frame (taken at keyframes and when the run settles)."""
-        nodes = [
-            {
-                "nodeId": k.rsplit("::", 1)[0],
-                "iteration": int(k.rsplit("::", 1)[1]),
-                "state": s,
-                "lastAttempt": self.last_attempt.get(k),
-            }
-            for k, s in sorted(self.states.items())
-        ]
+        known = self.graph.by_key if self.graph is not None else {}
+        nodes = []
+        for key, state in sorted(self.states.items()):
+            node_id, _, iteration = key.rpartition("::")
+            d = known.get(key)
+            nodes.append(
+                {
+                    "nodeId": node_id,
+                    "iteration": int(iteration),
+                    "state": state,
+                    "lastAttempt": self.last_attempt.get(key) or None,
+                    "outputTable": d.output_table if d else None,
+                    "label": d.label if d else None,
+                }
+            )
         outputs: dict[str, list[Any]] = {}
         for out in self.outputs.values():
             outputs.setdefault(out.table, []).append(

@@ -23,7 +23,7 @@ from smithers.engine.ownership import owner_gone
 from smithers.engine.states import CANCELLED, FAILED, FINISHED, RUNNING, TERMINAL_RUN_STATUSES, WAITING_TIMER
 from smithers.engine.workflow import Workflow
 from smithers.errors import SmithersError
-from smithers.gateway import approvals, cron, runs, signals, streams, webhooks
+from smithers.gateway import approvals, cron, history, runs, signals, streams, webhooks
 from smithers.gateway.auth import MODE_TOKEN, Authenticator, Principal
 from smithers.gateway.broadcast import RUN_COMPLETED, Broadcaster, map_event
 from smithers.gateway.dispatch import Dispatcher, Handler
@@ -78,7 +78,14 @@ class Gateway:
         self.authenticator = Authenticator(auth, lookup_stored_token=stored_token_lookup(self.store))
         self._configured_tokens = auth.get("tokens") if isinstance(auth, Mapping) else None
         self.dispatcher = Dispatcher()
-        for table in (runs.HANDLERS, streams.HANDLERS, approvals.HANDLERS, signals.HANDLERS, cron.HANDLERS):
+        for table in (
+            runs.HANDLERS,
+            streams.HANDLERS,
+            approvals.HANDLERS,
+            signals.HANDLERS,
+            cron.HANDLERS,
+            history.HANDLERS,
+        ):
             self.dispatcher.add(table)
         self.webhook_handler: WebhookHandler | None = None
         webhooks.install(self)

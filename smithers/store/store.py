@@ -282,6 +282,10 @@ class Tx:
         value = self.scalar("last_keyframe", build, {"r": run_id, "hi": up_to})
         return None if value is None else int(value)
 
+    def select_snapshots(self, run_id: str) -> list[Row]:
+        """Snapshot rows of a run, oldest frame first."""
+        return self.select(t.snapshots, {"run_id": run_id}, ("frame_no",))
+
     def upsert_snapshot(self, **values: Any) -> None:
         self.upsert(t.snapshots, values)
 
