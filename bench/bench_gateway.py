@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from smithers import Parallel, Task, workflow  # noqa: E402
 from smithers.gateway.server import Gateway  # noqa: E402
+from smithers.store.store import Store  # noqa: E402
 
 TOKEN = "bench-token"
 HOST = "127.0.0.1"
@@ -200,6 +201,21 @@ async def bench_connect(ws_url: str, pid: int, label: str, count: int = 200) -> 
     )
 
 
+def seed_finished_runs(db: str, count: int) -> None:
+    """Store ``count`` finished runs directly, to show that connect cost does not grow with them."""
+    store = Store(db)
+    with store.write() as tx:
+        for i in range(count):
+            tx.insert_run(
+                run_id=f"seed-{i}",
+                workflow_name="one",
+                status="finished",
+                created_at_ms=i,
+                config_json='{"workflowKey": "one"}',
+            )
+    store.close()
+
+
 async def bench_idle(ws_url: str, pid: int, idle: int) -> None:
     await asyncio.sleep(1)
     before = rss_kib(pid)
@@ -229,6 +245,8 @@ async def main(args: argparse.Namespace) -> None:
         await bench_connect(ws_url, child.pid, "0 runs stored")
         await bench_launch(base, ws_url, args.launches, args.clients)
         await bench_connect(ws_url, child.pid, f"{args.launches} runs stored")
+        seed_finished_runs(db, 5000)
+        await bench_connect(ws_url, child.pid, f"{args.launches + 5000} runs stored")
         await bench_fanout(base, ws_url, args.tasks, args.subscribers)
         await bench_idle(ws_url, child.pid, args.idle)
     finally:
