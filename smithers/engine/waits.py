@@ -33,7 +33,7 @@ from smithers.store.rows import dumps, now_ms
 
 if TYPE_CHECKING:
     from smithers.engine.extract import Descriptor, Graph
-    from smithers.engine.runner import RunLoop
+    from smithers.engine.run_core import RunCore
     from smithers.engine.scheduler import Schedule
     from smithers.store.store import Tx
 
@@ -81,7 +81,7 @@ def _iso(ms: int | None) -> str | None:
 class WaitHandler:
     """Starts and resolves the approval, wait-for-event and timer leaves of one run."""
 
-    def __init__(self, loop: RunLoop):
+    def __init__(self, loop: RunCore):
         self.loop = loop
         self.consumed_signals: set[int] = set()
         self.timer_fires_at: dict[str, int] = {}

@@ -1,0 +1,195 @@
+"""State of one run while it executes, and the helpers every part of the run loop uses."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from smithers.engine import events as ev
+from smithers.engine import frames
+from smithers.engine.context import Ctx, ReadLog, StoredOutput
+from smithers.engine.extract import Descriptor, Graph
+from smithers.engine.ownership import new_owner_id
+from smithers.engine.states import (
+    WAITING_NODE_STATES,
+)
+from smithers.engine.waits import WaitHandler
+from smithers.engine.workflow import Workflow
+from smithers.store.rows import dumps, now_ms
+from smithers.store.store import Store, Tx
+
+DEFAULT_MAX_CONCURRENCY = 4
+CANCEL_SETTLE_S = 5.0
+MAX_INPUT_BYTES = 1_048_576
+
+
+@dataclass
+class RunResult:
+    """How a call to run or resume ended."""
+
+    run_id: str
+    status: str
+    output: Any = None
+    """Output of the last node (in document order) that has one."""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """Latest output of every node, by node id."""
+    error: dict[str, Any] | None = None
+    wake_at_ms: int | None = None
+    """When a suspended run next has something to do on its own (a timer or a wait timeout)."""
+
+
+def auth_context(
+    triggered_by: str, scopes: list[str] | None = None, role: str = "operator", token_id: str | None = None
+) -> dict[str, Any]:
+    """A RunAuthContext (gateway spec §10.2), recorded on the run and visible as ``ctx.auth``."""
+    return {
+        "triggeredBy": triggered_by,
+        "scopes": list(scopes or []),
+        "role": role,
+        "tokenId": token_id,
+        "createdAt": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+
+
+class RunCore:
+    """What one execution of a run knows: node states, outputs, loops, attempts, frames.
+
+    Split by concern over :class:`~smithers.engine.run_start.RunStart` (create and resume),
+    :class:`~smithers.engine.run_frames.RunFrames` (render and record frames),
+    :class:`~smithers.engine.run_endings.RunEndings` (finish, fail, cancel, suspend) and the
+    loop itself, :class:`~smithers.engine.runner.RunLoop`.
+    """
+
+    def __init__(
+        self, store: Store, workflow: Workflow, run_id: str, *, max_concurrency: int, cancel: asyncio.Event | None
+    ):
+        self.store = store
+        self.workflow = workflow
+        self.run_id = run_id
+        self.max_concurrency = max(1, max_concurrency)
+        self.owner_id = new_owner_id()
+        self.cancel_event = cancel or asyncio.Event()
+        self.lost_ownership = False
+        self.input: dict[str, Any] = {}
+        self.auth: dict[str, Any] | None = None
+        self.states: dict[str, str] = {}
+        self.outputs: dict[tuple[str, int], StoredOutput] = {}
+        self.loop_state: dict[str, tuple[int, bool]] = {}
+        self.last_attempt: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.retry_ready_at: dict[str, int] = {}
+        self.last_heartbeat_data: dict[str, Any] = {}
+        self.in_flight: dict[str, asyncio.Task[Any]] = {}
+        self.in_flight_desc: dict[str, Descriptor] = {}
+        self.frame_no = 0
+        self.prev_doc: Any = None
+        self.prev_hash: str | None = None
+        self.prev_text = ""
+        self.graph: Graph | None = None
+        self.render_reads = ReadLog()
+        self.waiting: set[str] = set()
+        self._memo_graph: Graph | None = None
+        self._memo: dict[int, int] = {}
+        self.needs_render = True
+        self.mounted_json = "[]"
+        self._stored_mounted_json: str | None = None
+        self._create_row: dict[str, Any] | None = None
+        self._first_render: tuple[Graph, ReadLog] | None = None
+        self.task_index_json = "[]"
+        self.waits = WaitHandler(self)
+        self._wake = asyncio.Event()
+
+    def _ctx(self, attempt: int = 0, last_heartbeat: Any = None, reads: ReadLog | None = None) -> Ctx:
+        active = [it for it, done in self.loop_state.values() if not done]
+        return Ctx(
+            input=self.input,
+            run_id=self.run_id,
+            iteration=active[0] if active else 0,
+            iterations={k: v[0] for k, v in self.loop_state.items()},
+            auth=self.auth,
+            outputs_by_key=self.outputs,
+            loop_node_ids=self.graph.loop_node_ids if self.graph else frozenset(),
+            attempt=attempt,
+            last_heartbeat=last_heartbeat,
+            reads=reads,
+        )
+
+    def set_state(self, tx: Tx, d: Descriptor, state: str, event: str | None = None, **payload: Any) -> None:
+        """Record a node's new state (and optionally an event about it) in ``tx``."""
+        self.states[d.key] = state
+        if state in WAITING_NODE_STATES:
+            self.waiting.add(d.key)
+        else:
+            self.waiting.discard(d.key)
+        tx.update_node(
+            self.run_id,
+            d.node_id,
+            d.iteration,
+            state=state,
+            updated_at_ms=now_ms(),
+            last_attempt=self.last_attempt.get(d.key) or None,
+        )
+        if event:
+            tx.emit(self.run_id, event, {"nodeId": d.node_id, "iteration": d.iteration, **payload})
+
+    def open_attempt(
+        self, tx: Tx, d: Descriptor, state: str, meta: dict[str, Any], now: int | None = None, **values: Any
+    ) -> int:
+        """Insert the node's next attempt row (numbered from 1) and return its number."""
+        attempt = self.last_attempt.get(d.key, 0) + 1
+        self.last_attempt[d.key] = attempt
+        tx.insert_attempt(
+            run_id=self.run_id,
+            node_id=d.node_id,
+            iteration=d.iteration,
+            attempt=attempt,
+            state=state,
+            started_at_ms=now_ms() if now is None else now,
+            cached=0,
+            meta_json=dumps(meta),
+            **values,
+        )
+        return attempt
+
+    def _snapshot(self, tx: Tx, now: int) -> None:
+        """Full durable state at this frame (taken at keyframes and when the run settles)."""
+        known = self.graph.by_key if self.graph is not None else {}
+        nodes = []
+        for key, state in sorted(self.states.items()):
+            node_id, _, iteration = key.rpartition("::")
+            d = known.get(key)
+            nodes.append(
+                {
+                    "nodeId": node_id,
+                    "iteration": int(iteration),
+                    "state": state,
+                    "lastAttempt": self.last_attempt.get(key) or None,
+                    "outputTable": d.output_table if d else None,
+                    "label": d.label if d else None,
+                }
+            )
+        outputs: dict[str, list[Any]] = {}
+        for out in self.outputs.values():
+            outputs.setdefault(out.table, []).append(
+                {
+                    "nodeId": out.node_id,
+                    "iteration": out.iteration,
+                    **(out.payload if isinstance(out.payload, dict) else {"value": out.payload}),
+                }
+            )
+        ralph = [{"ralphId": k, "iteration": v[0], "done": v[1]} for k, v in sorted(self.loop_state.items())]
+        body = {"nodes": nodes, "outputs": outputs, "ralph": ralph, "input": self.input}
+        tx.upsert_snapshot(
+            run_id=self.run_id,
+            frame_no=self.frame_no,
+            nodes_json=dumps(nodes),
+            outputs_json=dumps(outputs),
+            ralph_json=dumps(ralph),
+            input_json=dumps(self.input),
+            workflow_hash=None,
+            content_hash=frames.sha256_hex(frames.canonical(body)),
+            created_at_ms=now,
+        )
+        tx.emit(self.run_id, ev.SNAPSHOT_CAPTURED, {"frameNo": self.frame_no})

@@ -1,0 +1,173 @@
+"""Starting a run (checks first, rows with the first step) and taking a stored run over to resume it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from smithers.engine import events as ev
+from smithers.engine import frames
+from smithers.engine.context import ReadLog, StoredOutput
+from smithers.engine.extract import extract
+from smithers.engine.ownership import owner_gone
+from smithers.engine.run_core import MAX_INPUT_BYTES, RunCore
+from smithers.engine.states import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    WAITING_NODE_STATES,
+)
+from smithers.errors import (
+    RUN_ALREADY_EXISTS,
+    RUN_NOT_RESUMABLE,
+    RUN_OWNER_ALIVE,
+    RUN_RESUME_CLAIM_FAILED,
+    InvalidInputError,
+    RunNotFoundError,
+    RunOwnershipError,
+    SmithersError,
+)
+from smithers.store.rows import dumps, loads, now_ms
+from smithers.store.store import Tx
+
+
+class RunStart(RunCore):
+    """Starting a run (checks first, rows with the first step) and taking a stored run over to resume it."""
+
+    # ---- start / resume --------------------------------------------------------------------
+    def create(self, input: dict[str, Any], auth: dict[str, Any] | None, config: dict[str, Any]) -> None:
+        """Check input and the first render; the rows are written with the first step (``_write_create``)."""
+        if len(dumps(input).encode()) > MAX_INPUT_BYTES:
+            raise InvalidInputError(f"workflow input is larger than {MAX_INPUT_BYTES} bytes")
+        self.input, self.auth = input, auth
+        try:  # a tree that cannot even render its first frame is refused before any row is written
+            reads = ReadLog()
+            self._first_render = (extract(self.workflow.render(self._ctx(reads=reads)), self.workflow.key, {}), reads)
+        except SmithersError:
+            raise
+        except Exception as exc:
+            raise SmithersError(f"render failed: {type(exc).__name__}: {exc}", code="RENDER_FAILED") from exc
+        now = now_ms()
+        cfg = {"maxConcurrency": self.max_concurrency, "workflowKey": self.workflow.key, **config}
+        if auth is not None:
+            cfg["auth"] = auth
+        self._create_row = {
+            "run_id": self.run_id,
+            "workflow_name": self.workflow.key,
+            "workflow_path": self.workflow.path,
+            "workflow_hash": self.workflow.source_hash(),
+            "status": RUNNING,
+            "created_at_ms": now,
+            "started_at_ms": now,
+            "heartbeat_at_ms": now,
+            "runtime_owner_id": self.owner_id,
+            "config_json": dumps(cfg),
+        }
+
+    def _write_create(self, tx: Tx) -> None:
+        """The run row, its input and RunStarted: committed with the first step, in one transaction."""
+        row, self._create_row = self._create_row, None
+        assert row is not None
+        if tx.get_run(self.run_id) is not None:
+            raise SmithersError(
+                f"run {self.run_id} already exists", code=RUN_ALREADY_EXISTS, details={"runId": self.run_id}
+            )
+        tx.insert_run(**row)
+        tx.insert_input(self.run_id, self.input)
+        tx.emit(self.run_id, ev.RUN_STARTED)
+
+    def claim(self, force: bool, auth: dict[str, Any] | None, config: dict[str, Any]) -> None:
+        """Take a stored run over for resuming (compare-and-swap on its owner and heartbeat)."""
+        now = now_ms()
+        with self.store.write() as tx:
+            row = tx.get_run(self.run_id)
+            if row is None:
+                raise RunNotFoundError(self.run_id)
+            status = row["status"]
+            if status == "continued":
+                raise SmithersError(
+                    f"run {self.run_id} was continued as a new run and cannot resume", code=RUN_NOT_RESUMABLE
+                )
+            owner, beat = row["runtime_owner_id"], row["heartbeat_at_ms"]
+            if status == RUNNING and owner and not force and not owner_gone(owner, beat, now):
+                raise RunOwnershipError(
+                    f"run {self.run_id} is still owned by {owner} (last heartbeat {now - (beat or now)} ms ago); "
+                    "use --force to take it over",
+                    code=RUN_OWNER_ALIVE,
+                    details={"owner": owner},
+                )
+            cfg = {**(loads(row["config_json"]) or {}), **config, "maxConcurrency": self.max_concurrency}
+            if auth is not None:
+                cfg["auth"] = auth
+            won = tx.claim_run(
+                self.run_id,
+                {"status": status, "runtime_owner_id": owner, "heartbeat_at_ms": beat},
+                status=RUNNING,
+                runtime_owner_id=self.owner_id,
+                heartbeat_at_ms=now,
+                finished_at_ms=None,
+                cancel_requested_at_ms=None,
+                error_json=None,
+                config_json=dumps(cfg),
+                started_at_ms=row["started_at_ms"] or now,
+            )
+            if not won:
+                raise self._claimed_by_other(tx)
+            aborted = dumps(
+                SmithersError("attempt interrupted; the run was resumed", code="ATTEMPT_ABANDONED").to_dict()
+            )
+            for stale in tx.cancel_in_progress_attempts(self.run_id, aborted, now):
+                tx.emit(
+                    self.run_id,
+                    ev.NODE_CANCELLED,
+                    {
+                        "nodeId": stale["node_id"],
+                        "iteration": stale["iteration"],
+                        "attempt": stale["attempt"],
+                        "reason": "aborted",
+                    },
+                )
+            for node in tx.list_nodes(self.run_id):
+                if node["state"] in (FAILED, CANCELLED):  # resuming retries what failed or was cancelled
+                    tx.update_node(self.run_id, node["node_id"], node["iteration"], state=PENDING, updated_at_ms=now)
+                    tx.emit(self.run_id, ev.NODE_PENDING, {"nodeId": node["node_id"], "iteration": node["iteration"]})
+            tx.emit(self.run_id, ev.RUN_STARTED, {"resumed": True})
+            self.input = json.loads(tx.get_input_json(self.run_id) or "{}")
+            self.auth = cfg.get("auth")
+            self._load(tx, resumed_failed=status == FAILED)
+
+    def _claimed_by_other(self, tx: Tx) -> RunOwnershipError:
+        """The error for a lost claim race, naming the process that won it."""
+        winner = (tx.get_run(self.run_id) or {}).get("runtime_owner_id") or "another process"
+        return RunOwnershipError(
+            f"run {self.run_id} was just claimed by {winner}", code=RUN_RESUME_CLAIM_FAILED, details={"owner": winner}
+        )
+
+    def _load(self, tx: Tx, resumed_failed: bool) -> None:
+        for node in tx.list_nodes(self.run_id):
+            key = f"{node['node_id']}::{node['iteration']}"
+            self.states[key] = node["state"]
+            if node["state"] in WAITING_NODE_STATES:
+                self.waiting.add(key)
+            self.last_attempt[key] = node["last_attempt"] or 0
+        for out in tx.list_outputs(self.run_id):
+            self.outputs[(out["node_id"], out["iteration"])] = StoredOutput(
+                out["node_id"], out["iteration"], out["output_table"], json.loads(out["payload_json"])
+            )
+        for loop in tx.list_ralph(self.run_id):
+            self.loop_state[loop["ralph_id"]] = (loop["iteration"], bool(loop["done"]))
+        for attempt in tx.list_attempts(self.run_id):
+            key = f"{attempt['node_id']}::{attempt['iteration']}"
+            if attempt["state"] == FAILED and not resumed_failed:
+                self.failures[key] = self.failures.get(key, 0) + 1
+            if attempt["heartbeat_data_json"] is not None:
+                self.last_heartbeat_data[key] = json.loads(attempt["heartbeat_data_json"])
+            self.waits.load_attempt(attempt)
+        self.frame_no = tx.last_frame_no(self.run_id)
+        if self.frame_no:
+            start = tx.last_keyframe_no(self.run_id, self.frame_no) or 1
+            docs = frames.expand(tx.list_frame_rows(self.run_id, since=start))
+            self.prev_doc = docs[-1] if docs else None
+            self.prev_text = frames.canonical(self.prev_doc) if docs else ""
+            self.prev_hash = frames.sha256_hex(frames.canonical(self.prev_doc)) if docs else None
