@@ -18,7 +18,10 @@ from jwt.algorithms import HMACAlgorithm
 from jwt.exceptions import InvalidKeyError
 
 from smithers.gateway.errors import INVALID_INPUT, UNAUTHORIZED, GatewayError
-from smithers.gateway.protocol import JS_WHITESPACE, as_number, loads_strict
+from smithers.gateway.jsvalues import JS_WHITESPACE, loads_strict
+from smithers.gateway.protocol import (
+    as_number,
+)
 from smithers.gateway.scopes import WILDCARD
 
 __all__ = [

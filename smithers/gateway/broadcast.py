@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from smithers.engine import events as ev
 from smithers.engine.states import CANCELLED, FAILED, FINISHED, IN_PROGRESS
-from smithers.gateway.protocol import encode_json
+from smithers.gateway.jsvalues import encode_json
 from smithers.store.events_bus import StoredEvent
 
 if TYPE_CHECKING:

@@ -24,11 +24,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from smithers.gateway.auth import header_value, node_headers
 from smithers.gateway.dispatch import TRANSPORT_HTTP, Call
 from smithers.gateway.errors import INVALID_REQUEST, GatewayError
+from smithers.gateway.jsvalues import encode_json
 from smithers.gateway.metrics import METRICS_CONTENT_TYPE
 from smithers.gateway.protocol import (
     COMMON_HEADERS,
     JSON_CONTENT_TYPE,
-    encode_json,
     error_frame,
     http_rpc_request,
     parse_http_body,

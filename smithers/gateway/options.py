@@ -12,6 +12,7 @@ from urllib.parse import quote
 from smithers.engine.runner import DEFAULT_MAX_CONCURRENCY
 from smithers.engine.workflow import Workflow
 from smithers.gateway.errors import INVALID_INPUT, GatewayError
+from smithers.gateway.jsvalues import js_trim
 from smithers.gateway.protocol import (
     DEFAULT_EVENT_WINDOW_SIZE,
     DEFAULT_FEATURES,
@@ -22,7 +23,6 @@ from smithers.gateway.protocol import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_PROTOCOL,
     DEFAULT_REQUEST_TIMEOUT_MS,
-    js_trim,
     positive_int,
 )
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from smithers.gateway.errors import FORBIDDEN, GatewayError
-from smithers.gateway.protocol import js_trim
+from smithers.gateway.jsvalues import js_trim
 
 __all__ = [
     "ALL_SCOPES",

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from smithers.gateway.dispatch import TRANSPORT_WS, Call, Reply
 from smithers.gateway.errors import INVALID_REQUEST, GatewayError, Internal, InvalidRunId, RunNotFound, SeqOutOfRange
-from smithers.gateway.protocol import API_VERSION, RUN_EVENT_HEARTBEAT_MS, error_object, js_number_string
+from smithers.gateway.jsvalues import js_number_string
+from smithers.gateway.protocol import (
+    API_VERSION,
+    RUN_EVENT_HEARTBEAT_MS,
+    error_object,
+)
 from smithers.store.rows import now_ms
 
 if TYPE_CHECKING:

@@ -31,7 +31,12 @@ from smithers.gateway.errors import (
     GatewayError,
 )
 from smithers.gateway.http import BodyTooLarge, json_response, read_body
-from smithers.gateway.protocol import loads_strict, payload_too_large, validate_run_input, webhook_error_body
+from smithers.gateway.jsvalues import loads_strict
+from smithers.gateway.protocol import (
+    payload_too_large,
+    validate_run_input,
+    webhook_error_body,
+)
 from smithers.store.store import Store
 
 if TYPE_CHECKING:

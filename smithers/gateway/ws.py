@@ -22,12 +22,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from smithers.gateway.auth import Principal, node_headers, token_from_connect
 from smithers.gateway.dispatch import TRANSPORT_WS, Call, Outcome
 from smithers.gateway.errors import UNAUTHORIZED, WS_INVALID_ID, GatewayError, ws_error_for
+from smithers.gateway.jsvalues import encode_json
 from smithers.gateway.protocol import (
     API_VERSION,
     API_VERSION_HEADER,
     CONNECT_METHOD,
     RequestFrame,
-    encode_json,
     error_frame,
     event_frame,
     parse_connect_request,

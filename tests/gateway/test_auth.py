@@ -17,7 +17,10 @@ from hypothesis import strategies as st
 from smithers.gateway import auth as a
 from smithers.gateway.auth import Authenticator, Principal
 from smithers.gateway.errors import GatewayError
-from smithers.gateway.protocol import encode_json, error_frame, js_trim
+from smithers.gateway.jsvalues import encode_json, js_trim
+from smithers.gateway.protocol import (
+    error_frame,
+)
 
 REFRESH = {"refresh": "smithers token issue"}
 NOW_MS = 1_710_000_000_000

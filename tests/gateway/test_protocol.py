@@ -13,6 +13,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from smithers.gateway import jsvalues as jsv
 from smithers.gateway import protocol as p
 from smithers.gateway.errors import GatewayError
 
@@ -92,12 +93,12 @@ def test_cron_poll_interval(heartbeat: int, poll: int) -> None:
 # -- JavaScript semantics ----------------------------------------------------------------------
 @pytest.mark.parametrize(("text", "length"), [("", 0), ("abc", 3), ("é", 1), ("😀", 2), ("a😀b", 4), ("\ud800", 1)])
 def test_utf16_length(text: str, length: int) -> None:
-    assert p.utf16_length(text) == length
+    assert jsv.utf16_length(text) == length
 
 
 def test_js_trim_uses_javascript_white_space() -> None:
-    assert p.js_trim("\ufeff\u00a0 \t run:read \u3000\n") == "run:read"
-    assert p.js_trim("\x1crun\x1c") == "\x1crun\x1c"  # not JS white space
+    assert jsv.js_trim("\ufeff\u00a0 \t run:read \u3000\n") == "run:read"
+    assert jsv.js_trim("\x1crun\x1c") == "\x1crun\x1c"  # not JS white space
 
 
 @pytest.mark.parametrize(
@@ -118,7 +119,7 @@ def test_js_trim_uses_javascript_white_space() -> None:
     ],
 )
 def test_js_truthy(value: Any, truthy: bool) -> None:
-    assert p.js_truthy(value) is truthy
+    assert jsv.js_truthy(value) is truthy
 
 
 @pytest.mark.parametrize(
@@ -155,7 +156,7 @@ def test_js_truthy(value: Any, truthy: bool) -> None:
     ],
 )
 def test_js_to_number(value: Any, number: float) -> None:
-    assert p.js_to_number(value) == number
+    assert jsv.js_to_number(value) == number
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ def test_js_to_number(value: Any, number: float) -> None:
     ["abc", "1_000", "inf", "nan", "0x", "+0x5", "-0x5", "0xg", "1e", "5a", [1, 2], [True], {}, {"a": 1}],
 )
 def test_js_to_number_nan(value: Any) -> None:
-    assert math.isnan(p.js_to_number(value))
+    assert math.isnan(jsv.js_to_number(value))
 
 
 @pytest.mark.parametrize(
@@ -192,33 +193,33 @@ def test_js_to_number_nan(value: Any) -> None:
     ],
 )
 def test_js_number_string(value: float, text: str) -> None:
-    assert p.js_number_string(value) == text
+    assert jsv.js_number_string(value) == text
 
 
 # -- JSON text ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"a": -Infinity}', "{", "", "'a'", "[1,]", "\ufeff{}"])
 def test_loads_strict_rejects_non_json(text: str) -> None:
     with pytest.raises(ValueError):
-        p.loads_strict(text)
+        jsv.loads_strict(text)
 
 
 def test_loads_strict_reads_huge_integers_as_javascript_does() -> None:
-    assert p.loads_strict("1" + "0" * 400) == math.inf
-    assert p.loads_strict("12345") == 12345
-    assert p.loads_strict("1e999") == math.inf
+    assert jsv.loads_strict("1" + "0" * 400) == math.inf
+    assert jsv.loads_strict("12345") == 12345
+    assert jsv.loads_strict("1e999") == math.inf
 
 
 def test_loads_strict_reports_unparseable_nesting() -> None:
-    with pytest.raises(p.JsonNestingError):
-        p.loads_strict("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(jsv.JsonNestingError):
+        jsv.loads_strict("[" * 100_000 + "]" * 100_000)
 
 
 def test_encode_json_is_compact_and_keeps_unicode() -> None:
-    assert p.encode_json({"a": [1, "é"], "b": None}) == '{"a":[1,"é"],"b":null}'
-    assert p.encode_json({"s": "x\ud800y"}) == '{"s":"x\\ud800y"}'
-    assert json.loads(p.encode_json({"s": "x\ud800y"})) == {"s": "x\ud800y"}
+    assert jsv.encode_json({"a": [1, "é"], "b": None}) == '{"a":[1,"é"],"b":null}'
+    assert jsv.encode_json({"s": "x\ud800y"}) == '{"s":"x\\ud800y"}'
+    assert json.loads(jsv.encode_json({"s": "x\ud800y"})) == {"s": "x\ud800y"}
     with pytest.raises(ValueError):
-        p.encode_json({"n": math.nan})
+        jsv.encode_json({"n": math.nan})
 
 
 @pytest.mark.parametrize(
@@ -243,16 +244,16 @@ def test_encode_json_is_compact_and_keeps_unicode() -> None:
     ],
 )
 def test_json_byte_length(value: Any, size: int) -> None:
-    assert p.json_byte_length(value) == size
+    assert jsv.json_byte_length(value) == size
 
 
 def test_json_byte_length_rejects_non_json() -> None:
     with pytest.raises(TypeError):
-        p.json_byte_length({"a": object()})
+        jsv.json_byte_length({"a": object()})
 
 
 def test_json_byte_length_has_no_recursion_limit() -> None:
-    assert p.json_byte_length(nest_arrays(100_000, 1)) == 200_001
+    assert jsv.json_byte_length(nest_arrays(100_000, 1)) == 200_001
 
 
 # -- §3.2 frame bounds -------------------------------------------------------------------------
@@ -764,7 +765,7 @@ def test_input_size_is_checked_before_depth() -> None:
 # -- §2.2 envelopes ----------------------------------------------------------------------------
 def test_response_frame() -> None:
     frame = p.response_frame("c1", {"runId": "r"})
-    assert p.encode_json(frame) == '{"type":"res","id":"c1","ok":true,"apiVersion":"v1","payload":{"runId":"r"}}'
+    assert jsv.encode_json(frame) == '{"type":"res","id":"c1","ok":true,"apiVersion":"v1","payload":{"runId":"r"}}'
 
 
 def test_error_frame_matches_the_spec_example() -> None:
@@ -797,14 +798,14 @@ def test_absent_message_is_an_absent_key() -> None:
 
 def test_event_frame() -> None:
     frame = p.event_frame("connect.challenge", {"nonce": "n", "ts": 1}, seq=1, state_version=0)
-    assert p.encode_json(frame) == (
+    assert jsv.encode_json(frame) == (
         '{"type":"event","event":"connect.challenge","payload":{"nonce":"n","ts":1},'
         '"seq":1,"stateVersion":0,"apiVersion":"v1"}'
     )
 
 
 def test_route_not_found_and_webhook_bodies() -> None:
-    assert p.encode_json(p.route_not_found_body()) == '{"error":{"code":"NOT_FOUND","message":"Route not found"}}'
+    assert jsv.encode_json(p.route_not_found_body()) == '{"error":{"code":"NOT_FOUND","message":"Route not found"}}'
     body = p.webhook_error_body(GatewayError("UNAUTHORIZED", "Webhook signature verification failed"))
     assert body == {
         "ok": False,
@@ -999,11 +1000,11 @@ EXACT_JSON = st.recursive(
 @given(EXACT_JSON)
 def test_json_byte_length_matches_the_serialization(value: Any) -> None:
     # Without floats, Python and JavaScript write the same text.
-    assert p.json_byte_length(value) == len(p.encode_json(value).encode("utf-8"))
+    assert jsv.json_byte_length(value) == len(jsv.encode_json(value).encode("utf-8"))
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_js_number_string_round_trips(number: float) -> None:
-    text = p.js_number_string(number)
+    text = jsv.js_number_string(number)
     assert float(text) == number or (number == 0 and text == "0")
     assert "e" not in text or (abs(number) >= 1e21 or abs(number) < 1e-6)

@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from smithers.gateway import scopes as s
 from smithers.gateway.errors import GatewayError
-from smithers.gateway.protocol import error_frame, js_trim
+from smithers.gateway.jsvalues import js_trim
+from smithers.gateway.protocol import (
+    error_frame,
+)
 
 EIGHT = [
     "run:read",
