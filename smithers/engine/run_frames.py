@@ -67,7 +67,9 @@ class RunFrames(RunCore):
             note="python-engine",
         )
         tx.emit(self.run_id, ev.FRAME_COMMITTED, {"frameNo": self.frame_no, "xmlHash": encoded.xml_hash})
-        if encoded.encoding == frames.KEYFRAME:
+        if encoded.encoding == frames.KEYFRAME and self.frame_no > 1:
+            # Snapshots are taken at keyframes and when the run settles; the first frame's state
+            # (the input, nothing run yet) needs none.
             self._snapshot(tx, now)
 
     def _unchanged_frame(self, tx: Tx) -> None:
