@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from smithers.store.rows import dumps
+
 KEYFRAME_INTERVAL = 50
 KEYFRAME = "keyframe"
 DELTA = "delta"
@@ -17,7 +19,8 @@ Path = list[str | int]
 
 
 def canonical(doc: Any) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The canonical text of a frame document: compact, keys sorted."""
+    return dumps(doc, sort_keys=True)
 
 
 def sha256_hex(text: str) -> str:

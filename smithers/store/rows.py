@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 BOOLEAN_COLUMNS = frozenset({"cached", "enabled", "auto_approved", "done"})
 
 
@@ -14,9 +16,16 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON as stored in ``*_json`` columns."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def dumps(value: Any, *, sort_keys: bool = False) -> str:
+    """Compact JSON as stored in ``*_json`` columns (orjson; the standard library for what it refuses).
+
+    Both write the same text for JSON values: no spaces, UTF-8 kept as is. orjson refuses integers
+    beyond 64 bits and non-string keys, which the standard library then writes.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
 
 
 def loads(value: str | None) -> Any:
