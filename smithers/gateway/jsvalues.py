@@ -11,6 +11,8 @@ import math
 import re
 from typing import Any, Final
 
+import orjson
+
 # -- JavaScript value semantics ----------------------------------------------------------------
 JS_WHITESPACE: Final = (
     "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
@@ -148,7 +150,15 @@ _ANY_ESCAPE = re.compile('["\\\\\x00-\x1f\ud800-\udfff]')
 
 
 def encode_json(value: Any) -> str:
-    """Compact JSON text as ``JSON.stringify`` writes it (non-ASCII kept, lone surrogates escaped)."""
+    """Compact JSON text as ``JSON.stringify`` writes it (non-ASCII kept, lone surrogates escaped).
+
+    orjson writes it directly (NaN and infinities become ``null``, as in JavaScript); what it
+    refuses (lone surrogates, integers beyond 64 bits, non-string keys) goes the slow way.
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        pass
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     if _SURROGATE.search(text) is None:
         return text
