@@ -17,11 +17,8 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +30,13 @@ from websockets.asyncio.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from child_gateway import HOST, child_gateway  # noqa: E402
+
 from smithers import Parallel, Task, workflow  # noqa: E402
 from smithers.gateway.server import Gateway  # noqa: E402
 from smithers.store.store import Store  # noqa: E402
 
 TOKEN = "bench-token"
-HOST = "127.0.0.1"
 
 
 class Out(BaseModel):
@@ -61,12 +59,6 @@ def serve(port: int, db: str) -> None:
     auth = {"mode": "token", "tokens": {TOKEN: {"role": "operator", "scopes": ["*"]}}}
     gateway = Gateway.for_workflows([one, many], db=db, auth=auth, max_connections=5000)
     asyncio.run(gateway.serve(HOST, port))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:
@@ -230,28 +222,15 @@ async def bench_idle(ws_url: str, pid: int, idle: int) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    port = free_port()
-    db = str(Path(tempfile.mkdtemp(prefix="smithers-bench-")) / "gateway.db")
-    child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--db", db], stderr=subprocess.DEVNULL)
-    base, ws_url = f"http://{HOST}:{port}", f"ws://{HOST}:{port}/"
-    try:
-        async with httpx.AsyncClient(base_url=base) as http:
-            for _ in range(200):
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
+    async with child_gateway(__file__, "smithers-bench-") as child:
+        base, ws_url = child.base, child.ws_url
         await bench_connect(ws_url, child.pid, "0 runs stored")
         await bench_launch(base, ws_url, args.launches, args.clients)
         await bench_connect(ws_url, child.pid, f"{args.launches} runs stored")
-        seed_finished_runs(db, 5000)
+        seed_finished_runs(child.db, 5000)
         await bench_connect(ws_url, child.pid, f"{args.launches + 5000} runs stored")
         await bench_fanout(base, ws_url, args.tasks, args.subscribers)
         await bench_idle(ws_url, child.pid, args.idle)
-    finally:
-        child.terminate()
-        child.wait(30)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,11 +30,12 @@ from websockets.asyncio.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from child_gateway import HOST, child_gateway  # noqa: E402
+
 from smithers import Approval, Sequence, Task, WaitForEvent, workflow  # noqa: E402
 from smithers.gateway.server import Gateway  # noqa: E402
 
 TOKEN = "bench-token"
-HOST = "127.0.0.1"
 LAUNCH_CLIENTS = 16
 TIMEOUT_S = 300
 
@@ -61,12 +59,6 @@ def serve(port: int, db: str) -> None:
     auth = {"mode": "token", "tokens": {TOKEN: {"role": "operator", "scopes": ["*"], "userId": "bench"}}}
     gateway = Gateway.for_workflows([ship, fanin], db=db, auth=auth)
     asyncio.run(gateway.serve(HOST, port))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -202,29 +194,16 @@ async def bench_fanin(http: httpx.AsyncClient, watcher: Watcher, runs: int, clie
 
 
 async def main(args: argparse.Namespace) -> None:
-    port = free_port()
-    db = str(Path(tempfile.mkdtemp(prefix="smithers-bench-humans-")) / "gateway.db")
-    child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--db", db], stderr=subprocess.DEVNULL)
-    base, ws_url = f"http://{HOST}:{port}", f"ws://{HOST}:{port}/"
-    try:
+    async with child_gateway(__file__, "smithers-bench-humans-") as child:
         limits = httpx.Limits(max_connections=max(args.clients, LAUNCH_CLIENTS))
         headers = {"authorization": f"Bearer {TOKEN}"}
-        async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as http:
-            for _ in range(400):
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
-            watcher = await Watcher.open(ws_url)
+        async with httpx.AsyncClient(base_url=child.base, headers=headers, limits=limits, timeout=60) as http:
+            watcher = await Watcher.open(child.ws_url)
             try:
                 await bench_decisions(http, watcher, args.runs)
                 await bench_fanin(http, watcher, args.fanin, args.clients)
             finally:
                 await watcher.close()
-    finally:
-        child.terminate()
-        child.wait(30)
 
 
 if __name__ == "__main__":
