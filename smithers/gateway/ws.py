@@ -79,6 +79,7 @@ class Connection:
     __slots__ = (
         "_outbox",
         "_recheck",
+        "_room",
         "_send",
         "_slots",
         "_tasks",
@@ -109,11 +110,12 @@ class Connection:
         self.streams: dict[str, RunEventStream] = {}
         self._token: str | None = None
         self._recheck = False
-        self._outbox: deque[str] = deque()
+        self._outbox: deque[str] | None = None  # created when a frame waits to be sent (idle sockets stay small)
         self._writer: asyncio.Task[None] | None = None
         self._tick: asyncio.TimerHandle | None = None
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = 0  # messages being handled; at most MAX_IN_FLIGHT at once
+        self._room: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] | None = None
 
     # -- state ---------------------------------------------------------------------------------
     def transition(self, new: ConnectionState) -> None:
@@ -195,6 +197,8 @@ class Connection:
             outcome.after()
 
     def _enqueue(self, text: str) -> None:
+        if self._outbox is None:
+            self._outbox = deque()
         if len(self._outbox) >= MAX_OUTBOX:
             log.warning("closing a WebSocket client that stopped reading (%d frames queued)", len(self._outbox))
             self._outbox.clear()
@@ -215,9 +219,11 @@ class Connection:
                 else:
                     await self.websocket.send_text(text)
         except Exception:  # the peer went away; the receive loop notices and closes
-            self._outbox.clear()
+            self._outbox = None
         finally:
             self._writer = None
+            if not self._outbox:
+                self._outbox = None
 
     # -- inbound -------------------------------------------------------------------------------
     async def handle(self, data: str | bytes) -> None:
@@ -320,7 +326,7 @@ class Connection:
         for stream in self.streams.values():
             stream.stop()
         self.streams.clear()
-        self._outbox.clear()
+        self._outbox = None
 
     async def close_socket(self, code: int | None = 1000) -> None:
         """Send a close frame; ``None`` sends one without a status code (the peer sees 1005)."""
@@ -341,8 +347,14 @@ class Connection:
             data = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
-            await self._slots.acquire()
+            while self._slots >= MAX_IN_FLIGHT:
+                if self._room is None:
+                    self._room = asyncio.Event()
+                await self._room.wait()
+            self._slots += 1
             task = asyncio.get_running_loop().create_task(self._handle_guarded(data))
+            if self._tasks is None:
+                self._tasks = set()
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -354,7 +366,10 @@ class Connection:
             response_id, error = ws_error_for(exc)
             self.send_frame(error_frame(response_id, error))
         finally:
-            self._slots.release()
+            self._slots -= 1
+            if self._room is not None:
+                self._room.set()
+                self._room = None
 
 
 async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
