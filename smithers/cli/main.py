@@ -261,32 +261,26 @@ ByOpt = Annotated[str | None, typer.Option("--by", help="Who decided (recorded).
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Resume the run right away in this process.")]
 
 
-@app.command()
-def approve(
-    run_id: str,
-    node: NodeOpt = None,
-    iteration: IterOpt = None,
-    note: NoteOpt = None,
-    by: ByOpt = None,
-    then_resume: ResumeOpt = False,
-    db: DbOption = None,
-) -> None:
-    """Approve a pending approval of a run."""
-    _decide(True, run_id, node, iteration, note, by, then_resume, db)
+def _decision_command(approved: bool, summary: str) -> Callable[..., None]:
+    """``smithers approve`` and ``smithers deny``: one command body, two verbs."""
+
+    def command(
+        run_id: str,
+        node: NodeOpt = None,
+        iteration: IterOpt = None,
+        note: NoteOpt = None,
+        by: ByOpt = None,
+        then_resume: ResumeOpt = False,
+        db: DbOption = None,
+    ) -> None:
+        _decide(approved, run_id, node, iteration, note, by, then_resume, db)
+
+    command.__doc__ = summary
+    return command
 
 
-@app.command()
-def deny(
-    run_id: str,
-    node: NodeOpt = None,
-    iteration: IterOpt = None,
-    note: NoteOpt = None,
-    by: ByOpt = None,
-    then_resume: ResumeOpt = False,
-    db: DbOption = None,
-) -> None:
-    """Deny a pending approval of a run (the node's on_deny policy applies)."""
-    _decide(False, run_id, node, iteration, note, by, then_resume, db)
+app.command("approve")(_decision_command(True, "Approve a pending approval of a run."))
+app.command("deny")(_decision_command(False, "Deny a pending approval of a run (the node's on_deny policy applies)."))
 
 
 @app.command()
