@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from smithers.store.store import Tx
 
 WAIT_KIND = "wait-for-event"
+TIMEOUT_NOTE = "approval timed out"
+TIMEOUT_DECIDER = "smithers:timeout"
 TIMER_KIND = "timer"
 
 
@@ -86,6 +88,7 @@ class WaitHandler:
         self.consumed_signals: set[int] = set()
         self.timer_fires_at: dict[str, int] = {}
         self.wait_meta: dict[str, dict[str, Any]] = {}
+        self.approval_deadlines: dict[str, int] = {}
         self._approval_graph: Graph | None = None
         self._approval_keys: list[str] = []
 
@@ -127,6 +130,7 @@ class WaitHandler:
                 )
                 tx.emit(run_id, ev.APPROVAL_REQUESTED, {"nodeId": d.node_id, "iteration": d.iteration})
                 self.loop.set_state(tx, d, WAITING_APPROVAL, ev.NODE_WAITING_APPROVAL)
+                self._approval_deadline(d, now_ms())
                 return False
             if row["status"] == APPROVAL_REQUESTED:
                 if self.loop.states.get(d.key) != WAITING_APPROVAL:
@@ -149,9 +153,12 @@ class WaitHandler:
             return
         policy = node.on_deny if isinstance(node, Approval) else ("skip" if d.continue_on_fail else "fail")
         if policy == "fail":
+            timed_out = row["decided_by"] == TIMEOUT_DECIDER
             error = SmithersError(
-                f"approval {d.node_id} was denied" + (f": {row['note']}" if row["note"] else ""),
-                code=APPROVAL_DENIED_CODE,
+                f"approval {d.node_id} "
+                + ("timed out" if timed_out else "was denied")
+                + (f": {row['note']}" if row["note"] and not timed_out else ""),
+                code=TASK_TIMEOUT if timed_out else APPROVAL_DENIED_CODE,
                 details={"nodeId": d.node_id, "note": row["note"]},
             )
             self._record_failure(tx, d, error)
@@ -269,8 +276,13 @@ class WaitHandler:
                 state = states[d.key]
                 if d.needs_approval:
                     row = tx.get_approval(self.loop.run_id, d.node_id, d.iteration)
-                    if row is None or row["status"] == APPROVAL_REQUESTED:
+                    if row is None:
                         continue
+                    if row["status"] == APPROVAL_REQUESTED:
+                        deadline = self._approval_deadline(d, row["requested_at_ms"])
+                        if deadline is None or deadline > now:
+                            continue
+                        row = self._time_out_approval(tx, d, now)
                     if state == FAILED and (
                         row["status"] != APPROVAL_DENIED
                         or tx.get_output(self.loop.run_id, d.node_id, d.iteration) is not None
@@ -286,6 +298,37 @@ class WaitHandler:
                     self._fire_timer(tx, d, now)
                     changed = True
         return changed
+
+    def _approval_deadline(self, d: Descriptor, requested_at_ms: int | None) -> int | None:
+        """When an ``Approval(timeout_ms=...)`` times out (remembered so the run wakes up for it)."""
+        node = d.node
+        if not isinstance(node, Approval) or not node.timeout_ms or requested_at_ms is None:
+            return None
+        deadline = int(requested_at_ms) + int(node.timeout_ms)
+        self.approval_deadlines[d.key] = deadline
+        return deadline
+
+    def _time_out_approval(self, tx: Tx, d: Descriptor, now: int) -> dict[str, Any]:
+        """An approval nobody decided in time counts as denied (engine spec §8 #10)."""
+        run_id = self.loop.run_id
+        tx.update_approval(
+            run_id,
+            d.node_id,
+            d.iteration,
+            status=APPROVAL_DENIED,
+            decided_at_ms=now,
+            note=TIMEOUT_NOTE,
+            decided_by=TIMEOUT_DECIDER,
+        )
+        tx.emit(
+            run_id,
+            ev.APPROVAL_DENIED,
+            {"nodeId": d.node_id, "iteration": d.iteration, "note": TIMEOUT_NOTE, "decidedBy": TIMEOUT_DECIDER},
+        )
+        self.approval_deadlines.pop(d.key, None)
+        row = tx.get_approval(run_id, d.node_id, d.iteration)
+        assert row is not None
+        return row
 
     def denied_candidates(self, graph: Graph) -> set[str]:
         """Approval leaves marked failed by a denial whose outcome is not applied yet."""
@@ -385,6 +428,8 @@ class WaitHandler:
             state = self.loop.states.get(key)
             if state == WAITING_TIMER and key in self.timer_fires_at:
                 times.append(self.timer_fires_at[key])
+            elif state == WAITING_APPROVAL and key in self.approval_deadlines:
+                times.append(self.approval_deadlines[key])
             elif state == WAITING_EVENT:
                 wait = self.wait_meta.get(key) or {}
                 if wait.get("timeoutMs") is not None:

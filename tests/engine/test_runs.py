@@ -532,3 +532,26 @@ def test_heartbeats_checkpoint_and_the_watchdog_aborts_silent_attempts(store: St
         first = tx.list_attempts(result.run_id, "work")[0]
     assert json.loads(first["heartbeat_data_json"]) == {"done": 3}
     assert json.loads(first["error_json"])["code"] == "TASK_HEARTBEAT_TIMEOUT"
+
+
+@pytest.mark.parametrize("on_deny, status, code", [("fail", "failed", "TASK_TIMEOUT"), ("continue", "finished", None)])
+def test_an_approval_nobody_decides_in_time_counts_as_denied(store: Store, on_deny: str, status: str,
+                                                             code: str | None) -> None:
+    @workflow("late")
+    def late(ctx):
+        return Sequence(Approval("gate", title="Quick?", timeout_ms=150, on_deny=on_deny), Task("after", value=1))
+
+    first = smithers.run(late, {}, db=store)
+    assert first.status == "waiting-approval" and first.wake_at_ms is not None
+    time.sleep(max(0.0, (first.wake_at_ms - time.time() * 1000) / 1000) + 0.02)
+    second = smithers.run(late, None, db=store, run_id=first.run_id, resume=True)
+    assert second.status == status
+    with store.read() as tx:
+        row = tx.get_approval(first.run_id, "gate", 0)
+    assert row is not None and row["status"] == "denied" and row["note"] == "approval timed out"
+    assert row["decided_by"] == "smithers:timeout"
+    if code is None:
+        assert second.outputs["gate"]["approved"] is False
+    else:
+        assert second.error is not None and second.error["code"] == code
+    assert ev.APPROVAL_DENIED in types_of(store, first.run_id)
