@@ -535,8 +535,9 @@ def test_heartbeats_checkpoint_and_the_watchdog_aborts_silent_attempts(store: St
 
 
 @pytest.mark.parametrize("on_deny, status, code", [("fail", "failed", "TASK_TIMEOUT"), ("continue", "finished", None)])
-def test_an_approval_nobody_decides_in_time_counts_as_denied(store: Store, on_deny: str, status: str,
-                                                             code: str | None) -> None:
+def test_an_approval_nobody_decides_in_time_counts_as_denied(
+    store: Store, on_deny: str, status: str, code: str | None
+) -> None:
     @workflow("late")
     def late(ctx):
         return Sequence(Approval("gate", title="Quick?", timeout_ms=150, on_deny=on_deny), Task("after", value=1))
