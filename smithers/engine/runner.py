@@ -370,10 +370,6 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             await asyncio.wait_for(self.cancel_event.wait(), timeout=max(0.0, (when_ms - now_ms()) / 1000))
 
 
-def is_terminal_status(status: str) -> bool:
-    return status in TERMINAL_RUN_STATUSES
-
-
 async def run_async(
     workflow: Workflow,
     input: Any = None,
