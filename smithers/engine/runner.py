@@ -33,7 +33,6 @@ from smithers.engine.states import (
     IN_PROGRESS,
     PENDING,
     SKIPPED,
-    TERMINAL_RUN_STATUSES,
 )
 from smithers.engine.workflow import Workflow
 from smithers.errors import (
