@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 from smithers import Store
 from smithers.engine.ownership import OWNER_STALE_MS
 from smithers.store.rows import now_ms
+from tests.waiting import wait_for
 
 SMITHERS = str(Path(sys.executable).parent / "smithers")
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "crashy.py"
@@ -63,17 +64,6 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("SMITHERS_DB", None)
     return env
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT_S, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Harness:

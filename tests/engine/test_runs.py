@@ -26,6 +26,7 @@ from smithers import (
 from smithers.engine import events as ev
 from smithers.engine import frames
 from smithers.store.store import Store
+from tests.waiting import ConcurrencyProbe
 
 
 class Num(BaseModel):
@@ -89,14 +90,7 @@ def test_async_and_sync_compute_and_static_values(store: Store) -> None:
 
 
 def test_parallel_respects_max_concurrency(store: Store) -> None:
-    running = {"now": 0, "peak": 0}
-
-    async def work(ctx):
-        running["now"] += 1
-        running["peak"] = max(running["peak"], running["now"])
-        await asyncio.sleep(0.03)
-        running["now"] -= 1
-        return {"n": 1}
+    work = ConcurrencyProbe(result={"n": 1})
 
     @workflow("par")
     def par(ctx):
@@ -107,25 +101,18 @@ def test_parallel_respects_max_concurrency(store: Store) -> None:
 
     result = smithers.run(par, {}, db=store)
     assert result.status == "finished" and result.output == {"n": 6}
-    assert running["peak"] == 2
+    assert work.peak == 2
 
 
 def test_global_max_concurrency_caps_parallel(store: Store) -> None:
-    running = {"now": 0, "peak": 0}
-
-    async def work(ctx):
-        running["now"] += 1
-        running["peak"] = max(running["peak"], running["now"])
-        await asyncio.sleep(0.03)
-        running["now"] -= 1
-        return 1
+    work = ConcurrencyProbe()
 
     @workflow("cap")
     def cap(ctx):
         return Parallel(*[Task(f"p{i}", run=work) for i in range(8)])
 
     assert smithers.run(cap, {}, db=store, max_concurrency=3).status == "finished"
-    assert running["peak"] == 3
+    assert work.peak == 3
 
 
 def test_loop_runs_until_condition_with_iterations(store: Store) -> None:

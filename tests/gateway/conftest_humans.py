@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from smithers import Approval, Sequence, Task, WaitForEvent, workflow
 from smithers.gateway.server import Gateway
 from tests.gateway.conftest import Live, WsClient, connect_params_for
+from tests.waiting import wait_for
 
 __all__ = [
     "HUMAN_AUTH",
@@ -330,17 +331,6 @@ def error_of(response: Any) -> dict[str, Any]:
     body = response.json()
     assert body["ok"] is False, body
     return dict(body["error"])
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 20.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def sign(body: bytes, secret: str = WEBHOOK_SECRET, prefix: str = "sha256=") -> str:
