@@ -11,10 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from smithers.cli.main import DbOption, JsonFlag, app, fail, guarded, open_store
-from smithers.engine.crons import next_fire_ms, validate_pattern
+from smithers.cli.app import DbOption, JsonFlag, app, fail, guarded, open_store
+from smithers.engine.crons import next_fire_ms, validate_pattern, validate_timezone
 from smithers.engine.loader import load_module, split_target, workflows_in
-from smithers.gateway.errors import GatewayError
 from smithers.store.rows import now_ms, to_wire
 
 token_app = typer.Typer(
@@ -100,10 +99,9 @@ def token_issue(
 
     ttl_ms = parse_duration_ms(ttl) if ttl else None
     store = open_store(db)
-    try:
-        issued = issue_token(store, scopes=scope or [], role=role, user_id=user, label=label, ttl_ms=ttl_ms)
-    except GatewayError as exc:
-        fail(exc.message or exc.code)
+    issued = guarded(
+        lambda: issue_token(store, scopes=scope or [], role=role, user_id=user, label=label, ttl_ms=ttl_ms)
+    )
     typer.echo(issued.token)
     expiry = "never" if issued.expires_at_ms is None else f"at {issued.expires_at_ms} (epoch ms)"
     typer.echo(
@@ -159,16 +157,22 @@ def cron_list(as_json: JsonFlag = False, db: DbOption = None) -> None:
     for r in rows:
         state = "enabled" if r["enabled"] in (True, None) else "disabled"
         typer.echo(
-            f"{r['cronId']}  {r['pattern']:15} {r['workflowPath']}  {state}  next={r['nextRunAtMs']}"
-            + (f"  error={r['errorJson']}" if r["errorJson"] else "")
+            f"{r['cronId']}  {r['pattern']:15} {r['timezone'] or 'local':15} {r['workflowPath']}  {state}"
+            f"  next={r['nextRunAtMs']}" + (f"  error={r['errorJson']}" if r["errorJson"] else "")
         )
 
 
 @cron_app.command("add")
 def cron_add(
-    pattern: Annotated[str, typer.Argument(help="5-field cron pattern, e.g. '0 8 * * 1-5' (UTC).")],
+    pattern: Annotated[
+        str,
+        typer.Argument(help="Cron pattern: 5 fields ('0 8 * * 1-5'), 6 with leading seconds, or @hourly, @daily, …"),
+    ],
     workflow: Annotated[str, typer.Argument(help="Key of a workflow served by the gateway.")],
     cron_id: Annotated[str | None, typer.Option("--id", help="Cron id (default: a new UUID).")] = None,
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="IANA time zone, e.g. Europe/Paris (default: the server's).")
+    ] = None,
     disabled: Annotated[bool, typer.Option("--disabled")] = False,
     db: DbOption = None,
 ) -> None:
@@ -176,10 +180,11 @@ def cron_add(
     import uuid
 
     valid = guarded(lambda: validate_pattern(pattern))
+    zone = guarded(lambda: validate_timezone(timezone))
     new_id = cron_id or str(uuid.uuid4())
     store = open_store(db)
     with store.write() as tx:
-        tx.upsert_cron(new_id, valid, f"gateway:{workflow}", not disabled, next_fire_ms(valid, now_ms()))
+        tx.upsert_cron(new_id, valid, f"gateway:{workflow}", not disabled, next_fire_ms(valid, now_ms(), zone), zone)
     typer.echo(new_id)
 
 

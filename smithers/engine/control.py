@@ -29,8 +29,9 @@ from smithers.errors import (
     AMBIGUOUS_APPROVAL,
     INVALID_INPUT,
     NO_PENDING_APPROVALS,
-    RUN_NOT_ACTIVE,
+    AlreadyDecided,
     InvalidInputError,
+    RunNotActiveError,
     RunNotFoundError,
     SmithersError,
 )
@@ -41,7 +42,7 @@ from smithers.store.store import Row, Store, Tx
 def _require_run(tx: Tx, run_id: str) -> Row:
     row = tx.get_run(run_id)
     if row is None:
-        raise RunNotFoundError(run_id)
+        raise RunNotFoundError.of(run_id)
     return row
 
 
@@ -87,7 +88,7 @@ def _decide(
                 details={"runId": run_id, "nodeId": node_id, "iteration": iteration},
             )
         if approval["status"] != APPROVAL_REQUESTED:
-            raise SmithersError(f"approval {node_id} was already decided", code="AlreadyDecided")
+            raise SmithersError(f"approval {node_id} was already decided", code=AlreadyDecided)
         request = json.loads(approval["request_json"] or "{}")
         tx.update_approval(
             run_id,
@@ -173,7 +174,7 @@ def cancel_run(store: Store, run_id: str) -> dict[str, Any]:
     with store.write() as tx:
         run = _require_run(tx, run_id)
         if run["status"] not in ACTIVE_RUN_STATUSES:
-            raise SmithersError(f"run {run_id} is {run['status']}, not active", code=RUN_NOT_ACTIVE)
+            raise RunNotActiveError(f"run {run_id} is {run['status']}, not active")
         tx.update_run(run_id, cancel_requested_at_ms=now)
         live = run["status"] == RUNNING and not owner_gone(run["runtime_owner_id"], run["heartbeat_at_ms"], now)
         if live:

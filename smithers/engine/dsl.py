@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from smithers.errors import APPROVAL_OPTIONS_REQUIRED, GraphError
+from smithers.errors import APPROVAL_OPTIONS_REQUIRED, INVALID_INPUT, INVALID_NODE, GraphError
 
 OnDeny = Literal["fail", "continue", "skip"]
 OnTimeout = Literal["fail", "skip", "continue"]
@@ -38,7 +38,7 @@ def flatten(children: Iterable[Any]) -> list[Node]:
         elif isinstance(child, list | tuple) or (hasattr(child, "__iter__") and not isinstance(child, str | bytes)):
             out.extend(flatten(child))
         else:
-            raise GraphError(f"not a workflow node: {child!r}", code="INVALID_NODE")
+            raise GraphError(f"not a workflow node: {child!r}", code=INVALID_NODE)
     return out
 
 
@@ -137,7 +137,7 @@ class Timer(Node):
 
     def __post_init__(self) -> None:
         if (self.duration_ms is None) == (self.until_ms is None):
-            raise GraphError(f"Timer {self.id!r} needs exactly one of duration_ms or until_ms", code="INVALID_INPUT")
+            raise GraphError(f"Timer {self.id!r} needs exactly one of duration_ms or until_ms", code=INVALID_INPUT)
 
 
 class Sequence(Node):

@@ -22,7 +22,7 @@ from smithers.engine.dsl import (
     Timer,
     WaitForEvent,
 )
-from smithers.errors import DUPLICATE_ID, NESTED_LOOP, RESERVED_ID, TASK_ID_REQUIRED, GraphError
+from smithers.errors import DUPLICATE_ID, INVALID_NODE, NESTED_LOOP, RESERVED_ID, TASK_ID_REQUIRED, GraphError
 
 LeafKind = Literal["task", "approval", "wait", "timer"]
 PlanKind = Literal["task", "sequence", "parallel", "group", "ralph"]
@@ -165,7 +165,7 @@ class _Extractor:
             assert out is not None
             out[1].key = ralph_id
             return out
-        raise GraphError(f"not a workflow node: {node!r}", code="INVALID_NODE")
+        raise GraphError(f"not a workflow node: {node!r}", code=INVALID_NODE)
 
     def container(
         self,
@@ -263,7 +263,7 @@ def extract(root: Node | None, workflow_name: str, loop_state: dict[str, tuple[i
     if root is not None:
         if not isinstance(root, Node):
             raise GraphError(
-                f"a render function must return a workflow node, not {type(root).__name__}", code="INVALID_NODE"
+                f"a render function must return a workflow node, not {type(root).__name__}", code=INVALID_NODE
             )
         out = ex.walk(root, "", [], None, False)
         if out is not None:

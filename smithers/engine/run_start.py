@@ -19,6 +19,8 @@ from smithers.engine.states import (
     WAITING_NODE_STATES,
 )
 from smithers.errors import (
+    ATTEMPT_ABANDONED,
+    RENDER_FAILED,
     RUN_ALREADY_EXISTS,
     RUN_NOT_RESUMABLE,
     RUN_OWNER_ALIVE,
@@ -47,7 +49,7 @@ class RunStart(RunCore):
         except SmithersError:
             raise
         except Exception as exc:
-            raise SmithersError(f"render failed: {type(exc).__name__}: {exc}", code="RENDER_FAILED") from exc
+            raise SmithersError(f"render failed: {type(exc).__name__}: {exc}", code=RENDER_FAILED) from exc
         now = now_ms()
         cfg = {"maxConcurrency": self.max_concurrency, "workflowKey": self.workflow.key, **config}
         if auth is not None:
@@ -83,7 +85,7 @@ class RunStart(RunCore):
         with self.store.write() as tx:
             row = tx.get_run(self.run_id)
             if row is None:
-                raise RunNotFoundError(self.run_id)
+                raise RunNotFoundError.of(self.run_id)
             status = row["status"]
             if status == "continued":
                 raise SmithersError(
@@ -114,9 +116,7 @@ class RunStart(RunCore):
             )
             if not won:
                 raise self._claimed_by_other(tx)
-            aborted = dumps(
-                SmithersError("attempt interrupted; the run was resumed", code="ATTEMPT_ABANDONED").to_dict()
-            )
+            aborted = dumps(SmithersError("attempt interrupted; the run was resumed", code=ATTEMPT_ABANDONED).to_dict())
             for stale in tx.cancel_in_progress_attempts(self.run_id, aborted, now):
                 tx.emit(
                     self.run_id,

@@ -36,8 +36,11 @@ from smithers.engine.states import (
 )
 from smithers.engine.workflow import Workflow
 from smithers.errors import (
+    DEPENDENCY_NOT_MOUNTED,
     RALPH_MAX_REACHED,
+    RENDER_FAILED,
     RUN_RESUME_CLAIM_FAILED,
+    TASK_FAILED,
     TASK_HEARTBEAT_TIMEOUT,
     InvalidInputError,
     RunCancelled,
@@ -105,7 +108,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 except SmithersError as exc:
                     return ("fail", exc)
                 except Exception as exc:
-                    return ("fail", SmithersError(f"render failed: {type(exc).__name__}: {exc}", code="RENDER_FAILED"))
+                    return ("fail", SmithersError(f"render failed: {type(exc).__name__}: {exc}", code=RENDER_FAILED))
             changed = self.waits.resolve(graph)
             sched = self._schedule(graph)
             if sched.skip_in_done_loops:
@@ -139,7 +142,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 "fail",
                 SmithersError(
                     f"no progress possible: {blocked} depend on nodes that are not mounted",
-                    code="DEPENDENCY_NOT_MOUNTED",
+                    code=DEPENDENCY_NOT_MOUNTED,
                 ),
             )
 
@@ -316,7 +319,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 err = SmithersError.from_dict(json.loads(row["error_json"]))
                 details = {**(err.details or {}), "nodeId": d.node_id, "iteration": d.iteration}
                 return SmithersError(f"node {d.node_id} failed: {err.message}", code=err.code, details=details)
-        return SmithersError(f"node {d.node_id} failed", code="TASK_FAILED", details={"nodeId": d.node_id})
+        return SmithersError(f"node {d.node_id} failed", code=TASK_FAILED, details={"nodeId": d.node_id})
 
     # ---- loops -----------------------------------------------------------------------------
     def _advance_loop(self, graph: Graph, ralph_id: str) -> SmithersError | None:

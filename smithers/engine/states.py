@@ -39,3 +39,8 @@ WAITING_NODE_STATES = frozenset({WAITING_APPROVAL, WAITING_EVENT, WAITING_TIMER}
 APPROVAL_REQUESTED = "requested"
 APPROVAL_APPROVED = "approved"
 APPROVAL_DENIED = "denied"
+
+
+def statuses_matching(status: str) -> list[str]:
+    """The run statuses a status filter selects: ``running`` also selects ``continued`` (JavaScript parity)."""
+    return [RUNNING, CONTINUED] if status == RUNNING else [status]

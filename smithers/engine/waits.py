@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
 from smithers.engine import events as ev
+from smithers.engine.context import StoredOutput
 from smithers.engine.dsl import Approval, Task, Timer, WaitForEvent
 from smithers.engine.states import (
     APPROVAL_APPROVED,
     APPROVAL_DENIED,
     APPROVAL_REQUESTED,
+    CANCELLED,
     FAILED,
     FINISHED,
     PENDING,
@@ -33,9 +35,8 @@ from smithers.store.rows import dumps, now_ms
 
 if TYPE_CHECKING:
     from smithers.engine.extract import Descriptor, Graph
-    from smithers.engine.run_core import RunCore
     from smithers.engine.scheduler import Schedule
-    from smithers.store.store import Tx
+    from smithers.store.store import Store, Tx
 
 WAIT_KIND = "wait-for-event"
 TIMEOUT_NOTE = "approval timed out"
@@ -80,10 +81,28 @@ def _iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class RunAccess(Protocol):
+    """What the wait handler uses of the run loop that owns it."""
+
+    run_id: str
+    store: Store
+    states: dict[str, str]
+    waiting: set[str]
+    last_attempt: dict[str, int]
+    outputs: dict[tuple[str, int], StoredOutput]
+    graph: Graph | None
+
+    def set_state(self, tx: Tx, d: Descriptor, state: str, event: str | None = None, **payload: Any) -> None: ...
+
+    def open_attempt(
+        self, tx: Tx, d: Descriptor, state: str, meta: dict[str, Any], now: int | None = None, **values: Any
+    ) -> int: ...
+
+
 class WaitHandler:
     """Starts and resolves the approval, wait-for-event and timer leaves of one run."""
 
-    def __init__(self, loop: RunCore):
+    def __init__(self, loop: RunAccess):
         self.loop = loop
         self.consumed_signals: set[int] = set()
         self.timer_fires_at: dict[str, int] = {}
@@ -196,8 +215,6 @@ class WaitHandler:
         return attempt
 
     def _finish_with_output(self, tx: Tx, d: Descriptor, payload: Any, meta: dict[str, Any] | None = None) -> None:
-        from smithers.engine.context import StoredOutput
-
         attempt = self._close_attempt(tx, d, FINISHED, meta)
         if payload is not None or d.kind == "wait":
             tx.upsert_output(self.loop.run_id, d.node_id, d.iteration, d.output_table, payload)
@@ -406,8 +423,6 @@ class WaitHandler:
         graph = self.loop.graph
         if graph is None:
             return
-        from smithers.engine.states import CANCELLED
-
         for d in graph.descriptors:
             if self.loop.states.get(d.key) == WAITING_TIMER:
                 attempt = self.loop.last_attempt.get(d.key, 1)

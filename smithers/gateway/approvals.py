@@ -1,27 +1,25 @@
-"""Approval RPCs (protocol §13): listing pending approvals and deciding them."""
+"""Approval RPCs: listing pending approvals and deciding them (docs/protocol.md#methods)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from smithers.engine import control
-from smithers.errors import SmithersError
-from smithers.gateway.dispatch import Call, escaping
-from smithers.gateway.errors import (
+from smithers.engine.states import APPROVAL_REQUESTED
+from smithers.errors import (
     FORBIDDEN,
     INVALID_REQUEST,
     NOT_FOUND,
     AlreadyDecided,
     GatewayError,
+    ServerError,
+    SmithersError,
 )
+from smithers.gateway.dispatch import Call, Handler, escaping
 from smithers.gateway.protocol import as_number, as_object, as_string, optional_positive_int, read_alias
-from smithers.gateway.runs import caller_auth, pending_approvals
 from smithers.gateway.scopes import has_scope, required_scope_for_method
-
-if TYPE_CHECKING:
-    from smithers.gateway.dispatch import Handler
+from smithers.gateway.shapes import approval_request, caller_auth, pending_approvals
 
 APPROVAL_DECIDED: Final = "approval.decided"
 
@@ -37,7 +35,7 @@ async def list_approvals(call: Call, params: dict[str, Any]) -> list[dict[str, A
         )
     entries = [
         e
-        for e in pending_approvals(call.gateway)
+        for e in pending_approvals(call.ctx.store)
         if (run_id is None or e["runId"] == run_id) and (workflow is None or e["workflowKey"] == workflow)
     ]
     return entries[:limit] if limit is not None else entries
@@ -86,8 +84,8 @@ def _validate_value(mode: Any, value: Any, options: Any) -> None:
 
 
 async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    """``approvals.decide``/``submitApproval`` (§13.3), then resume the run (§10.3)."""
-    gw = call.gateway
+    """``approvals.decide``/``submitApproval``, then resume the run."""
+    ctx = call.ctx
     run_id = read_alias(params, "runId", as_string)
     node_id = read_alias(params, "nodeId", as_string)
     iteration_value = as_number(params.get("iteration"))
@@ -95,21 +93,17 @@ async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     approved, value, note, value_given = _read_decision(params)
     if not run_id or not node_id or approved is None:
         raise GatewayError(INVALID_REQUEST, "runId, nodeId, and approved are required")
-    if gw.resolve_run(run_id) is None:
+    if ctx.resolve_run(run_id) is None:
         raise GatewayError(NOT_FOUND, f"Run not found: {run_id}")
-    with gw.store.read() as tx:
+    with ctx.store.read() as tx:
         row = tx.get_approval(run_id, node_id, iteration)
-    if row is not None and row["status"] != "requested":
+    if row is not None and row["status"] != APPROVAL_REQUESTED:
         raise GatewayError(
             AlreadyDecided,
             f"Approval for {node_id} has already been decided",
             {"runId": run_id, "nodeId": node_id, "iteration": iteration, "status": row["status"]},
         )
-    try:
-        request = json.loads(row["request_json"] or "{}") if row is not None else {}
-    except ValueError:
-        request = {}
-    request = request if isinstance(request, dict) else {}
+    request = approval_request(row) if row is not None else {}
     _check_allowed(call, request)
     if approved:
         _validate_value(request.get("mode"), value, request.get("options"))
@@ -117,7 +111,7 @@ async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     decided_by = call.principal.user_id
     try:
         decide(
-            gw.store,
+            ctx.store,
             run_id,
             node_id,
             iteration,
@@ -127,15 +121,16 @@ async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         )
     except SmithersError as exc:
         # The reference's engine failure here (the node is not waiting for approval) reaches the
-        # client uncoded, as SERVER_ERROR with the engine's message (§13.3 step 7, §3.5).
-        raise RuntimeError(exc.message) from exc
-    gw.metrics.approval_decisions.labels("approved" if approved else "denied").inc()
-    # Ours (§23 D5): dashboards learn of the decision at once, not only from the resumed run.
-    gw.broadcast(
+        # client uncoded, as SERVER_ERROR with the engine's message.
+        raise ServerError(exc.message) from exc
+    ctx.metrics.approval_decisions.labels("approved" if approved else "denied").inc()
+    # Ours: dashboards learn of the decision at once, not only from the resumed run
+    # (docs/protocol.md#departures-from-0180).
+    ctx.broadcast(
         APPROVAL_DECIDED,
         {"runId": run_id, "nodeId": node_id, "iteration": iteration, "approved": approved, "decidedBy": decided_by},
     )
-    await gw.resume_if_needed(run_id, caller_auth(call), call.connection)
+    await ctx.resume_if_needed(run_id, caller_auth(call.principal), call.connection)
     return {"runId": run_id, "nodeId": node_id, "iteration": iteration, "approved": approved}
 
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 from jwt.algorithms import HMACAlgorithm
 from jwt.exceptions import InvalidKeyError
 
-from smithers.gateway.errors import INVALID_INPUT, UNAUTHORIZED, GatewayError
+from smithers.errors import UNAUTHORIZED, GatewayError, InvalidInputError, ServerError
 from smithers.gateway.jsvalues import JS_WHITESPACE, loads_strict
 from smithers.gateway.protocol import (
     as_number,
@@ -176,12 +176,12 @@ def token_from_headers(headers: Mapping[str, str]) -> str | None:
 
 
 def token_from_connect(params: Mapping[str, Any]) -> str | None:
-    """The WebSocket token (§4.2): ``params.auth.token`` when it is a string.
+    """The WebSocket token: ``params.auth.token`` when it is a string.
 
     An ``auth`` that is present but not an object (``null``, string, number, boolean) makes the
-    reference throw a plain TypeError, answered as ``SERVER_ERROR`` with id ``"server"``; this
-    raises ``TypeError`` so the transport answers the same way. An array is a JavaScript object
-    without a ``token``, so it only means "no token".
+    reference fail without a code, answered as ``SERVER_ERROR`` with id ``"server"``; this raises
+    :class:`~smithers.errors.ServerError` so the transport answers the same way. An array is a
+    JavaScript object without a ``token``, so it only means "no token".
     """
     if "auth" not in params:
         return None
@@ -191,7 +191,7 @@ def token_from_connect(params: Mapping[str, Any]) -> str | None:
         return token if isinstance(token, str) and token else None
     if isinstance(auth, list):
         return None
-    raise TypeError("connect params.auth must be an object")
+    raise ServerError("connect params.auth must be an object")
 
 
 # -- token mode --------------------------------------------------------------------------------
@@ -247,11 +247,11 @@ class _JwtVerifier:
         # The reference only fails at request time; an unusable secret (empty, or an asymmetric
         # key/JWK that PyJWT refuses as an HMAC secret) is refused here, at construction.
         if not isinstance(secret, str | bytes) or not secret:
-            raise GatewayError(INVALID_INPUT, "JWT auth requires a non-empty secret.")
+            raise InvalidInputError("JWT auth requires a non-empty secret.")
         try:
             self._key = algorithm.prepare_key(secret)
         except InvalidKeyError as exc:
-            raise GatewayError(INVALID_INPUT, f"JWT auth secret is not an HMAC secret: {exc}") from exc
+            raise InvalidInputError(f"JWT auth secret is not an HMAC secret: {exc}") from exc
         self._algorithm = algorithm
         issuer = config.get("issuer")
         self._issuer = issuer if isinstance(issuer, str) else None

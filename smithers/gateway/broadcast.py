@@ -1,26 +1,42 @@
-"""Engine events → gateway events (protocol §9.1), and broadcast to connections (§9.2).
+"""Engine events → gateway events, and broadcast to connections (docs/protocol.md#events).
 
 Only events of runs executed by this gateway process are mapped (plus ``TimeTravelJumped``).
-``run.completed`` goes out once per terminal transition (§23 D4): the gateway remembers, per
-execution, that the engine's terminal event was mapped and does not broadcast its own.
+``run.completed`` goes out once per terminal transition: the gateway remembers, per execution,
+that the engine's terminal event was mapped and does not broadcast its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from smithers.engine import events as ev
 from smithers.engine.states import CANCELLED, FAILED, FINISHED, IN_PROGRESS
+from smithers.gateway.context import RunStream
 from smithers.gateway.jsvalues import encode_json
+from smithers.gateway.shapes import RUN_COMPLETED, run_completed
+from smithers.gateway.windows import RunWindows
 from smithers.store.events_bus import StoredEvent
 
-if TYPE_CHECKING:
-    from smithers.gateway.streams import RunWindows
-    from smithers.gateway.ws import Connection
-
-RUN_COMPLETED: Final = "run.completed"
 Payload = dict[str, Any]
+
+
+class Receiver(Protocol):
+    """What a broadcast needs of a connection."""
+
+    def receives(self, payload: Mapping[str, Any]) -> bool: ...
+
+    def send_event(
+        self,
+        event: str,
+        payload: Any,
+        state_version: int | None = None,
+        *,
+        payload_json: str | None = None,
+        counted: bool = True,
+    ) -> bool: ...
+
+    def streams_on(self, run_id: str) -> list[RunStream]: ...
 
 
 def _node(state: str) -> Callable[[StoredEvent], Payload]:
@@ -75,10 +91,7 @@ def _jumped(event: StoredEvent) -> Payload:
 
 def _completed(status: str) -> Callable[[StoredEvent], Payload]:
     def build(event: StoredEvent) -> Payload:
-        out: Payload = {"runId": event.run_id, "status": status}
-        if status == FAILED:
-            out["error"] = event.payload.get("error")
-        return out
+        return run_completed(event.run_id, status, event.payload.get("error"))
 
     return build
 
@@ -111,11 +124,11 @@ def map_event(event: StoredEvent) -> tuple[str, Payload] | None:
 
 
 class Broadcaster:
-    """Owns the global ``stateVersion`` and fans broadcasts out to the connections (§9.2)."""
+    """Owns the global ``stateVersion`` and fans broadcasts out to the connections."""
 
     def __init__(
         self,
-        connections: Collection[Connection],
+        connections: Collection[Receiver],
         windows: RunWindows,
         on_sent: Callable[[str, int], None] | None = None,
     ):

@@ -1,56 +1,35 @@
-"""RPC dispatch: a table of handlers keyed by legacy and stable method names (protocol §5, §7).
+"""RPC dispatch: a table of handlers keyed by legacy and stable method names, and the one place
+where failures become wire errors (docs/protocol.md#envelopes-and-errors).
 
-A handler is ``async def handler(call: Call, params: dict) -> payload``. It *returns* an error
-(answered with the request id) by raising :class:`GatewayError`; anything else that escapes it
-follows §3.5 (WebSocket ids ``"invalid"``/``"server"``, HTTP ``requestId``). Failures that the
-reference throws rather than returns (a bad ``limit``, engine errors) are raised as
-:class:`Escaped` (see :func:`escaping`). This module is the one boundary where handler failures
-become wire errors; the transports only frame them.
+A handler is ``async def handler(call: Call, params: dict) -> payload``. It refuses a call by
+raising a :class:`~smithers.errors.GatewayError` (answered with the request id). Other
+:class:`~smithers.errors.SmithersError` s *escape* (over WebSocket they are answered with id
+``"invalid"``); :func:`escaping` makes a refusal escape, :func:`returning` makes an escaping error
+a refusal. A :class:`~smithers.errors.ServerError` is answered ``SERVER_ERROR`` with its message
+(id ``"server"``). Anything else is a bug or an outage: it is logged with a reference that the
+answer carries instead of the exception's text.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
-
-from sqlalchemy.exc import SQLAlchemyError
+from typing import Any, Final, Literal
 
 from smithers.errors import (
-    INVALID_INPUT as ENGINE_INVALID_INPUT,
-)
-from smithers.errors import (
-    RUN_ALREADY_EXISTS,
-    RUN_NOT_FOUND,
+    METHOD_NOT_FOUND,
+    SERVER_ERROR,
+    GatewayError,
+    ServerError,
     SmithersError,
 )
-from smithers.errors import (
-    RUN_NOT_ACTIVE as ENGINE_RUN_NOT_ACTIVE,
-)
 from smithers.gateway.auth import Principal
-from smithers.gateway.errors import (
-    INVALID_INPUT,
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
-    NOT_FOUND,
-    RUN_NOT_ACTIVE,
-    SERVER_FAILURE_MESSAGE,
-    WS_INVALID_ID,
-    GatewayError,
-    coded_error,
-    http_error_for,
-    ws_error_for,
-)
-from smithers.gateway.protocol import as_params
+from smithers.gateway.context import ClientConnection, GatewayContext
 from smithers.gateway.scopes import authorize
-
-if TYPE_CHECKING:
-    from smithers.gateway.server import Gateway
-    from smithers.gateway.ws import Connection
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +37,23 @@ Transport = Literal["ws", "http"]
 TRANSPORT_WS: Final = "ws"
 TRANSPORT_HTTP: Final = "http"
 
-_ENGINE_CODES: Final[Mapping[str, str]] = {
-    ENGINE_INVALID_INPUT: INVALID_INPUT,
-    RUN_NOT_FOUND: NOT_FOUND,
-    ENGINE_RUN_NOT_ACTIVE: RUN_NOT_ACTIVE,
-    # A duplicate run id is the caller's mistake; 400 keeps it among launchRun's documented codes.
-    RUN_ALREADY_EXISTS: INVALID_REQUEST,
-}
+WS_INVALID_ID: Final = "invalid"
+"""Response id for frames that fail validation and for coded errors escaping a handler."""
+WS_SERVER_ID: Final = "server"
+"""Response id for uncoded errors escaping a handler over WebSocket."""
+INTERNAL_ERROR_MESSAGE: Final = "internal error"
 
 
 @dataclass(slots=True)
 class Call:
-    """One RPC call: who makes it, over what, and the connection to auto-subscribe (WS only)."""
+    """One RPC call: who makes it, over what, and the connection it came in on (WS only)."""
 
-    gateway: Gateway
+    ctx: GatewayContext
     transport: Transport
     principal: Principal
     method: str
     request_id: str
-    connection: Connection | None = None
+    connection: ClientConnection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,26 +67,24 @@ class Reply:
 Handler = Callable[[Call, dict[str, Any]], Awaitable[Any]]
 
 
-class Escaped(Exception):
-    """A coded failure that escapes its handler (§3.5) instead of being returned."""
-
-    def __init__(self, error: GatewayError):
-        super().__init__(error.message or error.code)
-        self.error = error
+@contextmanager
+def escaping() -> Iterator[None]:
+    """Refusals raised inside the block escape their handler (the protocol's "raised" failures)."""
+    try:
+        yield
+    except SmithersError as exc:
+        exc.escapes = True
+        raise
 
 
 @contextmanager
-def escaping() -> Iterator[None]:
-    """Turn a ``GatewayError`` raised inside the block into an escaping one (a thrown helper)."""
+def returning() -> Iterator[None]:
+    """Errors raised inside the block are refusals answered with the request id."""
     try:
         yield
-    except GatewayError as exc:
-        raise Escaped(exc) from exc
-
-
-def engine_error(exc: SmithersError) -> GatewayError:
-    """The gateway error for an engine error: its code mapped, its message kept."""
-    return GatewayError(_ENGINE_CODES.get(exc.code, exc.code), exc.message)
+    except SmithersError as exc:
+        exc.escapes = False
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,30 +97,34 @@ class Outcome:
     after: Callable[[], None] | None = None
 
 
-def escaped_outcome(call: Call, exc: BaseException) -> Outcome:
-    """§3.5 for ``exc`` escaping a handler of ``call``; uncoded failures are logged here."""
-    error: GatewayError | None = None
-    if isinstance(exc, Escaped):
-        error = exc.error
-    elif isinstance(exc, SmithersError):
-        error = engine_error(exc)
-    elif isinstance(exc, SQLAlchemyError | sqlite3.Error):
-        # Database driver errors carry codes that mean nothing to a client (and SQL text that
-        # should not reach one): they are server errors, logged here.
-        log.error("%s %s failed", call.transport, call.method, exc_info=exc)
-        exc = RuntimeError(SERVER_FAILURE_MESSAGE)
-    elif coded_error(exc) is None:
-        log.error("%s %s failed", call.transport, call.method, exc_info=exc)
-    if call.transport == TRANSPORT_HTTP:
-        return Outcome(call.request_id, error=error if error is not None else http_error_for(exc))
-    if error is not None:
-        return Outcome(WS_INVALID_ID, error=error)
-    response_id, wire = ws_error_for(exc)
-    return Outcome(response_id, error=wire)
+def wire_error(exc: SmithersError) -> GatewayError:
+    """The wire form of an error: its wire code and message (the status follows from the code)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    return GatewayError(exc.wire_code, exc.message, None if isinstance(exc, ServerError) else exc.details)
+
+
+def internal_error(what: str, exc: BaseException) -> GatewayError:
+    """Log an unexpected failure with a reference and answer ``SERVER_ERROR`` naming only the reference."""
+    reference = uuid.uuid4().hex[:12]
+    log.error("%s failed (ref %s)", what, reference, exc_info=exc)
+    return GatewayError(SERVER_ERROR, f"{INTERNAL_ERROR_MESSAGE} (ref {reference})", {"ref": reference})
+
+
+def outcome_for(transport: Transport, frame_id: str, request_id: str, exc: BaseException, what: str) -> Outcome:
+    """How a failure is answered: a refusal with the frame id; an escaping or unexpected failure with
+    the HTTP request id, or over WebSocket with id ``"invalid"`` (coded) or ``"server"`` (uncoded)."""
+    if isinstance(exc, SmithersError) and not exc.escapes:
+        return Outcome(frame_id, error=wire_error(exc))
+    uncoded = not isinstance(exc, SmithersError) or isinstance(exc, ServerError)
+    error = wire_error(exc) if isinstance(exc, SmithersError) else internal_error(what, exc)
+    if transport == TRANSPORT_HTTP:
+        return Outcome(request_id, error=error)
+    return Outcome(WS_SERVER_ID if uncoded else WS_INVALID_ID, error=error)
 
 
 class Dispatcher:
-    """Method name → handler, with the scope check of §5 before every handler."""
+    """Method name → handler, with the scope check before every handler."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
@@ -162,7 +141,7 @@ class Dispatcher:
         started = time.perf_counter()
         outcome = await self._run(call, frame_id, raw_params)
         code = outcome.error.code if outcome.error is not None else None
-        call.gateway.metrics.rpc(call.transport, call.method, (time.perf_counter() - started) * 1000, code)
+        call.ctx.metrics.rpc(call.transport, call.method, (time.perf_counter() - started) * 1000, code)
         return outcome
 
     async def _run(self, call: Call, frame_id: str, raw_params: Any) -> Outcome:
@@ -174,13 +153,9 @@ class Dispatcher:
         if handler is None:
             return Outcome(frame_id, error=GatewayError(METHOD_NOT_FOUND, f"Unknown method: {call.method}"))
         try:
-            result = await handler(call, as_params(raw_params))
-        except Escaped as exc:
-            return escaped_outcome(call, exc)
-        except GatewayError as exc:
-            return Outcome(frame_id, error=exc)
+            result = await handler(call, raw_params if isinstance(raw_params, dict) else {})
         except Exception as exc:
-            return escaped_outcome(call, exc)
+            return outcome_for(call.transport, frame_id, call.request_id, exc, f"{call.transport} {call.method}")
         if isinstance(result, Reply):
             return Outcome(frame_id, payload=result.payload, after=result.after)
         return Outcome(frame_id, payload=result)

@@ -1,17 +1,14 @@
-"""History RPCs (protocol §7.10–§7.12): runs.diff, frames.list/get, attempts.list/get."""
+"""History RPCs: runs.diff, frames.list/get, attempts.list/get (docs/protocol.md#methods)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from smithers.engine.history import diff_snapshots, latest_snapshot, read_frames
-from smithers.gateway.dispatch import Call, escaping
-from smithers.gateway.errors import INVALID_REQUEST, NOT_FOUND, GatewayError
+from smithers.errors import INVALID_REQUEST, NOT_FOUND, GatewayError
+from smithers.gateway.dispatch import Call, Handler, escaping
 from smithers.gateway.protocol import as_number, as_string, optional_positive_int, positive_int
 from smithers.store.rows import to_wire
-
-if TYPE_CHECKING:
-    from smithers.gateway.dispatch import Handler
 
 DEFAULT_FRAME_LIMIT: Final = 50
 FRAME_ENCODINGS: Final = frozenset({"full", "delta", "keyframe"})
@@ -28,13 +25,13 @@ def _run_id(call: Call, params: dict[str, Any]) -> str:
     run_id = as_string(params.get("runId"))
     if not run_id:
         raise GatewayError(INVALID_REQUEST, "runId is required")
-    if call.gateway.resolve_run(run_id) is None:
+    if call.ctx.resolve_run(run_id) is None:
         raise GatewayError(NOT_FOUND, f"Run not found: {run_id}")
     return run_id
 
 
 def _frame_no(value: Any) -> int | None:
-    """A frame number: a non-negative integer. Frame 0 is addressable (ours, §23 D8)."""
+    """A frame number: a non-negative integer. Frame 0 is addressable (docs/protocol.md#departures-from-0180)."""
     if value is None:
         return None
     if value == 0 and not isinstance(value, bool):
@@ -48,7 +45,7 @@ async def list_frames(call: Call, params: dict[str, Any]) -> list[dict[str, Any]
     with escaping():
         limit = optional_positive_int(params.get("limit"), "limit") or DEFAULT_FRAME_LIMIT
         after = _frame_no(params.get("afterFrameNo"))
-    with call.gateway.store.read() as tx:
+    with call.ctx.store.read() as tx:
         last = tx.last_frame_no(run_id)
         lo = max((after + 1) if after is not None else 0, last - limit + 1)
         rows = read_frames(tx, run_id, lo, last)
@@ -56,11 +53,11 @@ async def list_frames(call: Call, params: dict[str, Any]) -> list[dict[str, Any]
 
 
 async def get_frame(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    """One frame (the latest without ``frameNo``); every stored frame is reachable (§23 D8)."""
+    """One frame (the latest without ``frameNo``); every stored frame is reachable, frame 0 included."""
     run_id = _run_id(call, params)
     with escaping():
         wanted = _frame_no(params.get("frameNo"))
-    with call.gateway.store.read() as tx:
+    with call.ctx.store.read() as tx:
         frame_no = tx.last_frame_no(run_id) if wanted is None else wanted
         rows = read_frames(tx, run_id, frame_no, frame_no)
     if not rows:
@@ -71,7 +68,7 @@ async def get_frame(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 async def list_attempts(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
     run_id = _run_id(call, params)
     node_id = as_string(params.get("nodeId"))
-    with call.gateway.store.read() as tx:
+    with call.ctx.store.read() as tx:
         if node_id:
             number = as_number(params.get("iteration"))
             rows = tx.list_attempts(run_id, node_id, int(number) if number is not None else 0)
@@ -86,9 +83,9 @@ async def get_attempt(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     iteration, attempt = as_number(params.get("iteration")), as_number(params.get("attempt"))
     if not run_id or not node_id or iteration is None or attempt is None:
         raise GatewayError(INVALID_REQUEST, "runId, nodeId, iteration, and attempt are required")
-    if call.gateway.resolve_run(run_id) is None:
+    if call.ctx.resolve_run(run_id) is None:
         raise GatewayError(NOT_FOUND, f"Run not found: {run_id}")
-    with call.gateway.store.read() as tx:
+    with call.ctx.store.read() as tx:
         rows = [r for r in tx.list_attempts(run_id, node_id, int(iteration)) if r["attempt"] == int(attempt)]
     if not rows:
         raise GatewayError(NOT_FOUND, "Attempt not found")
@@ -99,10 +96,10 @@ async def diff_runs(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     left, right = as_string(params.get("leftRunId")), as_string(params.get("rightRunId"))
     if not left or not right:
         raise GatewayError(INVALID_REQUEST, "leftRunId and rightRunId are required")
-    gw = call.gateway
-    if gw.resolve_run(left) is None or gw.resolve_run(right) is None:
+    ctx = call.ctx
+    if ctx.resolve_run(left) is None or ctx.resolve_run(right) is None:
         raise GatewayError(NOT_FOUND, "Both runs must exist")
-    with gw.store.read() as tx:
+    with ctx.store.read() as tx:
         a, b = latest_snapshot(tx, left), latest_snapshot(tx, right)
     if a is None or b is None:
         raise GatewayError(NOT_FOUND, "Snapshots not found for both runs")

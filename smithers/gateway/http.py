@@ -1,8 +1,9 @@
-"""HTTP transport (protocol §1): route precedence, RPC over ``/rpc`` and ``/v1/rpc/{method}``,
-``/health``, ``/metrics``, the 404 fallback, body limits and the header/request timeouts.
+"""HTTP transport: route precedence, RPC over ``/rpc`` and ``/v1/rpc/{method}``, ``/health``,
+``/metrics``, webhooks, the 404 fallback, body limits and the header/request timeouts
+(docs/protocol.md#http-routes).
 
 :class:`GatewayApp` is a plain ASGI application (HTTP, WebSocket and lifespan); the routes are
-matched by hand because §1.1 compares the *raw* target (``/health?x=1`` is not ``/health``).
+matched by hand because the protocol compares the *raw* target (``/health?x=1`` is not ``/health``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import logging
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
 import uvicorn
 from starlette.requests import Request
@@ -21,14 +21,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from smithers.errors import INVALID_REQUEST, GatewayError
+from smithers.gateway import webhooks
 from smithers.gateway.auth import header_value, node_headers
-from smithers.gateway.dispatch import TRANSPORT_HTTP, Call
-from smithers.gateway.errors import INVALID_REQUEST, GatewayError
-from smithers.gateway.jsvalues import encode_json
+from smithers.gateway.dispatch import TRANSPORT_HTTP, Call, internal_error
+from smithers.gateway.host import GatewayHost
 from smithers.gateway.metrics import METRICS_CONTENT_TYPE
 from smithers.gateway.protocol import (
     COMMON_HEADERS,
-    JSON_CONTENT_TYPE,
     error_frame,
     http_rpc_request,
     parse_http_body,
@@ -37,11 +37,10 @@ from smithers.gateway.protocol import (
     route_not_found_body,
     webhook_error_body,
 )
+from smithers.gateway.responses import BodyTooLarge, json_response, read_body
+from smithers.gateway.shapes import health_payload
 from smithers.gateway.ws import serve_websocket
 from smithers.store.rows import now_ms
-
-if TYPE_CHECKING:
-    from smithers.gateway.server import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +51,12 @@ REQUEST_TIMEOUT_RESPONSE: Final = b"HTTP/1.1 408 Request Timeout\r\nConnection: 
 FORCE_EXIT_AFTER_S: Final = 0.25
 """After the gateway closed its sockets, uvicorn gets this long before it is forced to stop."""
 
-WebhookHandler = Callable[[Request, str], Awaitable[Response]]
-"""Serves ``POST /webhooks/{key}`` (decoded key); installed by the webhook module."""
-UiHandler = Callable[[Request], Awaitable[Response | None]]
-"""Serves a ``GET``/``HEAD`` that matches a UI mount, or returns None to fall through to 404."""
-
 
 def decode_segment(segment: str) -> str:
-    """``decodeURIComponent``; malformed escapes or UTF-8 raise ``INVALID_REQUEST`` (§23 D7)."""
+    """``decodeURIComponent``; malformed escapes or UTF-8 raise ``INVALID_REQUEST``.
+
+    The reference leaves such a request unanswered (docs/protocol.md#departures-from-0180).
+    """
     if "%" not in segment:
         return segment
     malformed = GatewayError(INVALID_REQUEST, "Malformed percent-encoding in the request path")
@@ -81,45 +78,19 @@ def decode_segment(segment: str) -> str:
         raise malformed from exc
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    """A JSON response with the §1.2 headers (compact, as the reference writes it)."""
-    return Response(encode_json(body).encode("utf-8"), status, dict(COMMON_HEADERS), JSON_CONTENT_TYPE)
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None if the client went away; raises when it exceeds ``limit``."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def rpc(gateway: Gateway, request: Request, path_method: str | None) -> Response:
-    """§1.5 / §1.6: authenticate, read, validate, authorize, dispatch."""
+async def rpc(host: GatewayHost, request: Request, path_method: str | None) -> Response:
+    """``POST /rpc`` and ``POST /v1/rpc/{method}``: authenticate, read, validate, authorize, dispatch."""
     headers = node_headers(request.scope.get("headers", []))
     request_id = _first_header(request, "x-request-id") or str(uuid.uuid4())
-    metrics = gateway.metrics
+    metrics = host.metrics
     metrics.messages_received.labels("http", "request", "").inc()
     try:
-        principal = gateway.authenticator.authenticate_http(headers, now_ms())
+        principal = host.authenticator.authenticate_http(headers, now_ms())
     except GatewayError as exc:
-        metrics.auth("http", gateway.authenticator.mode, False)
+        metrics.auth("http", host.authenticator.mode, False)
         return json_response(error_frame(request_id, exc), exc.http_status)
-    metrics.auth("http", gateway.authenticator.mode, True)
-    limit = gateway.options.max_body_bytes
+    metrics.auth("http", host.authenticator.mode, True)
+    limit = host.options.max_body_bytes
     try:
         declared = header_value(headers, "content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
@@ -135,8 +106,8 @@ async def rpc(gateway: Gateway, request: Request, path_method: str | None) -> Re
     except GatewayError as exc:
         metrics.error("http", transport="http", code=exc.code)
         return json_response(error_frame(request_id, exc), exc.http_status)
-    call = Call(gateway, TRANSPORT_HTTP, principal, frame.method, request_id)
-    outcome = await gateway.dispatcher.call(call, frame.id, frame.params)
+    call = Call(host, TRANSPORT_HTTP, principal, frame.method, request_id)
+    outcome = await host.dispatcher.call(call, frame.id, frame.params)
     if outcome.error is not None:
         return json_response(error_frame(outcome.response_id, outcome.error), outcome.error.http_status)
     return json_response(response_frame(outcome.response_id, outcome.payload))
@@ -147,31 +118,24 @@ def _first_header(request: Request, name: str) -> str | None:
     return values[0] if values and values[0] else None
 
 
-async def route(gateway: Gateway, request: Request) -> Response:
-    """Pick the handler of a request in the order of §1.1."""
+async def route(host: GatewayHost, request: Request) -> Response:
+    """Pick the handler of a request in route-precedence order."""
     scope = request.scope
     method = scope["method"]
     path = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1")
     bare = not scope.get("query_string")
     if method == "GET" and bare and path == "/health":
-        return json_response(
-            {
-                "ok": True,
-                "protocol": gateway.options.protocol,
-                "features": list(gateway.options.features),
-                "stateVersion": gateway.broadcaster.state_version,
-            }
-        )
+        return json_response(health_payload(host, route=True))
     if method == "GET" and bare and path == "/metrics":
-        return Response(gateway.metrics.render(), 200, dict(COMMON_HEADERS), METRICS_CONTENT_TYPE)
+        return Response(host.metrics.render(), 200, dict(COMMON_HEADERS), METRICS_CONTENT_TYPE)
     if method == "POST":
         hook = WEBHOOK_PATH.fullmatch(path)
-        if hook is not None and gateway.webhook_handler is not None:
+        if hook is not None:
             try:
                 key = decode_segment(hook.group(1))
             except GatewayError as exc:
                 return json_response(webhook_error_body(exc), exc.http_status)
-            return await gateway.webhook_handler(request, key)
+            return await webhooks.handle(host, request, key)
         forced = RPC_PATH.fullmatch(path)
         if forced is not None:
             try:
@@ -179,38 +143,34 @@ async def route(gateway: Gateway, request: Request) -> Response:
             except GatewayError as exc:
                 request_id = _first_header(request, "x-request-id") or str(uuid.uuid4())
                 return json_response(error_frame(request_id, exc), exc.http_status)
-            return await rpc(gateway, request, name)
+            return await rpc(host, request, name)
         if bare and path == "/rpc":
-            return await rpc(gateway, request, None)
-    if method in ("GET", "HEAD") and gateway.ui_handler is not None:
-        page = await gateway.ui_handler(request)
-        if page is not None:
-            return page
+            return await rpc(host, request, None)
     return json_response(route_not_found_body(), 404)
 
 
 class GatewayApp:
     """The gateway as an ASGI application."""
 
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
+    def __init__(self, host: GatewayHost):
+        self.host = host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
-        await self.gateway.start()
+        await self.host.start()
         if kind == "websocket":
-            await serve_websocket(self.gateway, scope, receive, send)
+            await serve_websocket(self.host, scope, receive, send)
             return
         request = Request(scope, receive)
         try:
-            response = await route(self.gateway, request)
-        except Exception:
-            log.exception("HTTP request failed")
-            self.gateway.metrics.error("http", transport="http", code="SERVER_ERROR")
-            response = json_response({"error": {"code": "SERVER_ERROR", "message": "Gateway request failed"}}, 500)
+            response = await route(self.host, request)
+        except Exception as exc:
+            error = internal_error("HTTP request", exc)
+            self.host.metrics.error("http", transport="http", code=error.code)
+            response = json_response({"error": {"code": error.code, "message": error.message}}, error.http_status)
         await response(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -218,16 +178,16 @@ class GatewayApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self.gateway.start()
+                await self.host.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.gateway.close()
+                await self.host.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
 def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol plus Node's ``headersTimeout``/``requestTimeout`` (§1.7).
+    """uvicorn's HTTP protocol plus Node's ``headersTimeout``/``requestTimeout`` (docs/protocol.md#http-routes).
 
     A client that has not sent complete headers within ``headersTimeout``, or the whole request
     within ``requestTimeout``, gets ``408`` and the connection is closed. WebSocket upgrades stop
@@ -310,10 +270,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class UvicornServer(uvicorn.Server):
     """uvicorn configured for the gateway; on shutdown the gateway first stops its runs and sockets."""
 
-    def __init__(self, gateway: Gateway):
-        options = gateway.options
+    def __init__(self, host: GatewayHost):
+        options = host.options
         config = uvicorn.Config(
-            gateway.app,
+            GatewayApp(host),
             http=protocol_class(options.headers_timeout, options.request_timeout),
             ws="websockets-sansio",
             ws_max_size=options.max_payload,
@@ -326,9 +286,9 @@ class UvicornServer(uvicorn.Server):
             access_log=False,
         )
         super().__init__(config)
-        self.gateway = gateway
+        self.host = host
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await self.gateway.stop_runs_and_sockets()
+        await self.host.stop_runs_and_sockets()
         asyncio.get_running_loop().call_later(FORCE_EXIT_AFTER_S, setattr, self, "force_exit", True)
         await super().shutdown(sockets)

@@ -1,4 +1,4 @@
-"""Gateway settings (protocol §6.1), workflow registrations (§6.2) and UI mount config (§1.8)."""
+"""Gateway settings, workflow registrations and UI mount config (docs/protocol.md#quick-reference)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from smithers.engine.runner import DEFAULT_MAX_CONCURRENCY
 from smithers.engine.workflow import Workflow
-from smithers.gateway.errors import INVALID_INPUT, GatewayError
+from smithers.errors import InvalidInputError
 from smithers.gateway.jsvalues import js_trim
 from smithers.gateway.protocol import (
     DEFAULT_EVENT_WINDOW_SIZE,
@@ -57,7 +57,7 @@ _UI_PATH: Final = re.compile(r"/[A-Za-z0-9/_:.\-]*")
 
 @dataclass(frozen=True)
 class GatewayOptions:
-    """Every gateway option, with the defaults of §6.1 (times in milliseconds)."""
+    """Every gateway option and its default (times in milliseconds)."""
 
     protocol: int = DEFAULT_PROTOCOL
     """Advertised in hello and /health, and negotiated on connect."""
@@ -66,7 +66,7 @@ class GatewayOptions:
     heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
     """Interval of ``tick`` events on authenticated WebSockets (not validated; <= 0 sends none)."""
     auth: Mapping[str, Any] | None = None
-    """``None`` (open), or ``{"mode": "token"|"jwt"|"trusted-proxy", ...}`` (§4)."""
+    """``None`` (open), or ``{"mode": "token"|"jwt"|"trusted-proxy", ...}`` (docs/protocol.md#authentication)."""
     defaults: Mapping[str, Any] | None = None
     """``{"cliAgentTools": "all"|"explicit-only"}``, kept for agent tasks."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -78,13 +78,13 @@ class GatewayOptions:
     headers_timeout: int = DEFAULT_HEADERS_TIMEOUT_MS
     request_timeout: int = DEFAULT_REQUEST_TIMEOUT_MS
     ui: Mapping[str, Any] | None = None
-    """Gateway-level UI mount (§1.8)."""
+    """Gateway-level UI mount."""
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     """Tasks one run executes at once (ours; not a 0.18.0 option)."""
 
     @classmethod
     def build(cls, **options: Any) -> GatewayOptions:
-        """Options from keywords (snake_case or the JavaScript names), validated as §1.7 says."""
+        """Options from keywords (snake_case or the JavaScript names), validated."""
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for name, value in options.items():
@@ -98,7 +98,7 @@ class GatewayOptions:
             if key in values:
                 value = values[key]
                 if isinstance(value, bool) or not isinstance(value, int | float | str):
-                    raise GatewayError(INVALID_INPUT, f"{js_name[key]} must be a finite number greater than 0.")
+                    raise InvalidInputError(f"{js_name[key]} must be a finite number greater than 0.")
                 values[key] = positive_int(value, js_name[key])
         if "features" in values:
             values["features"] = tuple(str(f) for f in values["features"])
@@ -124,12 +124,12 @@ class UiMount:
 
 
 def resolve_ui(config: Mapping[str, Any] | None, default_path: str) -> UiMount | None:
-    """Validate and normalise a UI config (§1.8); invalid configs raise ``INVALID_INPUT``."""
+    """Validate and normalise a UI config; invalid configs raise ``INVALID_INPUT``."""
     if config is None:
         return None
     entry = config.get("entry") if isinstance(config, Mapping) else None
     if not isinstance(entry, str) or not js_trim(entry):
-        raise GatewayError(INVALID_INPUT, "Gateway UI config requires a non-empty entry path.")
+        raise InvalidInputError("Gateway UI config requires a non-empty entry path.")
     raw_path = config.get("path")
     candidate = js_trim(raw_path) if isinstance(raw_path, str) and js_trim(raw_path) else default_path
     if not candidate.startswith("/"):
@@ -137,7 +137,7 @@ def resolve_ui(config: Mapping[str, Any] | None, default_path: str) -> UiMount |
     if len(candidate) > 1:
         candidate = candidate.rstrip("/")
     if _UI_PATH.fullmatch(candidate) is None:
-        raise GatewayError(INVALID_INPUT, f"Gateway UI path is invalid: {candidate}")
+        raise InvalidInputError(f"Gateway UI path is invalid: {candidate}")
     title = config.get("title")
     props = config.get("props")
     return UiMount(
@@ -155,6 +155,9 @@ class Registration:
     key: str
     workflow: Workflow
     schedule: str | None = None
+    """A cron pattern (validated when the gateway listens)."""
+    timezone: str | None = None
+    """The schedule's IANA time zone; None: the server's local time zone."""
     webhook: Mapping[str, Any] | None = None
     ui: UiMount | None = None
 

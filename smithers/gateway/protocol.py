@@ -1,7 +1,7 @@
 """Gateway wire protocol v1: constants, JSON rules, frame validation and envelopes.
 
 Pure functions only (no I/O, no clock). Validation failures raise
-:class:`~smithers.gateway.errors.GatewayError` with the exact code and message of the spec
+:class:`~smithers.errors.GatewayError` with the exact code and message of the spec
 (protocol §0, §2.2-§2.4, §3.1-§3.4).
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from smithers.gateway.errors import (
+from smithers.errors import (
     INVALID_INPUT,
     INVALID_REQUEST,
     NOT_FOUND,
@@ -60,12 +60,6 @@ MAX_METHOD_LENGTH: Final = 64
 MAX_FRAME_ID_LENGTH: Final = 128
 MAX_RUN_INPUT_BYTES: Final = 1_048_576
 MAX_RUN_INPUT_DEPTH: Final = 32
-UI_ASSET_PREFIX: Final = "__smithers_ui"
-DEVTOOLS_REBASELINE_INTERVAL: Final = 50
-DEVTOOLS_QUEUE_LIMIT: Final = 1_000
-DEVTOOLS_POLL_MS: Final = 25
-REWIND_QUOTA: Final = 10
-REWIND_QUOTA_WINDOW_MS: Final = 3_600_000
 DEFAULT_LIMIT: Final = 50
 
 FRAME_REQ: Final = "req"
@@ -78,8 +72,8 @@ METHOD_PATTERN: Final = re.compile(r"[a-z][a-zA-Z0-9]*(?:\.[a-z][a-zA-Z0-9]*)*")
 """§3.3 method pattern (use ``fullmatch``; ``^…$`` in Python would accept a trailing newline)."""
 
 
-def cron_poll_interval_ms(heartbeat_ms: int) -> int:
-    """Cron scheduler tick: ``max(1000, min(heartbeatMs, 15000))``."""
+def poll_interval_ms(heartbeat_ms: int) -> int:
+    """How often the cron scheduler and the wait sweeper poll: ``max(1000, min(heartbeatMs, 15000))``."""
     return max(1_000, min(heartbeat_ms, 15_000))
 
 
@@ -369,8 +363,7 @@ def error_object(error: GatewayError, *, versioned: bool = True) -> dict[str, An
     """
     body: dict[str, Any] = {"version": API_VERSION} if versioned else {}
     body["code"] = error.code
-    if error.message is not None:
-        body["message"] = error.message
+    body["message"] = error.message
     for key, value in (error.details or {}).items():
         if key not in ("version", "code", "message"):
             body[key] = value

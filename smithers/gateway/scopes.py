@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from smithers.gateway.errors import FORBIDDEN, GatewayError
+from smithers.errors import FORBIDDEN, GatewayError
 from smithers.gateway.jsvalues import js_trim
 
 __all__ = [

@@ -1,33 +1,33 @@
-"""Signal RPCs (protocol §15.1): deliver an external event to a run and resume it."""
+"""Signal RPCs: deliver an external event to a run and resume it (docs/protocol.md#methods)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from smithers.engine import control
-from smithers.gateway.dispatch import Call
-from smithers.gateway.errors import INVALID_REQUEST, NOT_FOUND, GatewayError
+from smithers.errors import INVALID_REQUEST, NOT_FOUND, GatewayError
+from smithers.gateway.dispatch import Call, Handler
 from smithers.gateway.protocol import as_string, read_alias
-from smithers.gateway.runs import caller_auth
+from smithers.gateway.shapes import caller_auth
 
-if TYPE_CHECKING:
-    from smithers.gateway.dispatch import Handler
+SIGNAL_SENT: Final = "sent"
 
 
 async def submit_signal(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     """``signals.send``/``submitSignal``: ``signalName`` or ``correlationKey``, ``data`` or ``payload``.
 
     ``correlationKey`` (the stable form) is the name fallback and the correlation fallback; a wait
-    with no correlation id still accepts the signal (§23 D3), so a plain ``WaitForEvent`` resumes.
-    A signal for a run that is not waiting yet is stored and consumed when its wait starts.
+    with no correlation id still accepts the signal (docs/protocol.md#departures-from-0180), so a
+    plain ``WaitForEvent`` resumes. A signal for a run that is not waiting yet is stored and
+    consumed when its wait starts.
     """
-    gw = call.gateway
+    ctx = call.ctx
     run_id = read_alias(params, "runId", as_string)
     key = as_string(params.get("correlationKey"))
     name = as_string(params.get("signalName")) or key
     if not run_id or not name:
         raise GatewayError(INVALID_REQUEST, "runId and signalName are required")
-    if gw.resolve_run(run_id) is None:
+    if ctx.resolve_run(run_id) is None:
         raise GatewayError(NOT_FOUND, f"Run not found: {run_id}")
     correlation = as_string(params.get("correlationId")) or key
     data = params.get("data")
@@ -37,10 +37,10 @@ async def submit_signal(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         data = {}
     # A blank name escapes as INVALID_INPUT from the engine (400 / id "invalid"), as the reference does.
     record = control.signal_run(
-        gw.store, run_id, name, data, correlation_id=correlation, received_by=call.principal.user_id
+        ctx.store, run_id, name, data, correlation_id=correlation, received_by=call.principal.user_id
     )
-    gw.metrics.signals.labels("delivered").inc()
-    await gw.resume_if_needed(run_id, caller_auth(call), call.connection)
+    ctx.metrics.signals.labels(SIGNAL_SENT).inc()
+    await ctx.resume_if_needed(run_id, caller_auth(call.principal), call.connection)
     return record
 
 

@@ -1,8 +1,8 @@
-"""Run event streams (protocol §8): per-run replay windows and ``streamRunEvents``.
+"""``streamRunEvents``: replay a run's window, then follow it live (docs/protocol.md#run-event-streams).
 
-Ordering (§23 D6): the ``res`` frame first, then ``run.gap_resync`` (if events were evicted), then
-the replayed frames, then live frames. A new stream buffers live frames until its replay is done
-and never sends a run frame twice or out of seq order.
+Ordering: the ``res`` frame first, then ``run.gap_resync`` (if events were evicted), then the
+replayed frames, then live frames. A new stream buffers live frames until its replay is done and
+never sends a run frame twice or out of seq order.
 """
 
 from __future__ import annotations
@@ -11,28 +11,19 @@ import asyncio
 import logging
 import math
 import uuid
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import Any, Final
 
-from smithers.gateway.dispatch import TRANSPORT_WS, Call, Reply
-from smithers.gateway.errors import INVALID_REQUEST, GatewayError, Internal, InvalidRunId, RunNotFound, SeqOutOfRange
+from smithers.errors import INVALID_REQUEST, GatewayError, Internal, InvalidRunId, RunNotFound, SeqOutOfRange
+from smithers.gateway.context import ClientConnection
+from smithers.gateway.dispatch import TRANSPORT_WS, Call, Handler, Reply
 from smithers.gateway.jsvalues import js_number_string
-from smithers.gateway.protocol import (
-    API_VERSION,
-    RUN_EVENT_HEARTBEAT_MS,
-    error_object,
-)
+from smithers.gateway.protocol import API_VERSION, RUN_EVENT_HEARTBEAT_MS, error_object
+from smithers.gateway.shapes import run_record
+from smithers.gateway.windows import RunWindows
 from smithers.store.rows import now_ms
 
-if TYPE_CHECKING:
-    from smithers.gateway.dispatch import Handler
-    from smithers.gateway.ws import Connection
-
 log = logging.getLogger(__name__)
-
-MAX_RUN_WINDOWS: Final = 1_000
-"""Windows kept in memory, least recently appended dropped first (the reference never drops any)."""
 
 EV_RUN_EVENT: Final = "run.event"
 EV_GAP_RESYNC: Final = "run.gap_resync"
@@ -40,58 +31,12 @@ EV_RUN_HEARTBEAT: Final = "run.heartbeat"
 EV_RUN_ERROR: Final = "run.error"
 
 
-@dataclass
-class _Window:
-    next_seq: int = 0
-    frames: deque[dict[str, Any]] = field(default_factory=deque)
-
-
-class RunWindows:
-    """Per-run ``{nextSeq, window}`` of the last ``size`` RunEvent frames (§8.1)."""
-
-    def __init__(self, size: int, max_runs: int = MAX_RUN_WINDOWS):
-        self.size = size
-        self.max_runs = max_runs
-        self._windows: OrderedDict[str, _Window] = OrderedDict()
-
-    def append(self, run_id: str, event: str, payload: dict[str, Any], state_version: int) -> dict[str, Any]:
-        """Store one broadcast as the run's next RunEvent frame and return the frame."""
-        window = self._windows.get(run_id)
-        if window is None:
-            window = self._windows[run_id] = _Window(frames=deque(maxlen=self.size))
-            while len(self._windows) > self.max_runs:
-                self._windows.popitem(last=False)
-        else:
-            self._windows.move_to_end(run_id)
-        window.next_seq += 1
-        frame = {
-            "apiVersion": API_VERSION,
-            "type": "RunEvent",
-            "runId": run_id,
-            "event": event,
-            "payload": payload,
-            "seq": window.next_seq,
-            "stateVersion": state_version,
-        }
-        window.frames.append(frame)
-        return frame
-
-    def current_seq(self, run_id: str) -> int:
-        window = self._windows.get(run_id)
-        return 0 if window is None else window.next_seq
-
-    def frames(self, run_id: str) -> list[dict[str, Any]]:
-        """A copy of the run's window, oldest first."""
-        window = self._windows.get(run_id)
-        return [] if window is None else list(window.frames)
-
-
 class RunEventStream:
     """One ``streamRunEvents`` subscription on one connection."""
 
     __slots__ = ("_buffer", "_heartbeat", "conn", "last_seq", "live", "run_id", "stream_id")
 
-    def __init__(self, conn: Connection, run_id: str):
+    def __init__(self, conn: ClientConnection, run_id: str):
         self.stream_id = str(uuid.uuid4())
         self.conn = conn
         self.run_id = run_id
@@ -113,7 +58,7 @@ class RunEventStream:
         self.last_seq = frame["seq"]
         self.conn.send_event(EV_RUN_EVENT, {"streamId": self.stream_id, **frame})
 
-    def start(self, windows: RunWindows, after_seq: int | None, snapshot: Any) -> None:
+    def start(self, windows: RunWindows, after_seq: int | None, snapshot: Callable[[], Any]) -> None:
         """Replay (gap resync first) then go live; ``snapshot`` builds the run record for a gap."""
         try:
             if after_seq is not None:
@@ -134,9 +79,9 @@ class RunEventStream:
                 for frame in window:
                     if frame["seq"] > after_seq:
                         self._send(frame)
-        except Exception as exc:
+        except Exception:
             log.exception("replay of run %s failed", self.run_id)
-            error = GatewayError(Internal, str(exc) or "streamRunEvents replay failed")
+            error = GatewayError(Internal, "streamRunEvents replay failed")
             payload = {"streamId": self.stream_id, "runId": self.run_id, "error": error_object(error)}
             self.conn.send_event(EV_RUN_ERROR, payload)
         self.live = True
@@ -180,17 +125,17 @@ def _after_seq(params: dict[str, Any]) -> int | None:
 
 
 async def stream_run_events(call: Call, params: dict[str, Any]) -> Reply:
-    """``streamRunEvents`` (§8.2): register a stream, answer, then replay and go live."""
+    """``streamRunEvents``: register a stream, answer, then replay and go live."""
     if call.transport != TRANSPORT_WS or call.connection is None:
         raise GatewayError(INVALID_REQUEST, "streamRunEvents is only supported over websocket connections")
     run_id = params.get("runId")
     if not isinstance(run_id, str) or not run_id:
         raise GatewayError(InvalidRunId, "runId is required")
     after_seq = _after_seq(params)
-    gateway = call.gateway
-    if gateway.resolve_run(run_id) is None:
+    ctx = call.ctx
+    if ctx.resolve_run(run_id) is None:
         raise GatewayError(RunNotFound, f"Run not found: {run_id}")
-    current = gateway.windows.current_seq(run_id)
+    current = ctx.windows.current_seq(run_id)
     if after_seq is not None and after_seq > current:
         shown = js_number_string(after_seq)
         raise GatewayError(SeqOutOfRange, f"afterSeq {shown} is newer than current seq {current}")
@@ -200,7 +145,7 @@ async def stream_run_events(call: Call, params: dict[str, Any]) -> Reply:
     payload = {"streamId": stream.stream_id, "runId": run_id, "afterSeq": after_seq, "currentSeq": current}
 
     def after() -> None:
-        stream.start(gateway.windows, after_seq, lambda: gateway.run_record(run_id))
+        stream.start(ctx.windows, after_seq, lambda: run_record(ctx, run_id))
 
     return Reply(payload, after)
 

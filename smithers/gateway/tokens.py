@@ -13,11 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import select
-
+from smithers.errors import InvalidInputError
 from smithers.gateway.auth import GrantLookup, hash_token, token_id_for
-from smithers.gateway.errors import INVALID_INPUT, GatewayError
-from smithers.store import schema as t
 from smithers.store.rows import now_ms as clock_ms
 from smithers.store.store import Row, Store
 
@@ -41,10 +38,10 @@ class IssuedToken:
 
 def _clean_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
     if isinstance(scopes, str) or not all(isinstance(s, str) for s in scopes):
-        raise GatewayError(INVALID_INPUT, "scopes must be a list of strings.")
+        raise InvalidInputError("scopes must be a list of strings.")
     cleaned = tuple(s.strip() for s in scopes if s.strip())
     if not cleaned:
-        raise GatewayError(INVALID_INPUT, "a token needs at least one scope.")
+        raise InvalidInputError("a token needs at least one scope.")
     return cleaned
 
 
@@ -63,27 +60,24 @@ def issue_token(
     now = clock_ms() if now_ms is None else now_ms
     if ttl_ms is not None:
         if ttl_ms <= 0:
-            raise GatewayError(INVALID_INPUT, "ttl must be greater than 0.")
+            raise InvalidInputError("ttl must be greater than 0.")
         expires_at_ms = now + ttl_ms
     if not role or not role.strip():
-        raise GatewayError(INVALID_INPUT, "role must be a non-empty string.")
+        raise InvalidInputError("role must be a non-empty string.")
     cleaned = _clean_scopes(scopes)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     issued = IssuedToken(token, token_id_for(token), role, cleaned, user_id, label, now, expires_at_ms)
     with store.write() as tx:
-        tx.insert(
-            t.tokens,
-            {
-                "token_id": issued.token_id,
-                "token_hash": hash_token(token),
-                "role": role,
-                "scopes_json": json.dumps(list(cleaned)),
-                "user_id": user_id,
-                "label": label,
-                "created_at_ms": now,
-                "expires_at_ms": expires_at_ms,
-                "revoked_at_ms": None,
-            },
+        tx.insert_token(
+            token_id=issued.token_id,
+            token_hash=hash_token(token),
+            role=role,
+            scopes_json=json.dumps(list(cleaned)),
+            user_id=user_id,
+            label=label,
+            created_at_ms=now,
+            expires_at_ms=expires_at_ms,
+            revoked_at_ms=None,
         )
     return issued
 
@@ -104,10 +98,8 @@ def _public(row: Row) -> dict[str, Any]:
 def list_tokens(store: Store, *, include_inactive: bool = True, now_ms: int | None = None) -> list[dict[str, Any]]:
     """Every stored token without its hash, oldest first; optionally only the usable ones."""
     now = clock_ms() if now_ms is None else now_ms
-    c = t.tokens.c
     with store.read() as tx:
-        rows = tx.rows("tokens_all", lambda: select(t.tokens).order_by(c.created_at_ms, c.token_id), {})
-    out = [_public(row) for row in rows]
+        out = [_public(row) for row in tx.list_tokens()]
     if include_inactive:
         return out
     return [
@@ -122,18 +114,18 @@ def revoke_token(store: Store, token_id: str, *, now_ms: int | None = None) -> b
     """Revoke a token by id; False when there is no such token. Revoking twice keeps the first time."""
     now = clock_ms() if now_ms is None else now_ms
     with store.write() as tx:
-        row = tx.first(t.tokens, {"token_id": token_id})
+        row = tx.get_token(token_id)
         if row is None:
             return False
         if row["revoked_at_ms"] is None:
-            tx.update(t.tokens, {"token_id": token_id}, {"revoked_at_ms": now})
+            tx.revoke_token(token_id, now)
     return True
 
 
 def lookup_token(store: Store, token: str) -> dict[str, Any] | None:
     """The grant of a stored token, in the shape of a configured token grant (§4.4), or None."""
     with store.read() as tx:
-        row = tx.first(t.tokens, {"token_hash": hash_token(token)})
+        row = tx.find_token(hash_token(token))
     if row is None:
         return None
     grant: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""``POST /webhooks/{workflowKey}``: signed deliveries that signal waiting runs or start new ones (spec §15.2–§15.3).
+"""``POST /webhooks/{workflowKey}``: signed deliveries that signal waiting runs or start new ones
+(docs/protocol.md#webhooks).
 
 Verification happens before anything is parsed or stored: a bad signature, a body over the limit
 or malformed JSON is refused with no side effect.
@@ -8,45 +9,40 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from smithers.engine import control
+from smithers.engine.pending import pending_waits
 from smithers.engine.runner import auth_context
 from smithers.engine.states import TERMINAL_RUN_STATUSES, WAITING_EVENT
-from smithers.errors import SmithersError
-from smithers.gateway.errors import (
+from smithers.errors import (
     INVALID_INPUT,
     INVALID_REQUEST,
     NOT_FOUND,
     SERVER_ERROR,
     UNAUTHORIZED,
     GatewayError,
+    SmithersError,
 )
-from smithers.gateway.http import BodyTooLarge, json_response, read_body
+from smithers.gateway.context import GatewayContext
+from smithers.gateway.dispatch import internal_error, wire_error
 from smithers.gateway.jsvalues import loads_strict
-from smithers.gateway.protocol import (
-    payload_too_large,
-    validate_run_input,
-    webhook_error_body,
-)
+from smithers.gateway.protocol import payload_too_large, validate_run_input, webhook_error_body
+from smithers.gateway.responses import BodyTooLarge, json_response, read_body
 from smithers.store.store import Store
-
-if TYPE_CHECKING:
-    from smithers.gateway.server import Gateway
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE_HEADER = "x-hub-signature-256"
-DEFAULT_SIGNATURE_PREFIX = "sha256="
-MAX_MATCHED_RUNS = 1000
+DEFAULT_SIGNATURE_HEADER: Final = "x-hub-signature-256"
+DEFAULT_SIGNATURE_PREFIX: Final = "sha256="
+MAX_MATCHED_RUNS: Final = 1000
 
 
 @dataclass(frozen=True)
@@ -123,24 +119,9 @@ def verify_signature(config: WebhookConfig, headers: Mapping[str, str], body: by
 
 
 def waits_for(store: Store, run_id: str, signal_name: str, correlation_id: str | None) -> bool:
-    """A run waits for the signal when one of its waiting-event nodes' wait matches it.
-
-    As for ``submitSignal`` (spec §23 D3), a wait with no correlation id accepts the signal whatever
-    its correlation id; a wait with one needs an equal one.
-    """
+    """Whether one of the run's open waits accepts this signal."""
     with store.read() as tx:
-        nodes = [n for n in tx.list_nodes(run_id) if n["state"] == WAITING_EVENT]
-        for node in nodes:
-            attempts = tx.list_attempts(run_id, node["node_id"], node["iteration"])
-            waiting = [a for a in attempts if a["state"] == WAITING_EVENT] or attempts[-1:]
-            if not waiting:
-                continue
-            meta = json.loads(waiting[-1]["meta_json"] or "{}").get("waitForEvent") or {}
-            name = str(meta.get("signalName") or "").strip()
-            corr = str(meta.get("correlationId") or "").strip() or None
-            if name == signal_name and (corr is None or corr == correlation_id):
-                return True
-    return False
+        return any(wait.accepts(signal_name, correlation_id) for wait in pending_waits(tx, run_id))
 
 
 class WebhookRejected(Exception):
@@ -156,9 +137,9 @@ def _reject(code: str, message: str, reason: str) -> WebhookRejected:
     return WebhookRejected(GatewayError(code, message), reason)
 
 
-async def handle_webhook(gateway: Gateway, key: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+async def handle_webhook(ctx: GatewayContext, key: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     """Process one delivery; returns the 200 payload or raises :class:`WebhookRejected`."""
-    reg = gateway.workflows.get(key)
+    reg = ctx.workflows.get(key)
     if reg is None:
         raise _reject(NOT_FOUND, f"Unknown workflow: {key}", "workflow_not_found")
     if not reg.webhook:
@@ -168,13 +149,13 @@ async def handle_webhook(gateway: Gateway, key: str, headers: Mapping[str, str],
         raise _reject(SERVER_ERROR, "Webhook secret is not configured", "not_configured")
     if not config.signal_name and not config.run_enabled:
         raise _reject(INVALID_REQUEST, "Webhook config must enable signal delivery or run creation", "misconfigured")
-    if len(body) > gateway.options.max_body_bytes:
-        raise WebhookRejected(payload_too_large(gateway.options.max_body_bytes), "invalid_payload")
+    if len(body) > ctx.options.max_body_bytes:
+        raise WebhookRejected(payload_too_large(ctx.options.max_body_bytes), "invalid_payload")
     try:
         verify_signature(config, headers, body)
     except GatewayError as exc:
         raise WebhookRejected(exc, "invalid_signature") from exc
-    gateway.metrics.webhooks_verified.labels(key).inc()
+    ctx.metrics.webhooks_verified.labels(key).inc()
     try:
         payload = loads_strict(body.decode("utf-8")) if body.strip() else {}
     except (ValueError, UnicodeDecodeError) as exc:
@@ -187,12 +168,12 @@ async def handle_webhook(gateway: Gateway, key: str, headers: Mapping[str, str],
         correlation = as_id(select_path(payload, config.correlation_id_path))
         explicit = as_id(select_path(payload, config.run_id_path)) if config.run_id_path else None
         signal_payload = select_path(payload, config.payload_path)
-        for run_id in _candidate_runs(gateway.store, explicit):
-            if waits_for(gateway.store, run_id, config.signal_name, correlation):
+        for run_id in _candidate_runs(ctx.store, explicit):
+            if waits_for(ctx.store, run_id, config.signal_name, correlation):
                 matched.append(run_id)
         for run_id in matched:
             record = control.signal_run(
-                gateway.store,
+                ctx.store,
                 run_id,
                 config.signal_name,
                 signal_payload,
@@ -200,7 +181,7 @@ async def handle_webhook(gateway: Gateway, key: str, headers: Mapping[str, str],
                 received_by=auth["triggeredBy"],
             )
             delivered.append(record)
-            await gateway.resume_if_needed(run_id, auth)
+            await ctx.resume_if_needed(run_id, auth)
     started = None
     if not delivered and config.run_enabled:
         raw_input = select_path(payload, config.input_path)
@@ -211,7 +192,7 @@ async def handle_webhook(gateway: Gateway, key: str, headers: Mapping[str, str],
             raise WebhookRejected(exc, "invalid_payload") from exc
         except SmithersError as exc:
             raise _reject(INVALID_INPUT, exc.message, "invalid_payload") from exc
-        started = gateway.start_run(key, run_input, auth=auth)
+        started = await ctx.start_run(key, run_input, auth=auth)
     return {
         "ok": True,
         "workflow": key,
@@ -222,36 +203,31 @@ async def handle_webhook(gateway: Gateway, key: str, headers: Mapping[str, str],
     }
 
 
-def install(gateway: Gateway) -> None:
-    """Serve ``POST /webhooks/{key}`` on ``gateway`` with the ``{ok, error}`` envelope of §15.3."""
-
-    async def handler(request: Request, key: str) -> Response:
-        gateway.metrics.webhooks_received.labels(key).inc()
+async def handle(ctx: GatewayContext, request: Request, key: str) -> Response:
+    """Serve ``POST /webhooks/{key}`` with the webhook route's own ``{ok, error}`` envelope."""
+    ctx.metrics.webhooks_received.labels(key).inc()
+    try:
         try:
-            try:
-                body = await read_body(request.receive, gateway.options.max_body_bytes)
-            except BodyTooLarge as exc:
-                raise WebhookRejected(payload_too_large(gateway.options.max_body_bytes), "invalid_payload") from exc
-            if body is None:
-                return Response(status_code=400)
-            headers = {
-                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(request.scope.get("headers", []))
-            }  # first value wins
-            result = await handle_webhook(gateway, key, headers, body)
-        except WebhookRejected as exc:
-            gateway.metrics.webhooks_rejected.labels(key, exc.reason).inc()
-            return json_response(webhook_error_body(exc.error), exc.error.http_status)
-        except GatewayError as exc:
-            gateway.metrics.webhooks_rejected.labels(key, "server_error").inc()
-            return json_response(webhook_error_body(exc), exc.http_status)
-        except Exception as exc:
-            log.exception("webhook for %s failed", key)
-            gateway.metrics.webhooks_rejected.labels(key, "server_error").inc()
-            error = GatewayError(SERVER_ERROR, str(exc) or "Webhook processing failed")
-            return json_response(webhook_error_body(error), 500)
-        return json_response(result)
-
-    gateway.webhook_handler = handler
+            body = await read_body(request.receive, ctx.options.max_body_bytes)
+        except BodyTooLarge as exc:
+            raise WebhookRejected(payload_too_large(ctx.options.max_body_bytes), "invalid_payload") from exc
+        if body is None:
+            return Response(status_code=400)
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(request.scope.get("headers", []))
+        }  # first value wins
+        result = await handle_webhook(ctx, key, headers, body)
+    except WebhookRejected as exc:
+        ctx.metrics.webhooks_rejected.labels(key, exc.reason).inc()
+        return json_response(webhook_error_body(exc.error), exc.error.http_status)
+    except SmithersError as exc:
+        ctx.metrics.webhooks_rejected.labels(key, "server_error").inc()
+        return json_response(webhook_error_body(wire_error(exc)), exc.http_status)
+    except Exception as exc:
+        ctx.metrics.webhooks_rejected.labels(key, "server_error").inc()
+        error = internal_error(f"webhook {key}", exc)
+        return json_response(webhook_error_body(error), error.http_status)
+    return json_response(result)
 
 
 def _candidate_runs(store: Store, explicit: str | None) -> list[str]:
@@ -259,4 +235,4 @@ def _candidate_runs(store: Store, explicit: str | None) -> list[str]:
         if explicit is not None:
             row = tx.get_run(explicit)
             return [] if row is None or row["status"] in TERMINAL_RUN_STATUSES else [explicit]
-        return [r["run_id"] for r in tx.list_runs(limit=MAX_MATCHED_RUNS, status=WAITING_EVENT)]
+        return [r["run_id"] for r in tx.list_runs_in([WAITING_EVENT], MAX_MATCHED_RUNS)]

@@ -1,4 +1,5 @@
-"""WebSocket transport (protocol §2): upgrade, handshake, frames, heartbeats, delivery, close.
+"""WebSocket transport: upgrade, handshake, frames, heartbeats, delivery, close
+(docs/protocol.md#websocket-transport).
 
 Each connection writes through an outbox drained by one short-lived task, so frames leave in the
 order they were queued and callers never await the socket. Inbound messages are handled
@@ -13,15 +14,17 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from smithers.errors import UNAUTHORIZED, GatewayError
 from smithers.gateway.auth import Principal, node_headers, token_from_connect
-from smithers.gateway.dispatch import TRANSPORT_WS, Call, Outcome
-from smithers.gateway.errors import UNAUTHORIZED, WS_INVALID_ID, GatewayError, ws_error_for
+from smithers.gateway.context import RunStream
+from smithers.gateway.dispatch import TRANSPORT_WS, WS_INVALID_ID, Call, Outcome, outcome_for
+from smithers.gateway.host import GatewayHost
 from smithers.gateway.jsvalues import encode_json
 from smithers.gateway.protocol import (
     API_VERSION,
@@ -34,11 +37,8 @@ from smithers.gateway.protocol import (
     parse_ws_frame,
     response_frame,
 )
+from smithers.gateway.shapes import hello_payload
 from smithers.store.rows import now_ms
-
-if TYPE_CHECKING:
-    from smithers.gateway.server import Gateway
-    from smithers.gateway.streams import RunEventStream
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class Connection:
         "_tick",
         "_token",
         "_writer",
-        "gateway",
         "headers",
+        "host",
         "principal",
         "seq",
         "session_token",
@@ -97,8 +97,8 @@ class Connection:
         "websocket",
     )
 
-    def __init__(self, gateway: Gateway, websocket: WebSocket, headers: dict[str, str], send: Send | None = None):
-        self.gateway = gateway
+    def __init__(self, host: GatewayHost, websocket: WebSocket, headers: dict[str, str], send: Send | None = None):
+        self.host = host
         self.websocket = websocket
         self._send = send
         self.headers = headers
@@ -107,7 +107,7 @@ class Connection:
         self.principal: Principal | None = None
         self.session_token: str | None = None
         self.subscribed: set[str] | None = None
-        self.streams: dict[str, RunEventStream] = {}
+        self.streams: dict[str, RunStream] = {}
         self._token: str | None = None
         self._recheck = False
         self._outbox: deque[str] | None = None  # created when a frame waits to be sent (idle sockets stay small)
@@ -133,7 +133,7 @@ class Connection:
 
     # -- delivery ------------------------------------------------------------------------------
     def receives(self, payload: Mapping[str, Any]) -> bool:
-        """The §2.7 filter: authenticated, and the run (if any) passes the subscription set."""
+        """The subscription filter: authenticated, and the run (if any) passes the subscription set."""
         if self.state is not ConnectionState.AUTHENTICATED:
             return False
         run_id = payload.get("runId")
@@ -145,10 +145,10 @@ class Connection:
             self.subscribed = set()
         self.subscribed.add(run_id)
 
-    def add_stream(self, stream: RunEventStream) -> None:
+    def add_stream(self, stream: RunStream) -> None:
         self.streams[stream.stream_id] = stream
 
-    def streams_on(self, run_id: str) -> list[RunEventStream]:
+    def streams_on(self, run_id: str) -> list[RunStream]:
         if not self.streams:
             return []
         return [s for s in self.streams.values() if s.run_id == run_id]
@@ -170,7 +170,7 @@ class Connection:
         if self.state is not ConnectionState.OPEN and self.state is not ConnectionState.AUTHENTICATED:
             return False
         self.seq += 1
-        version = self.gateway.broadcaster.state_version if state_version is None else state_version
+        version = self.host.state_version if state_version is None else state_version
         if payload_json is None:
             text = encode_json(event_frame(event, payload, seq=self.seq, state_version=version))
         else:  # the payload serialised once for all connections; same key order as event_frame
@@ -179,7 +179,7 @@ class Connection:
                 f'"seq":{self.seq},"stateVersion":{version},"apiVersion":"{API_VERSION}"}}'
             )
         if counted:
-            self.gateway.metrics.event_sent(event)
+            self.host.metrics.event_sent(event)
         self._enqueue(text)
         return True
 
@@ -202,7 +202,7 @@ class Connection:
         if len(self._outbox) >= MAX_OUTBOX:
             log.warning("closing a WebSocket client that stopped reading (%d frames queued)", len(self._outbox))
             self._outbox.clear()
-            self.gateway.spawn(self.close_socket(CLOSE_TRY_AGAIN))
+            self.host.spawn(self.close_socket(CLOSE_TRY_AGAIN))
             self.close()
             return
         self._outbox.append(text)
@@ -227,13 +227,13 @@ class Connection:
 
     # -- inbound -------------------------------------------------------------------------------
     async def handle(self, data: str | bytes) -> None:
-        """Validate and answer one inbound message (§2.3)."""
-        gw = self.gateway
-        gw.metrics.messages_received.labels("ws", "request", "").inc()
+        """Validate and answer one inbound message."""
+        host = self.host
+        host.metrics.messages_received.labels("ws", "request", "").inc()
         try:
-            frame = parse_ws_frame(data, gw.options.max_payload)
+            frame = parse_ws_frame(data, host.options.max_payload)
         except GatewayError as exc:
-            gw.metrics.error("frame", transport="ws", code=exc.code)
+            host.metrics.error("frame", transport="ws", code=exc.code)
             self.send_frame(error_frame(WS_INVALID_ID, exc))
             return
         if frame.method == CONNECT_METHOD:
@@ -242,8 +242,8 @@ class Connection:
         principal = self._current_principal(frame)
         if principal is None:
             return
-        call = Call(gw, TRANSPORT_WS, principal, frame.method, frame.id, self)
-        self.answer(await gw.dispatcher.call(call, frame.id, frame.params))
+        call = Call(host, TRANSPORT_WS, principal, frame.method, frame.id, self)
+        self.answer(await host.dispatcher.call(call, frame.id, frame.params))
 
     def _current_principal(self, frame: RequestFrame) -> Principal | None:
         if self.principal is None or not self.authenticated:
@@ -253,43 +253,39 @@ class Connection:
             # Stored and expiring credentials are checked again on every request, so a revoked or
             # expired token stops working at once; the connection must connect again.
             try:
-                return self.gateway.authenticator.authenticate_connect(
+                return self.host.authenticator.authenticate_connect(
                     {"auth": {"token": self._token}}, self.headers, now_ms()
                 )
             except GatewayError as exc:
-                self.gateway.metrics.auth("ws", self.gateway.authenticator.mode, False)
+                self.host.metrics.auth("ws", self.host.authenticator.mode, False)
                 self._deauthenticate()
                 self.send_frame(error_frame(frame.id, exc))
                 return None
         return self.principal
 
     def _connect(self, frame: RequestFrame) -> None:
-        gw = self.gateway
+        host = self.host
         try:
-            request = parse_connect_request(frame.params, gw.options.protocol)
+            request = parse_connect_request(frame.params, host.options.protocol)
             params = frame.params if isinstance(frame.params, dict) else {}
             token = token_from_connect(params)
-            principal = gw.authenticator.authenticate_connect(params, self.headers, now_ms())
-        except GatewayError as exc:
-            if exc.code == UNAUTHORIZED:
-                gw.metrics.auth("ws", gw.authenticator.mode, False)
-            self.send_frame(error_frame(frame.id, exc))
+            principal = host.authenticator.authenticate_connect(params, self.headers, now_ms())
+        except Exception as exc:
+            if isinstance(exc, GatewayError) and exc.code == UNAUTHORIZED:
+                host.metrics.auth("ws", host.authenticator.mode, False)
+            self.answer(outcome_for(TRANSPORT_WS, frame.id, frame.id, exc, "ws connect"))
             return
-        except Exception as exc:  # e.g. a non-object params.auth (§2.4 edge case)
-            response_id, error = ws_error_for(exc)
-            self.send_frame(error_frame(response_id, error))
-            return
-        gw.metrics.auth("ws", gw.authenticator.mode, True)
+        host.metrics.auth("ws", host.authenticator.mode, True)
         if not self.is_open:  # the socket closed while this connect was being checked
             return
         self.transition(ConnectionState.AUTHENTICATED)
         self.principal = principal
         self._token = token
-        self._recheck = principal.expires_at_ms is not None or gw.is_stored_token(token)
+        self._recheck = principal.expires_at_ms is not None or host.is_stored_token(token)
         self.session_token = str(uuid.uuid4())
         self.subscribed = set(request.subscribe) if request.subscribe is not None else None
         self._start_ticks()
-        self.send_frame(response_frame(frame.id, gw.hello(principal, self.session_token)))
+        self.send_frame(response_frame(frame.id, hello_payload(host, principal, self.session_token)))
 
     def _deauthenticate(self) -> None:
         self.transition(ConnectionState.OPEN)
@@ -299,7 +295,7 @@ class Connection:
     # -- heartbeat -----------------------------------------------------------------------------
     def _start_ticks(self) -> None:
         self._stop_ticks()
-        interval = self.gateway.options.heartbeat_ms
+        interval = self.host.options.heartbeat_ms
         if interval > 0:  # heartbeatMs is not validated; a non-positive value sends no ticks
             self._tick = asyncio.get_running_loop().call_later(interval / 1000, self._on_tick)
 
@@ -313,12 +309,12 @@ class Connection:
         if not self.authenticated:
             return
         self.send_event("tick", {"ts": now_ms()})
-        self.gateway.metrics.heartbeat_ticks.inc()
+        self.host.metrics.heartbeat_ticks.inc()
         self._start_ticks()
 
     # -- close ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Forget the connection: stop ticks and streams (§2.8). Idempotent."""
+        """Forget the connection: stop ticks and streams. Idempotent."""
         if self.state is ConnectionState.CLOSED:
             return
         self.transition(ConnectionState.CLOSED)
@@ -362,9 +358,7 @@ class Connection:
         try:
             await self.handle(data)
         except Exception as exc:  # never let a bad message kill the connection
-            log.exception("WebSocket message handling failed")
-            response_id, error = ws_error_for(exc)
-            self.send_frame(error_frame(response_id, error))
+            self.answer(outcome_for(TRANSPORT_WS, WS_INVALID_ID, WS_INVALID_ID, exc, "ws message"))
         finally:
             self._slots -= 1
             if self._room is not None:
@@ -372,11 +366,11 @@ class Connection:
                 self._room = None
 
 
-async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    """The ASGI WebSocket endpoint: any path; 503 when ``maxConnections`` sockets are open (§2.1)."""
+async def serve_websocket(host: GatewayHost, scope: Scope, receive: Receive, send: Send) -> None:
+    """The ASGI WebSocket endpoint: any path; 503 when ``maxConnections`` sockets are open."""
     websocket = WebSocket(scope, receive, send)
-    if len(gateway.connections) >= gateway.options.max_connections:
-        gateway.metrics.error("connection_limit", transport="ws")
+    if len(host.connections) >= host.options.max_connections:
+        host.metrics.error("connection_limit", transport="ws")
         response = PlainTextResponse(
             LIMIT_BODY,
             status_code=503,
@@ -385,9 +379,9 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
         )
         await websocket.send_denial_response(response)
         return
-    conn = Connection(gateway, websocket, node_headers(scope.get("headers", [])), send)
-    gateway.connections.add(conn)
-    gateway.metrics.connection_opened(len(gateway.connections))
+    conn = Connection(host, websocket, node_headers(scope.get("headers", [])), send)
+    host.connections.add(conn)
+    host.metrics.connection_opened(len(host.connections))
     reason = "close"
     try:
         await conn.run()
@@ -395,9 +389,9 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
         pass
     except Exception:
         reason = "error"
-        gateway.metrics.error("socket", transport="ws")
+        host.metrics.error("socket", transport="ws")
         log.exception("WebSocket connection failed")
     finally:
         conn.close()
-        gateway.connections.discard(conn)
-        gateway.metrics.connection_closed(len(gateway.connections), reason)
+        host.connections.discard(conn)
+        host.metrics.connection_closed(len(host.connections), reason)

@@ -22,14 +22,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from smithers.errors import DB_ERROR, SmithersError
+from smithers.errors import DatabaseError
 
 DEFAULT_DB = "smithers.db"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-
-
-class DatabaseError(SmithersError):
-    default_code = DB_ERROR
 
 
 def resolve_url(db: str | None) -> str:
@@ -97,7 +93,7 @@ def dialect_for(url: str) -> Dialect:
     raise DatabaseError(f"unsupported database URL: {url}")
 
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 """The newest migration in ``migrations/versions`` (a test keeps the two equal). Opening a database
 that is already at this revision runs one query and never imports Alembic."""
 

@@ -201,6 +201,7 @@ cron = Table(
     Column("last_run_at_ms", BigInteger),
     Column("next_run_at_ms", BigInteger),
     Column("error_json", Text),
+    Column("timezone", Text),
 )
 
 branches = Table(

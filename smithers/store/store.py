@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ClauseElement
 
+from smithers.errors import DatabaseError
 from smithers.store import schema as t
 from smithers.store.compiled import (
     SqlCache,
@@ -28,7 +29,7 @@ from smithers.store.compiled import (
     where_key,
     where_params,
 )
-from smithers.store.database import DatabaseError, dialect_for, migrate, resolve_url
+from smithers.store.database import dialect_for, migrate, resolve_url
 from smithers.store.events_bus import EventBus, StoredEvent
 from smithers.store.rows import dumps, now_ms
 
@@ -129,38 +130,32 @@ class Tx:
         """Compare-and-swap: update the run only if ``expected`` columns still hold those values."""
         return self.update(t.runs, {"run_id": run_id, **expected}, values) == 1
 
-    def list_runs(self, limit: int = 50, status: str | None = None) -> list[Row]:
-        """Newest first. ``status="running"`` also returns ``continued`` runs (JavaScript parity)."""
+    def list_runs(self, limit: int = 50) -> list[Row]:
+        """The newest runs first."""
         c = t.runs.c
-        if not status:
-
-            def build_all() -> ClauseElement:
-                return select(t.runs).order_by(c.created_at_ms.desc(), c.run_id).limit(bindparam("lim"))
-
-            return self.rows("runs_newest", build_all, {"lim": limit})
 
         def build() -> ClauseElement:
-            return (
-                select(t.runs)
-                .where(c.status == bindparam("st"))
-                .order_by(c.created_at_ms.desc(), c.run_id)
-                .limit(bindparam("lim"))
-            )
+            return select(t.runs).order_by(c.created_at_ms.desc(), c.run_id).limit(bindparam("lim"))
 
-        statuses = ["running", "continued"] if status == "running" else [status]
-        rows = [r for st in statuses for r in self.rows("runs_by_status", build, {"st": st, "lim": limit})]
-        return sorted(rows, key=lambda r: (-r["created_at_ms"], r["run_id"]))[:limit]
+        return self.rows("runs_newest", build, {"lim": limit})
 
-    def list_runs_by_status(self, statuses: Sequence[str]) -> list[Row]:
-        """Runs in any of ``statuses`` (one indexed query), oldest first."""
+    def list_runs_in(
+        self, statuses: Sequence[str], limit: int | None = None, *, oldest_first: bool = False
+    ) -> list[Row]:
+        """Runs in any of ``statuses`` (one indexed query), newest first unless ``oldest_first``."""
         c = t.runs.c
         count = len(statuses)
+        if not count:
+            return []
 
         def build() -> ClauseElement:
             wanted = c.status.in_([bindparam(f"s{i}") for i in range(count)])
-            return select(t.runs).where(wanted).order_by(c.created_at_ms, c.run_id)
+            order = (c.created_at_ms, c.run_id) if oldest_first else (c.created_at_ms.desc(), c.run_id)
+            return select(t.runs).where(wanted).order_by(*order).limit(bindparam("lim"))
 
-        return self.rows(("runs_in", count), build, {f"s{i}": status for i, status in enumerate(statuses)})
+        params: dict[str, Any] = {f"s{i}": status for i, status in enumerate(statuses)}
+        params["lim"] = limit if limit is not None else 2**62
+        return self.rows(("runs_in", count, oldest_first), build, params)
 
     # ---- input ------------------------------------------------------------------------------
     def insert_input(self, run_id: str, payload: Any) -> None:
@@ -350,7 +345,7 @@ class Tx:
         """The first signal of that name not already consumed by another wait of the run.
 
         A wait with no correlation id accepts a signal of its name whatever its correlation id
-        (a deliberate departure, gateway spec §23 D3); a wait with one needs an equal one.
+        (a deliberate departure, docs/protocol.md#departures-from-0180); a wait with one needs an equal one.
         """
         where: dict[str, Any] = {"run_id": run_id, "signal_name": signal_name}
         if correlation_id is not None:
@@ -426,14 +421,21 @@ class Tx:
         return self.first(t.cron, {"cron_id": cron_id})
 
     def upsert_cron(
-        self, cron_id: str, pattern: str, workflow_path: str, enabled: bool, next_run_at_ms: int | None
+        self,
+        cron_id: str,
+        pattern: str,
+        workflow_path: str,
+        enabled: bool,
+        next_run_at_ms: int | None,
+        timezone: str | None = None,
     ) -> None:
-        """Insert a cron row, or update its pattern, path, enabled flag and next fire time."""
+        """Insert a cron row, or update its pattern, path, enabled flag, time zone and next fire time."""
         values = {
             "pattern": pattern,
             "workflow_path": workflow_path,
             "enabled": int(enabled),
             "next_run_at_ms": next_run_at_ms,
+            "timezone": timezone,
         }
         if self.update(t.cron, {"cron_id": cron_id}, values) == 0:
             self.insert(t.cron, {"cron_id": cron_id, **values, "created_at_ms": now_ms()})
@@ -459,6 +461,23 @@ class Tx:
 
     def update_cron_fields(self, cron_id: str, **values: Any) -> None:
         self.update(t.cron, {"cron_id": cron_id}, values)
+
+    # ---- tokens -----------------------------------------------------------------------------
+    def insert_token(self, **values: Any) -> None:
+        self.insert(t.tokens, values)
+
+    def list_tokens(self) -> list[Row]:
+        """Every stored token, oldest first."""
+        return self.select(t.tokens, {}, ("created_at_ms", "token_id"))
+
+    def get_token(self, token_id: str) -> Row | None:
+        return self.first(t.tokens, {"token_id": token_id})
+
+    def find_token(self, token_hash: str) -> Row | None:
+        return self.first(t.tokens, {"token_hash": token_hash})
+
+    def revoke_token(self, token_id: str, revoked_at_ms: int) -> None:
+        self.update(t.tokens, {"token_id": token_id}, {"revoked_at_ms": revoked_at_ms})
 
 
 class Store:
@@ -543,18 +562,17 @@ class Store:
         finally:
             tx.cur.close()
 
-    def read(self) -> Any:
+    def read(self) -> AbstractContextManager[Tx]:
         """A read transaction (a consistent view)."""
         return self._transaction(write=False)
 
-    def write(self) -> Any:
+    def write(self) -> AbstractContextManager[Tx]:
         """A write transaction; its events are published once it commits."""
         return self._transaction(write=True)
 
     def get_run(self, run_id: str) -> Row | None:
         with self.read() as tx:
-            row: Row | None = tx.get_run(run_id)
-            return row
+            return tx.get_run(run_id)
 
     def close(self) -> None:
         with self._raws_lock:

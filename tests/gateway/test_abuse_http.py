@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from smithers.gateway.errors import ALL_CODES, http_status_for
+from smithers.errors import ALL_CODES, http_status_for
 from smithers.gateway.tokens import issue_token, revoke_token
+from tests.gateway.support import Live
 
-Live = Any
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MUTATING = {"runs.create", "launchRun", "resumeRun", "runs.cancel", "cancelRun", "runs.rerun"}
 JWT_SECRET = "jwt-secret-for-the-abuse-tests-0123456789abcdef"
@@ -37,7 +37,7 @@ method_names = st.one_of(
 def fingerprint(live: Live) -> list[tuple[Any, ...]]:
     """Everything about the stored runs that a request could change."""
     with live.gateway.store.read() as tx:
-        runs = tx.list_runs(1000, None)
+        runs = tx.list_runs(1000)
         return [
             (
                 r["run_id"],

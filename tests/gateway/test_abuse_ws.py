@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from smithers.gateway.errors import ALL_CODES
+from smithers.errors import ALL_CODES
+from tests.gateway.support import Live
 
-Live = Any
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MUTATING = {"runs.create", "launchRun", "resumeRun", "runs.cancel", "cancelRun", "runs.rerun"}
 
@@ -26,7 +26,7 @@ json_values = st.recursive(
 
 def fingerprint(live: Live) -> list[tuple[Any, ...]]:
     with live.gateway.store.read() as tx:
-        return [(r["run_id"], r["status"], r["finished_at_ms"]) for r in tx.list_runs(1000, None)]
+        return [(r["run_id"], r["status"], r["finished_at_ms"]) for r in tx.list_runs(1000)]
 
 
 @pytest.fixture

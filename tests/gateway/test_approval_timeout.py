@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from smithers import Approval, Sequence, Task, workflow
-
-Live = Any  # the live-gateway handle of conftest.py
+from tests.gateway.support import Live
 
 
 @workflow("late")

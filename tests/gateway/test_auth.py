@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smithers.errors import GatewayError, InvalidInputError, ServerError
 from smithers.gateway import auth as a
 from smithers.gateway.auth import Authenticator, Principal
-from smithers.gateway.errors import GatewayError
 from smithers.gateway.jsvalues import encode_json, js_trim
 from smithers.gateway.protocol import (
     error_frame,
@@ -132,9 +132,9 @@ def test_connect_token_source(params: dict[str, Any], token: str | None) -> None
 
 @pytest.mark.parametrize("auth", [None, "t", 5, True])
 def test_connect_auth_that_is_not_an_object_is_a_server_error(auth: Any) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(ServerError):
         a.token_from_connect({"auth": auth})
-    with pytest.raises(TypeError):
+    with pytest.raises(ServerError):
         Authenticator(None).authenticate_connect({"auth": auth}, {}, NOW_MS)
 
 
@@ -562,7 +562,7 @@ def test_jwt_custom_claim_names() -> None:
     [None, "", 5, "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----", '{"kty":"oct","k":"x"}'],
 )
 def test_jwt_secret_must_be_an_hmac_secret(secret: Any) -> None:
-    with pytest.raises(GatewayError) as info:
+    with pytest.raises(InvalidInputError) as info:
         Authenticator({**JWT_CONFIG, "secret": secret})
     assert info.value.code == "INVALID_INPUT"
 

@@ -1,15 +1,22 @@
-"""Cron end to end (§16, §10.2, §23 D2): registered schedules, the scheduler, the RPCs and the CLI."""
+"""Cron end to end: registered schedules, the scheduler, the RPCs and the CLI.
+
+Every test runs with the server's local time zone set to one with an odd offset and daylight
+saving time (``TZ``), so the tests pass whatever zone the machine is in.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter
@@ -18,28 +25,32 @@ from smithers.errors import SmithersError
 from smithers.gateway.server import Gateway
 from smithers.store.rows import now_ms
 from smithers.store.store import Store
-from tests.gateway.conftest_humans import (
-    HUMAN_AUTH,
-    SCHEDULE,
-    Live,
-    adhoc,
-    cli,
-    error_of,
-    start_humans,
-    wait_for,
-)
-
-__all__ = ["start_humans"]  # the fixture, imported for pytest
+from tests.gateway.support import HUMAN_AUTH, SCHEDULE, Live, cli, error_of, wait_for
+from tests.gateway.workflows import adhoc
 
 OP = "op-token"
 Start = Callable[..., Live]
 HOUR_MS = 3_600_000
 
 
-def next_fire(pattern: str, after_ms: int) -> int:
-    """First fire strictly after ``after_ms``, in the server's local time zone (§16.1)."""
-    start = datetime.fromtimestamp(after_ms / 1000).astimezone()
-    return int(croniter(pattern, start).get_next(float) * 1000)
+LOCAL_ZONE = "America/St_Johns"  # UTC-3:30, with daylight saving time
+
+
+@pytest.fixture(autouse=True)
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The server's local time zone for the test (the CLI subprocesses inherit it)."""
+    monkeypatch.setenv("TZ", LOCAL_ZONE)
+    yield LOCAL_ZONE
+
+
+def local(ms: int, zone: str | None = None) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, ZoneInfo(zone or os.environ["TZ"]))
+
+
+def next_fire(pattern: str, after_ms: int, zone: str | None = None) -> int:
+    """First fire strictly after ``after_ms``, in ``zone`` (default: the server's local time zone)."""
+    seconds = len(pattern.split()) == 6
+    return int(croniter(pattern, local(after_ms, zone), second_at_beginning=seconds).get_next(float) * 1000)
 
 
 def cron_rows(live: Live, **params: Any) -> list[dict[str, Any]]:
@@ -52,7 +63,9 @@ def cron_of(live: Live, cron_id: str) -> dict[str, Any]:
 
 
 def tick(live: Live, now: int | None = None) -> list[str]:
-    return list(live.run_sync(lambda: live.gateway.cron.tick(now)))
+    """One scheduler pass at ``now``: the run ids it started."""
+    started, _ = live.call(live.gateway.cron.tick(now))
+    return list(started)
 
 
 def runs_of(live: Live, workflow: str) -> list[dict[str, Any]]:
@@ -92,10 +105,11 @@ def test_registered_schedule_row(start_humans: Start) -> None:
         "lastRunAtMs": None,
         "nextRunAtMs": row["nextRunAtMs"],
         "errorJson": None,
+        "timezone": None,
         "workflow": "nightly",
     }
     assert row["nextRunAtMs"] in {next_fire(SCHEDULE, before), next_fire(SCHEDULE, after)}
-    fire = datetime.fromtimestamp(row["nextRunAtMs"] / 1000).astimezone()
+    fire = local(row["nextRunAtMs"])
     assert (fire.hour, fire.minute, fire.second) == (8, 0, 0) and fire.isoweekday() <= 5
     assert live.ok("cron.list", {"filter": {"workflow": "nightly"}}, token=OP) == [row]
     assert live.ok("cron.list", {"filter": {"workflow": "adhoc"}}, token=OP) == []
@@ -149,11 +163,8 @@ def test_two_passes_never_start_the_same_fire_twice(start_humans: Start) -> None
     results: dict[int, list[str]] = {}
 
     def race(index: int, gateway_live: Live) -> None:
-        def body() -> list[str]:
-            barrier.wait(10)
-            return list(gateway_live.gateway.cron.tick(due))
-
-        results[index] = list(gateway_live.run_sync(body))
+        barrier.wait(10)
+        results[index] = tick(gateway_live, due)
 
     threads = [threading.Thread(target=race, args=(i, g)) for i, g in enumerate((live, other))]
     for thread in threads:
@@ -237,6 +248,7 @@ def test_cron_add(start_humans: Start) -> None:
         "lastRunAtMs": None,
         "nextRunAtMs": next_fire("*/5 * * * *", added["createdAtMs"]),
         "errorJson": None,
+        "timezone": None,
         "workflow": "adhoc",
     }
     disabled = live.ok("cronCreate", {"workflow": "adhoc", "pattern": "0 0 1 1 *", "enabled": False}, token=OP)
@@ -254,7 +266,7 @@ def test_cron_add(start_humans: Start) -> None:
     response = live.rpc("cron.add", {"workflow": "nope", "pattern": "* * * * *"}, token=OP)
     assert response.status_code == 404
     assert error_of(response) == {"version": "v1", "code": "NOT_FOUND", "message": "Unknown workflow: nope"}
-    for pattern in ("not a cron", "61 * * * *", "* * * *", "* * * * * * *"):
+    for pattern in ("not a cron", "61 * * * *", "* * * *", "* * * * * * *", "@often", "61 * * * * *"):
         response = live.rpc("cronCreate", {"workflow": "adhoc", "pattern": pattern}, token=OP)
         assert response.status_code == 400, (pattern, response.text)  # D2: not a server fault
         error = error_of(response)
@@ -385,3 +397,100 @@ def test_a_registered_schedule_missed_while_down_fires_once_on_restart(start_hum
     assert row["lastRunAtMs"] is not None and row["nextRunAtMs"] == next_fire(SCHEDULE, row["lastRunAtMs"])
     assert tick(again, row["lastRunAtMs"] + 1) == []
     assert [r["runId"] for r in runs_of(again, "nightly")] == [started["runId"]]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "stored"),
+    [
+        ("*/10 * * * * *", "*/10 * * * * *"),  # a leading seconds field
+        ("0  30 9 * * 1-5", "0 30 9 * * 1-5"),
+        ("@hourly", "@hourly"),
+        ("@DAILY", "@daily"),
+        ("@weekly", "@weekly"),
+        ("@monthly", "@monthly"),
+        ("@yearly", "@yearly"),
+    ],
+)
+def test_six_field_patterns_and_aliases(start_humans: Start, pattern: str, stored: str) -> None:
+    live = start_humans(auth=HUMAN_AUTH)
+    added = live.ok("cron.add", {"workflow": "adhoc", "pattern": pattern, "cronId": "c"}, token=OP)
+    assert added["pattern"] == stored
+    assert added["nextRunAtMs"] == next_fire(stored, added["createdAtMs"])
+    assert cron_of(live, "c")["nextRunAtMs"] == added["nextRunAtMs"]
+
+
+def test_a_schedule_with_a_time_zone_fires_at_its_local_time(start_humans: Start) -> None:
+    live = start_humans(auth=HUMAN_AUTH)
+    params = {"workflow": "adhoc", "pattern": "0 8 * * *", "cronId": "tokyo", "timezone": "Asia/Tokyo"}
+    added = live.ok("cron.add", params, token=OP)
+    assert added["timezone"] == "Asia/Tokyo"
+    fire = local(added["nextRunAtMs"], "Asia/Tokyo")
+    assert (fire.hour, fire.minute) == (8, 0)
+    assert added["nextRunAtMs"] == next_fire("0 8 * * *", added["createdAtMs"], "Asia/Tokyo")
+    due = added["nextRunAtMs"]
+    [run_id] = tick(live, due)
+    row = cron_of(live, "tokyo")
+    assert row["timezone"] == "Asia/Tokyo" and row["nextRunAtMs"] == next_fire("0 8 * * *", due, "Asia/Tokyo")
+    live.wait_status(run_id, {"finished"})
+    response = live.rpc("cron.add", {**params, "timezone": "Mars/Olympus"}, token=OP)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "INVALID_INPUT" and "Mars/Olympus" in error_of(response)["message"]
+
+
+def test_registered_schedule_with_a_time_zone(tmp_path: Path, migrated_db: Path) -> None:
+    db_path = tmp_path / "tz.db"
+    shutil.copyfile(migrated_db, db_path)
+    gateway = Gateway(db=str(db_path))
+    gateway.register("adhoc", adhoc, schedule="0 8 * * *", timezone="Europe/Paris")
+
+    async def main() -> dict[str, Any]:
+        try:
+            await gateway.listen("127.0.0.1", 0)
+            with gateway.store.read() as tx:
+                row = tx.get_cron("gateway:adhoc")
+            assert row is not None
+            return row
+        finally:
+            await gateway.close()
+
+    row = asyncio.run(main())
+    assert row["timezone"] == "Europe/Paris"
+    fire = local(row["next_run_at_ms"], "Europe/Paris")
+    assert (fire.hour, fire.minute) == (8, 0)
+
+
+def test_every_second_schedule_fires_every_second(start_humans: Start) -> None:
+    """``* * * * * *``: the scheduler sleeps until the next due time, not a whole poll interval."""
+    live = start_humans(auth=HUMAN_AUTH, heartbeat_ms=15_000)  # polls every 15 s
+    ws = live.ws(connect_now=True, token=OP)
+    try:
+        live.ok("cron.add", {"workflow": "adhoc", "pattern": "* * * * * *", "cronId": "sec"}, token=OP)
+        fired = [ws.event("cron.triggered", timeout=20, where=lambda f: f["payload"]["cronId"] == "sec")]
+        for _ in range(3):
+            fired.append(ws.event("cron.triggered", timeout=5, where=lambda f: f["payload"]["cronId"] == "sec"))
+    finally:
+        ws.close()
+    live.ok("cron.remove", {"cronId": "sec"}, token=OP)
+    assert len({f["payload"]["runId"] for f in fired}) == 4
+    rows = {r["runId"]: r for r in runs_of(live, "adhoc")}
+    times = sorted(rows[f["payload"]["runId"]]["createdAtMs"] for f in fired)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(500 <= gap <= 2_500 for gap in gaps), gaps
+
+
+def test_cli_cron_add_with_seconds_alias_and_time_zone(start_humans: Start) -> None:
+    live = start_humans(auth=HUMAN_AUTH)
+    db, cwd = str(live.db_path), live.db_path.parent
+    proc = cli("cron", "add", "@daily", "adhoc", "--id", "d", "--timezone", "Asia/Kolkata", "--db", db, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    row = cron_of(live, "d")
+    assert (row["pattern"], row["timezone"]) == ("@daily", "Asia/Kolkata")
+    fire = local(row["nextRunAtMs"], "Asia/Kolkata")
+    assert (fire.hour, fire.minute) == (0, 0)
+    proc = cli("cron", "add", "0 0 7 * * *", "adhoc", "--id", "s", "--db", db, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert local(cron_of(live, "s")["nextRunAtMs"]).hour == 7
+    proc = cli("cron", "add", "* * *", "adhoc", "--db", db, cwd=cwd)
+    assert proc.returncode == 4 and "invalid cron pattern" in proc.stderr
+    proc = cli("cron", "add", "@daily", "adhoc", "--timezone", "Nowhere/Else", "--db", db, cwd=cwd)
+    assert proc.returncode == 4 and "unknown time zone" in proc.stderr

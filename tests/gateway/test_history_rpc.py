@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 from smithers.engine import frames
-
-Live = Any  # the live-gateway handle of conftest.py
+from tests.gateway.support import Live
 
 
 def finished_run(live: Live, workflow: str = "hello", **input: Any) -> str:

@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-Live = Any  # the conftest's live gateway handle
+from tests.gateway.support import Live
+
 OPERATOR_TOKEN = "operator-token"
 READER_TOKEN = "reader-token"
 

@@ -9,8 +9,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from smithers.gateway.metrics import GatewayMetrics
-
-Live = Any
+from tests.gateway.support import Live
 
 
 def samples(live: Live) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

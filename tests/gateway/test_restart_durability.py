@@ -22,7 +22,7 @@ import pytest
 from smithers.engine.control import approve_node, signal_run
 from smithers.store.rows import now_ms
 from smithers.store.store import Store
-from tests.gateway.conftest_humans import SMITHERS, wait_for
+from tests.gateway.support import SMITHERS, wait_for
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gw_humans.py"
 TOKEN = "restart-token"

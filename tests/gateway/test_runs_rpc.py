@@ -15,8 +15,7 @@ import pytest
 from smithers.engine.control import signal_run
 from smithers.store.rows import now_ms
 from smithers.store.store import Store
-
-Live = Any
+from tests.gateway.support import Live
 
 
 def error_of(response: Any) -> dict[str, Any]:
@@ -260,7 +259,7 @@ def test_startup_resumes_runs_whose_owner_is_gone(start_gateway: Any, migrated_d
 
 
 def test_options_are_validated_and_accept_javascript_names(tmp_path: Path) -> None:
-    from smithers.gateway.errors import GatewayError
+    from smithers.errors import GatewayError
     from smithers.gateway.options import GatewayOptions
     from smithers.gateway.server import Gateway
 
@@ -280,8 +279,8 @@ def test_ui_registration_and_list_workflows(tmp_path: Path) -> None:
     import asyncio
 
     from smithers import Task, workflow
+    from smithers.errors import InvalidInputError
     from smithers.gateway.dispatch import Call
-    from smithers.gateway.errors import GatewayError
     from smithers.gateway.runs import list_workflows
     from smithers.gateway.server import Gateway
 
@@ -291,9 +290,9 @@ def test_ui_registration_and_list_workflows(tmp_path: Path) -> None:
     gateway.register("Beta", flow, ui={"entry": "x.tsx", "path": " custom/ "})
     gateway.register("alpha", flow)
     for bad in ({"entry": "  "}, {"path": "/x"}, {"entry": "e", "path": "/a b"}):
-        with pytest.raises(GatewayError):
+        with pytest.raises(InvalidInputError):
             gateway.register("bad", flow, ui=bad)
-    with pytest.raises(GatewayError, match="Gateway UI path is invalid"):
+    with pytest.raises(InvalidInputError, match="Gateway UI path is invalid"):
         gateway.register("has space", flow, ui={"entry": "e"})
     call = Call(gateway, "http", None, "listWorkflows", "id")  # type: ignore[arg-type]
     listed = asyncio.run(list_workflows(call, {}))

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from smithers.errors import GatewayError
 from smithers.gateway import scopes as s
-from smithers.gateway.errors import GatewayError
 from smithers.gateway.jsvalues import js_trim
 from smithers.gateway.protocol import (
     error_frame,

@@ -7,9 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.gateway.conftest_humans import HUMAN_AUTH, Live, cli, error_of, start_humans, wait_for
-
-__all__ = ["start_humans"]  # the fixture, imported for pytest
+from tests.gateway.support import HUMAN_AUTH, Live, cli, error_of, wait_for
 
 OP = "op-token"
 Start = Callable[..., Live]

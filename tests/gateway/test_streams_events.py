@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from smithers.gateway.streams import RunWindows
-
-Live = Any
+from tests.gateway.support import Live
 
 
 def test_conformance_vector_gap_resync(start_gateway: Any) -> None:

@@ -7,14 +7,13 @@ from typing import Any
 
 import pytest
 
+from smithers.errors import InvalidInputError
 from smithers.gateway.auth import hash_token, token_id_for
-from smithers.gateway.errors import GatewayError
 from smithers.gateway.tokens import issue_token, list_tokens, lookup_token, revoke_token
 from smithers.store import schema as t
 from smithers.store.rows import now_ms
 from smithers.store.store import Store
-
-Live = Any
+from tests.gateway.support import Live
 
 
 @pytest.fixture
@@ -65,7 +64,7 @@ def test_lookup_gives_a_grant(store: Store) -> None:
     "bad", [{"scopes": []}, {"scopes": ["  "]}, {"scopes": "run:read"}, {"scopes": ["*"], "role": ""}]
 )
 def test_issue_refuses_bad_grants(store: Store, bad: dict[str, Any]) -> None:
-    with pytest.raises(GatewayError):
+    with pytest.raises(InvalidInputError):
         issue_token(store, **bad)
 
 

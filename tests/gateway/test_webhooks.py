@@ -6,17 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tests.gateway.conftest_humans import (
-    HUMAN_AUTH,
-    WEBHOOK_SECRET,
-    Live,
-    sign,
-    start_humans,
-    wait_for,
-    webhook_post,
-)
-
-__all__ = ["start_humans"]  # the fixture, imported for pytest
+from tests.gateway.support import HUMAN_AUTH, WEBHOOK_SECRET, Live, sign, wait_for, webhook_post
 
 OP = "op-token"
 Start = Callable[..., Live]

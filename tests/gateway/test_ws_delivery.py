@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-Live = Any
+from tests.gateway.support import Live
 
 
 def run_events(client: Any, run_id: str, seconds: float) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from smithers.gateway.ws import _LEGAL, Connection, ConnectionState, IllegalTransition
+from tests.gateway.support import Live
 
-Live = Any
 OPERATOR_TOKEN = "operator-token"
 READER_TOKEN = "reader-token"
 

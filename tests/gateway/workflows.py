@@ -1,72 +1,95 @@
-"""Workflows and a gateway for the approval, signal, webhook and cron tests (humans and the outside world).
-
-Imported by those test modules (it is not a conftest): ``start_humans(**options)`` starts a real
-:class:`~smithers.gateway.server.Gateway` over a fresh SQLite file with :data:`HUMAN_WORKFLOWS`
-registered (the cron one with a schedule, the webhook ones with their webhook config) and returns
-the conftest's :class:`Live` handle. ``heartbeat_ms`` defaults to 1000 so the cron scheduler polls
-every second (the minimum, §16.2).
+"""The workflows gateway tests run: small examples, and the human-in-the-loop set (approvals,
+signals, webhooks, cron) with :func:`build_humans` to register them on a gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
-import os
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pydantic import BaseModel
 
-from smithers import Approval, Sequence, Task, WaitForEvent, workflow
+from smithers import Approval, Parallel, Sequence, Task, Timer, WaitForEvent, workflow
 from smithers.gateway.server import Gateway
-from tests.gateway.conftest import Live, WsClient, connect_params_for
-from tests.waiting import wait_for
+from tests.gateway.support import SCHEDULE, WEBHOOK_SECRET
 
-__all__ = [
-    "HUMAN_AUTH",
-    "HUMAN_WORKFLOWS",
-    "PICK_OPTIONS",
-    "SCHEDULE",
-    "SMITHERS",
-    "WEBHOOK_SECRET",
-    "Live",
-    "WsClient",
-    "build_gateway",
-    "cli",
-    "connect_params_for",
-    "error_of",
-    "sign",
-    "start_humans",
-    "wait_for",
-    "webhook_post",
-]
 
-SMITHERS = str(Path(sys.executable).parent / "smithers")
-CLI_TIMEOUT_S = 60.0
+class Greeting(BaseModel):
+    message: str
 
-HUMAN_AUTH: dict[str, Any] = {
-    "mode": "token",
-    "tokens": {
-        "op-token": {"role": "operator", "scopes": ["*"], "userId": "user:op"},
-        "alice-token": {"role": "operator", "scopes": ["approval:submit", "run:read"], "userId": "user:alice"},
-        "bob-token": {"role": "operator", "scopes": ["*"], "userId": "user:bob"},
-        "submit-only-token": {"role": "operator", "scopes": ["approval:submit"], "userId": "user:carol"},
-        "admin-approver-token": {"role": "admin", "scopes": ["approval:submit", "run:admin"], "userId": "user:dave"},
-        "anonymous-token": {"role": "operator", "scopes": ["*"]},
-        "signal-token": {"role": "operator", "scopes": ["signal:submit"], "userId": "user:sig"},
-    },
-}
-"""Token mode: who may decide which approval (allowedUsers / allowedScopes) differs per token."""
 
-WEBHOOK_SECRET = "s3cret-key"
+class Named(BaseModel):
+    name: str
+
+
+class Count(BaseModel):
+    n: int
+
+
+@workflow("hello", name="Hello", description="Says hello")
+def hello(ctx: Any) -> Any:
+    return Sequence(Task("greet", output=Greeting, run=lambda c: Greeting(message=f"hello {c.input.get('name')}")))
+
+
+@workflow("typed", input=Named)
+def typed(ctx: Any) -> Any:
+    return Task("greet", output=Greeting, run=lambda c: Greeting(message=c.input["name"]))
+
+
+async def _sleep_forever(ctx: Any) -> Greeting:
+    await asyncio.sleep(3600)
+    return Greeting(message="never")
+
+
+@workflow("slow")
+def slow(ctx: Any) -> Any:
+    return Task("wait", output=Greeting, run=_sleep_forever)
+
+
+def _boom(ctx: Any) -> Greeting:
+    raise RuntimeError("boom")
+
+
+@workflow("failing")
+def failing(ctx: Any) -> Any:
+    return Task("explode", output=Greeting, run=_boom)
+
+
+def _chatty_task(index: int, delay_s: float) -> Callable[[Any], Coroutine[Any, Any, Count]]:
+    async def run(ctx: Any) -> Count:
+        await asyncio.sleep(delay_s)
+        return Count(n=index)
+
+    return run
+
+
+@workflow("chatty")
+def chatty(ctx: Any) -> Any:
+    """``input.tasks`` tasks (default 10), each giving node.started + node.finished, ``input.delay`` apart."""
+    count = int(ctx.input.get("tasks", 10))
+    delay = float(ctx.input.get("delay", 0))
+    return Parallel(*[Task(f"t{i}", output=Count, run=_chatty_task(i, delay)) for i in range(count)])
+
+
+@workflow("gate")
+def gate(ctx: Any) -> Any:
+    return Sequence(Approval("ok", title="Ship it?"), Task("after", output=Greeting, value=Greeting(message="done")))
+
+
+@workflow("waiter")
+def waiter(ctx: Any) -> Any:
+    return Sequence(WaitForEvent("w", event="go"), Task("after", output=Greeting, value=Greeting(message="go")))
+
+
+@workflow("sleeper")
+def sleeper(ctx: Any) -> Any:
+    return Sequence(Timer("nap", duration_ms=300), Task("after", output=Greeting, value=Greeting(message="awake")))
+
+
+WORKFLOWS = [hello, typed, slow, failing, chatty, gate, waiter, sleeper]
 
 
 class Echo(BaseModel):
@@ -280,7 +303,6 @@ HUMAN_WORKFLOWS = [
     hook_none,
     adhoc,
 ]
-SCHEDULE = "0 8 * * 1-5"
 WEBHOOKS: dict[str, dict[str, Any]] = {
     "hook_run": {"secret": f"  {WEBHOOK_SECRET}  ", "run": {"inputPath": "data"}},
     "hook_pay": {
@@ -297,7 +319,7 @@ WEBHOOKS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_gateway(db_path: Path, **options: Any) -> Gateway:
+def build_humans(db_path: Path, **options: Any) -> Gateway:
     options.setdefault("heartbeat_ms", 1000)
     gateway = Gateway(db=str(db_path), **options)
     for wf in HUMAN_WORKFLOWS:
@@ -306,66 +328,3 @@ def build_gateway(db_path: Path, **options: Any) -> Gateway:
     gateway.register("hook_blank", hook_none, webhook={"secret": "   "})
     gateway.register("hook_off", hook_none, webhook={"secret": WEBHOOK_SECRET, "run": {"enabled": False}})
     return gateway
-
-
-@pytest.fixture
-def start_humans(tmp_path: Path, migrated_db: Path) -> Iterator[Callable[..., Live]]:
-    started: list[Live] = []
-
-    def start(db_path: Path | None = None, **options: Any) -> Live:
-        if db_path is None:
-            db_path = tmp_path / f"humans-{len(started)}.db"
-            shutil.copyfile(migrated_db, db_path)
-        live = Live(build_gateway(db_path, **options), db_path)
-        started.append(live)
-        return live
-
-    yield start
-    for live in started:
-        live.stop()
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-def error_of(response: Any) -> dict[str, Any]:
-    """The ``error`` of a failed RPC response (HTTP)."""
-    body = response.json()
-    assert body["ok"] is False, body
-    return dict(body["error"])
-
-
-def sign(body: bytes, secret: str = WEBHOOK_SECRET, prefix: str = "sha256=") -> str:
-    return prefix + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def webhook_post(
-    live: Live,
-    key: str,
-    payload: Any = None,
-    *,
-    raw: bytes | None = None,
-    header: str = "x-hub-signature-256",
-    signature: str | None = None,
-    prefix: str = "sha256=",
-) -> Any:
-    """POST a (by default correctly signed) delivery to ``/webhooks/{key}``."""
-    body = raw if raw is not None else json.dumps(payload).encode()
-    headers = {
-        "content-type": "application/json",
-        header: signature if signature is not None else sign(body, prefix=prefix),
-    }
-    return live.http.post(f"/webhooks/{key}", content=body, headers=headers)
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the ``smithers`` command line in a subprocess."""
-    env = dict(os.environ)
-    env.pop("SMITHERS_DB", None)
-    return subprocess.run(
-        [SMITHERS, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )

@@ -1,0 +1,146 @@
+"""The cron scheduler: registered schedules and firing due crons (docs/protocol.md#cron).
+
+A fire is claimed with a compare-and-swap on ``next_run_at_ms`` before its run starts, so two
+scheduler passes (or two gateways on one database) never start the same fire twice; and the next
+fire is computed from *now*, so a gateway that was down across several due times fires once.
+The scheduler sleeps until the next due time (at most one poll interval, so schedules added by
+another process are seen), which lets a ``* * * * * *`` schedule fire every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+from smithers.engine.crons import next_fire_ms, validate_pattern, validate_timezone
+from smithers.engine.runner import auth_context
+from smithers.errors import SmithersError
+from smithers.gateway.context import GatewayContext
+from smithers.gateway.cron import cron_id_for, workflow_of
+from smithers.gateway.protocol import poll_interval_ms
+from smithers.store.rows import now_ms
+
+log = logging.getLogger(__name__)
+
+CRON_TRIGGERED: Final = "cron.triggered"
+CRON_TRIGGERED_BY: Final = "cron:gateway"
+TRIGGER_SCHEDULED: Final = "scheduled"
+RETRY_AFTER_ERROR_MS: Final = 60_000
+MIN_SLEEP_S: Final = 0.01
+
+
+def register_schedules(ctx: GatewayContext) -> None:
+    """Upsert the ``gateway:<key>`` row of every workflow registered with a schedule.
+
+    An invalid pattern or time zone raises, so the gateway does not start with a schedule that
+    would never fire.
+    """
+    now = now_ms()
+    with ctx.store.write() as tx:
+        for key, reg in ctx.workflows.items():
+            if reg.schedule is None:
+                continue
+            pattern = validate_pattern(reg.schedule)
+            timezone = validate_timezone(reg.timezone)
+            existing = tx.get_cron(cron_id_for(key))
+            following = next_fire_ms(pattern, now, timezone)
+            if (
+                existing is not None
+                and (existing["pattern"], existing["timezone"]) == (pattern, timezone)
+                and existing["next_run_at_ms"] is not None
+            ):
+                # Same schedule as before a restart: keep its due time, so a fire missed while the
+                # gateway was down happens once now (the reference recomputes it and drops the fire).
+                following = min(following, existing["next_run_at_ms"])
+            tx.upsert_cron(cron_id_for(key), pattern, cron_id_for(key), True, following, timezone)
+
+
+class CronScheduler:
+    """Fires due crons of registered workflows."""
+
+    def __init__(self, ctx: GatewayContext):
+        self.ctx = ctx
+        self.poll_s = poll_interval_ms(ctx.options.heartbeat_ms) / 1000
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    def wake(self) -> None:
+        """Schedules changed here: look at them now rather than at the next poll."""
+        self._changed.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="smithers-cron")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            next_due: int | None = None
+            try:
+                _, next_due = await self.tick()
+            except Exception:
+                log.exception("cron scheduler pass failed")
+            sleep = self.poll_s
+            if next_due is not None:
+                sleep = min(sleep, max(MIN_SLEEP_S, (next_due - now_ms()) / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), sleep)
+            self._changed.clear()
+
+    async def tick(self, now: int | None = None) -> tuple[list[str], int | None]:
+        """One pass: start a run for each due cron; returns the started run ids and the next due time."""
+        now = now_ms() if now is None else now
+        with self.ctx.store.read() as tx:
+            crons = tx.list_crons(enabled_only=True)
+        started = []
+        next_due: int | None = None
+        for row in crons:
+            key = workflow_of(row)
+            if key is None or key not in self.ctx.workflows:
+                continue
+            due = row["next_run_at_ms"]
+            if due is not None and due > now:
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            run_id, following = await self._fire(row, key, now)
+            if run_id is not None:
+                started.append(run_id)
+            if following is not None:
+                next_due = following if next_due is None else min(next_due, following)
+        return started, next_due
+
+    async def _fire(self, row: dict[str, Any], key: str, now: int) -> tuple[str | None, int | None]:
+        ctx = self.ctx
+        cron_id = row["cron_id"]
+        try:
+            following = next_fire_ms(row["pattern"], now, row["timezone"])
+        except SmithersError as exc:
+            self._record_error(cron_id, row["next_run_at_ms"], now, exc.message)
+            return None, None
+        with ctx.store.write() as tx:
+            if not tx.claim_cron_fire(cron_id, row["next_run_at_ms"], now, following):
+                return None, None  # another pass (or gateway) took this fire
+            tx.set_cron_error(cron_id, None)
+        try:
+            auth = auth_context(CRON_TRIGGERED_BY, ["*"], "system")
+            run_id = str((await ctx.start_run(key, {}, auth=auth))["runId"])
+        except Exception as exc:
+            log.warning("cron %s could not start %s: %s", cron_id, key, exc)
+            self._record_error(cron_id, following, now, exc.message if isinstance(exc, SmithersError) else str(exc))
+            return None, following
+        ctx.metrics.cron_triggers.labels(TRIGGER_SCHEDULED).inc()
+        ctx.broadcast(CRON_TRIGGERED, {"cronId": cron_id, "workflow": key, "runId": run_id})
+        return run_id, following
+
+    def _record_error(self, cron_id: str, next_run: int | None, now: int, message: str) -> None:
+        with self.ctx.store.write() as tx:
+            tx.update_cron_fields(
+                cron_id, last_run_at_ms=now, next_run_at_ms=next_run or now + RETRY_AFTER_ERROR_MS, error_json=message
+            )

@@ -1,0 +1,286 @@
+"""Runs executed by this gateway: starting, resuming, aborting, waking on timers, recovering after a
+restart, and forwarding their engine events as broadcasts (docs/protocol.md#run-lifecycle).
+
+Runs execute in the gateway's event loop (``run_async`` with ``wait_timers=False``); a run that
+suspends on a timer is woken here when the timer is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from smithers.api import run_async
+from smithers.engine import events as ev
+from smithers.engine.ownership import owner_gone
+from smithers.engine.states import CANCELLED, FAILED, FINISHED, RUNNING, TERMINAL_RUN_STATUSES, WAITING_TIMER
+from smithers.errors import ServerError, SmithersError
+from smithers.gateway.broadcast import map_event
+from smithers.gateway.context import ClientConnection
+from smithers.gateway.metrics import GatewayMetrics
+from smithers.gateway.options import GatewayOptions, Registration
+from smithers.gateway.shapes import RUN_COMPLETED, run_completed, serialize_error, stored_workflow_key, trigger_source
+from smithers.store.events_bus import StoredEvent
+from smithers.store.rows import now_ms
+from smithers.store.store import Store
+
+log = logging.getLogger(__name__)
+
+RESUME_ATTEMPTS: Final = 20
+RESUME_RETRY_S: Final = 0.025
+RUN_SETTLE_TIMEOUT_S: Final = 10.0
+
+Broadcast = Callable[[str, dict[str, Any]], int]
+
+
+@dataclass
+class ActiveRun:
+    """A run executing in this process: its abort handle and whether run.completed went out."""
+
+    key: str
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    completed: bool = False
+
+
+class RunSupervisor:
+    """Starts, resumes, aborts and wakes the runs this gateway executes."""
+
+    def __init__(
+        self,
+        store: Store,
+        workflows: Mapping[str, Registration],
+        options: GatewayOptions,
+        metrics: GatewayMetrics,
+        broadcast: Broadcast,
+    ):
+        self.store = store
+        self.workflows = workflows
+        self.options = options
+        self.metrics = metrics
+        self.broadcast = broadcast
+        self.active: dict[str, ActiveRun] = {}
+        self._registry: dict[str, str] = {}
+        self._wakes: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._stopped = False
+
+    # -- lookups -------------------------------------------------------------------------------
+    def resolve_run(self, run_id: str) -> str | None:
+        """The workflow key of a run started here or stored in the database, else None."""
+        key = self._registry.get(run_id)
+        if key is not None:
+            return key
+        row = self.store.get_run(run_id)
+        return None if row is None else stored_workflow_key(row)
+
+    def is_executing(self, run_id: str) -> bool:
+        return run_id in self.active
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Bind to the running loop and follow the store's events. Idempotent."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._unsubscribe = self.store.bus.subscribe(self._on_engine_event)
+
+    def recover(self) -> None:
+        """Resume runs of registered workflows left running by a gone owner, or waiting for a timer."""
+        with self.store.read() as tx:
+            rows = tx.list_runs_in([RUNNING, WAITING_TIMER], oldest_first=True)
+        now = now_ms()
+        for row in rows:
+            key = stored_workflow_key(row)
+            if key not in self.workflows or row["run_id"] in self.active:
+                continue
+            if row["status"] == RUNNING and not owner_gone(row["runtime_owner_id"], row["heartbeat_at_ms"], now):
+                continue
+            log.info("resuming run %s of %s", row["run_id"], key)
+            self._launch(key, {}, auth=None, run_id=row["run_id"], resume=True)
+
+    async def stop(self, abort_runs: bool = True) -> None:
+        """Abort (or just stop executing) active runs and wait for them; stop following events."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for handle in self._wakes.values():
+            handle.cancel()
+        self._wakes.clear()
+        tasks = [entry.task for entry in self.active.values() if entry.task is not None]
+        for entry in list(self.active.values()):
+            if abort_runs:
+                entry.cancel.set()
+            elif entry.task is not None:
+                entry.task.cancel()  # the row stays running; the next start resumes it
+        if tasks:
+            await asyncio.wait(tasks, timeout=RUN_SETTLE_TIMEOUT_S)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background, keeping a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # -- runs ----------------------------------------------------------------------------------
+    async def start_run(
+        self,
+        key: str,
+        input: dict[str, Any],
+        *,
+        auth: dict[str, Any] | None,
+        run_id: str | None = None,
+        subscriber: ClientConnection | None = None,
+    ) -> dict[str, Any]:
+        """Start a run in this process and return ``{runId, workflow}``."""
+        return self._launch(key, input, auth=auth, run_id=run_id, subscriber=subscriber)
+
+    def _launch(
+        self,
+        key: str,
+        input: dict[str, Any],
+        *,
+        auth: dict[str, Any] | None,
+        run_id: str | None = None,
+        resume: bool = False,
+        subscriber: ClientConnection | None = None,
+    ) -> dict[str, Any]:
+        reg = self.workflows.get(key)
+        if reg is None:
+            raise ServerError(f"Unknown workflow: {key}")
+        run_id = run_id or str(uuid.uuid4())
+        if run_id in self.active:
+            raise ServerError(f"Run {run_id} is already executing")
+        entry = ActiveRun(key)
+        self._registry[run_id] = key
+        self.active[run_id] = entry
+        if subscriber is not None:
+            subscriber.auto_subscribe(run_id)
+        triggered_by = str((auth or {}).get("triggeredBy") or "gateway")
+        self.metrics.runs_started.labels(key, trigger_source(triggered_by), str(resume).lower()).inc()
+        config = {"gatewayWorkflowKey": key, "gatewayTriggeredBy": triggered_by}
+        entry.task = asyncio.get_running_loop().create_task(
+            self._execute(run_id, reg, input, auth, resume, config, entry), name=f"smithers-run:{run_id}"
+        )
+        return {"runId": run_id, "workflow": key}
+
+    async def _execute(
+        self,
+        run_id: str,
+        reg: Registration,
+        input: dict[str, Any],
+        auth: dict[str, Any] | None,
+        resume: bool,
+        config: dict[str, Any],
+        entry: ActiveRun,
+    ) -> None:
+        try:
+            result = await run_async(
+                reg.workflow,
+                input,
+                db=self.store,
+                run_id=run_id,
+                resume=resume,
+                auth=auth,
+                config=config,
+                cancel=entry.cancel,
+                max_concurrency=self.options.max_concurrency,
+                wait_timers=False,
+            )
+        except Exception as exc:
+            log.warning("run %s ended with an error: %s", run_id, exc, exc_info=not isinstance(exc, SmithersError))
+            self._settled(run_id, entry, FAILED, serialize_error(exc))
+        else:
+            if result.status in (FINISHED, FAILED, CANCELLED):
+                self._settled(run_id, entry, result.status, result.error)
+            elif result.wake_at_ms is not None:
+                self._schedule_wake(run_id, result.wake_at_ms)
+        finally:
+            if self.active.get(run_id) is entry:
+                del self.active[run_id]
+            if self._registry.get(run_id) == entry.key and run_id not in self.active:
+                del self._registry[run_id]  # the stored row answers for it from now on
+
+    def _settled(self, run_id: str, entry: ActiveRun, status: str, error: Any) -> None:
+        self.metrics.runs_completed.labels(entry.key, status).inc()
+        if status == FAILED:
+            self.metrics.error("run", workflow=entry.key)
+        if entry.completed:  # the engine's terminal event already went out: one run.completed per run
+            return
+        entry.completed = True
+        self.broadcast(RUN_COMPLETED, run_completed(run_id, status, error))
+
+    def _on_engine_event(self, event: StoredEvent) -> None:
+        """Store bus subscriber: map events of runs executed here to broadcasts."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._on_engine_event, event)
+            return
+        entry = self.active.get(event.run_id)
+        if entry is None and event.type != ev.TIME_TRAVEL_JUMPED:
+            return
+        if event.type in (ev.APPROVAL_GRANTED, ev.APPROVAL_DENIED):
+            return  # the approvals module broadcasts approval.decided itself, with decidedBy
+        mapped = map_event(event)
+        if mapped is None:
+            return
+        name, payload = mapped
+        if name == RUN_COMPLETED and entry is not None:
+            if entry.completed:
+                return
+            entry.completed = True
+        self.broadcast(name, payload)
+
+    def abort_run(self, run_id: str) -> bool:
+        """Trigger the abort signal of a run executing here; False when it is not active."""
+        entry = self.active.get(run_id)
+        if entry is None:
+            return False
+        entry.cancel.set()
+        return True
+
+    async def resume_if_needed(
+        self, run_id: str, auth: dict[str, Any] | None, subscriber: ClientConnection | None = None
+    ) -> bool:
+        """Resume a stored run unless it is executing, terminal or owned by a live process."""
+        for _ in range(RESUME_ATTEMPTS):
+            if run_id in self.active:
+                await asyncio.sleep(RESUME_RETRY_S)
+                continue
+            row = self.store.get_run(run_id)
+            if row is None or row["status"] in TERMINAL_RUN_STATUSES:
+                return False
+            if row["status"] == RUNNING and not owner_gone(row["runtime_owner_id"], row["heartbeat_at_ms"], now_ms()):
+                return False  # another process is executing it
+            key = self._registry.get(run_id) or stored_workflow_key(row)
+            self._launch(key, {}, auth=auth, run_id=run_id, resume=True, subscriber=subscriber)
+            return True
+        return False
+
+    def _schedule_wake(self, run_id: str, wake_at_ms: int) -> None:
+        loop = asyncio.get_running_loop()
+        old = self._wakes.pop(run_id, None)
+        if old is not None:
+            old.cancel()
+
+        def wake() -> None:
+            self._wakes.pop(run_id, None)
+            if not self._stopped:
+                self.spawn(self.resume_if_needed(run_id, None))
+
+        self._wakes[run_id] = loop.call_later(max(0.0, (wake_at_ms - now_ms()) / 1000), wake)
