@@ -318,7 +318,9 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             if row["error_json"]:
                 err = SmithersError.from_dict(json.loads(row["error_json"]))
                 details = {**(err.details or {}), "nodeId": d.node_id, "iteration": d.iteration}
-                return SmithersError(f"node {d.node_id} failed: {err.message}", code=err.code, details=details)
+                failure = SmithersError(f"node {d.node_id} failed: {err.message}", code=err.code, details=details)
+                failure.stack = err.stack
+                return failure
         return SmithersError(f"node {d.node_id} failed", code=TASK_FAILED, details={"nodeId": d.node_id})
 
     # ---- loops -----------------------------------------------------------------------------

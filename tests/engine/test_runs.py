@@ -543,3 +543,36 @@ def test_an_approval_nobody_decides_in_time_counts_as_denied(
     else:
         assert second.error is not None and second.error["code"] == code
     assert ev.APPROVAL_DENIED in types_of(store, first.run_id)
+
+
+def test_a_task_raising_any_smithers_error_fails_the_run_cleanly(store: Store) -> None:
+    """Every error class survives being stored on an attempt and read back (it once crashed the loop)."""
+    from smithers.errors import RunNotFoundError
+
+    @workflow("lookup")
+    def lookup(ctx):
+        return Sequence(
+            Task("find", run=lambda: (_ for _ in ()).throw(RunNotFoundError.of("other"))), Task("n", value=1)
+        )
+
+    result = smithers.run(lookup, {}, db=store)
+    assert result.status == "failed" and result.error is not None
+    assert result.error["code"] == "RUN_NOT_FOUND" and "Run not found: other" in result.error["message"]
+    row = store.get_run(result.run_id)
+    assert row is not None and row["status"] == "failed"
+    assert json.loads(row["error_json"])["code"] == "RUN_NOT_FOUND"
+
+
+def test_a_failed_run_keeps_the_stack_of_the_exception(store: Store) -> None:
+    def explode() -> None:
+        raise ValueError("bad value")
+
+    @workflow("stacky")
+    def stacky(ctx):
+        return Task("x", run=explode)
+
+    result = smithers.run(stacky, {}, db=store)
+    assert result.status == "failed" and result.error is not None
+    assert "ValueError: bad value" in result.error["stack"] and "in explode" in result.error["stack"]
+    stored = json.loads(store.get_run(result.run_id)["error_json"])
+    assert stored["stack"] == result.error["stack"]

@@ -115,6 +115,20 @@ def test_rpc_auth_and_run_counters(token_live: Live) -> None:
     )
 
 
+def test_signal_and_cron_counters_use_the_protocol_labels(start_humans: Any) -> None:
+    live = start_humans()
+    run_id = live.ok("launchRun", {"workflow": "waiter"})["runId"]
+    live.wait_status(run_id, {"waiting-event"})
+    live.ok("submitSignal", {"runId": run_id, "signalName": "go", "data": {}})
+    assert value(live, "smithers_gateway_signals_total", outcome="sent") == 1
+    live.ok("cron.trigger", {"workflow": "adhoc"})
+    assert value(live, "smithers_gateway_cron_triggers_total", source="manual") == 1
+    due = live.ok("cron.list")[0]["nextRunAtMs"]
+    started, _ = live.call(live.gateway.cron.tick(due))
+    assert len(started) == 1
+    assert value(live, "smithers_gateway_cron_triggers_total", source="scheduled") == 1
+
+
 def test_each_gateway_has_its_own_registry(start_gateway: Any) -> None:
     first, second = start_gateway(), start_gateway()
     first.ok("health")

@@ -68,6 +68,27 @@ def test_launch_run_id_options(live: Live) -> None:
     assert too_long.status_code == 400 and error_of(too_long)["code"] == "INVALID_INPUT"
 
 
+def test_launch_with_the_id_of_an_active_run_is_a_conflict(live: Live) -> None:
+    live.ok("launchRun", {"workflow": "slow", "runId": "busy"})
+    live.wait_status("busy", {"running"})
+    before = live.gateway.store.get_run("busy")
+    for params in ({"workflow": "slow", "runId": "busy"}, {"workflow": "hello", "options": {"runId": "busy"}}):
+        response = live.rpc("launchRun", params)
+        assert response.status_code == 409
+        assert error_of(response) == {"version": "v1", "code": "CONFLICT", "message": "Run busy is already active"}
+    ws = live.ws(connect_now=True)
+    try:
+        frame = ws.request("runs.create", {"workflow": "hello", "runId": "busy"})
+        assert frame["ok"] is False and frame["error"]["code"] == "CONFLICT"
+    finally:
+        ws.close()
+    after = live.gateway.store.get_run("busy")
+    assert after == before  # the running run is untouched
+    assert live.gateway.is_executing("busy")
+    live.ok("cancelRun", {"runId": "busy"})
+    live.wait_status("busy", {"cancelled"})
+
+
 @pytest.mark.parametrize(
     ("params", "status", "code", "message"),
     [

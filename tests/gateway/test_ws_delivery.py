@@ -37,7 +37,9 @@ def test_failed_run_reports_its_error_once(live: Live) -> None:
     completed = [f for f in frames if f["event"] == "run.completed"]
     assert len(completed) == 1
     assert completed[0]["payload"]["status"] == "failed"
-    assert "boom" in completed[0]["payload"]["error"]["message"]
+    error = completed[0]["payload"]["error"]
+    assert "boom" in error["message"]
+    assert "RuntimeError: boom" in error["stack"] and "in _boom" in error["stack"]  # the run keeps the stack
     failed = [f for f in frames if f["event"] == "node.failed"]
     assert failed and failed[0]["payload"]["state"] == "failed" and failed[0]["payload"]["error"]
     client.close()
