@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install smithers with its development tools into it. Idempotent.
+# Create .venv (if needed) and install smithers with its development tools into it, at the exact
+# versions of constraints.txt (the ones the tests last passed with). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -17,9 +18,9 @@ if [ ! -x .venv/bin/python ]; then
     fi
   fi
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >&2
-  .venv/bin/python -m pip install -q -e '.[dev]' >&2
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]' >&2
   rm -f .venv/.installed-* && touch "$stamp"
 fi
