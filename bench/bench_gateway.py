@@ -1,14 +1,16 @@
 """Gateway benchmarks on 127.0.0.1 (the gateway runs in a child process so its memory can be read).
 
     .venv/bin/python bench/bench_gateway.py [--launches 800] [--clients 16] [--tasks 300]
-                                            [--subscribers 100] [--idle 1000]
+                                            [--subscribers 100] [--idle 1000] [--rpc-seconds 4]
 
 Prints:
-  1. launchRun over HTTP for a one-task workflow with ``--clients`` concurrent clients:
+  1. WebSocket RPC: ``health`` and ``getRun`` answered per second (4 sockets, 64 requests in
+     flight each), and the gateway's CPU per request;
+  2. launchRun over HTTP for a one-task workflow with ``--clients`` concurrent clients:
      completed runs/s and p50/p99 RPC latency;
-  2. one run emitting 2 x ``--tasks`` + 1 events to ``--subscribers`` WebSocket subscribers:
+  3. one run emitting 2 x ``--tasks`` + 1 events to ``--subscribers`` WebSocket subscribers:
      events/s delivered, and whether every subscriber got every event in order;
-  3. memory of ``--idle`` idle authenticated WebSocket connections (KiB per connection).
+  4. memory of ``--idle`` idle authenticated WebSocket connections (KiB per connection).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from child_gateway import HOST, child_gateway  # noqa: E402
+from ws_load import rpc_rate  # noqa: E402
 
 from smithers import Parallel, Task, workflow  # noqa: E402
 from smithers.gateway.server import Gateway  # noqa: E402
@@ -58,7 +61,9 @@ def serve(port: int, db: str) -> None:
     """Child process: a token-mode gateway with the two workflows."""
     auth = {"mode": "token", "tokens": {TOKEN: {"role": "operator", "scopes": ["*"]}}}
     gateway = Gateway.for_workflows([one, many], db=db, auth=auth, max_connections=5000)
-    asyncio.run(gateway.serve(HOST, port))
+    import uvloop
+
+    uvloop.run(gateway.serve(HOST, port))
 
 
 def rss_kib(pid: int) -> int:
@@ -80,6 +85,21 @@ async def ws_connect(url: str, subscribe: list[str] | None = None) -> ClientConn
         if frame.get("type") == "res":
             assert frame["ok"], frame
             return ws
+
+
+async def bench_rpc(base: str, pid: int, seconds: float) -> None:
+    """WebSocket RPC throughput of a cheap method and of a database read."""
+    port = int(base.rsplit(":", 1)[1])
+    async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {TOKEN}"}) as http:
+        response = await http.post("/v1/rpc/launchRun", json={"workflow": "one", "runId": "rpc-bench"})
+        assert response.status_code == 200, response.text
+        await asyncio.sleep(0.5)
+    print("WebSocket RPC, 4 sockets x 64 requests in flight:")
+    for method, params in (("health", {}), ("getRun", {"runId": "rpc-bench"})):
+        before = cpu_ms(pid)
+        rate = await rpc_rate(HOST, port, TOKEN, method, params, connections=4, depth=64, seconds=seconds)
+        used = cpu_ms(pid) - before
+        print(f"  {method}: {rate:,.0f} requests/s, gateway CPU {used * 1000 / (rate * seconds):.0f} µs per request")
 
 
 async def bench_launch(base: str, ws_url: str, launches: int, clients: int) -> None:
@@ -224,6 +244,7 @@ async def bench_idle(ws_url: str, pid: int, idle: int) -> None:
 async def main(args: argparse.Namespace) -> None:
     async with child_gateway(__file__, "smithers-bench-") as child:
         base, ws_url = child.base, child.ws_url
+        await bench_rpc(base, child.pid, args.rpc_seconds)
         await bench_connect(ws_url, child.pid, "0 runs stored")
         await bench_launch(base, ws_url, args.launches, args.clients)
         await bench_connect(ws_url, child.pid, f"{args.launches} runs stored")
@@ -242,6 +263,7 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--rpc-seconds", type=float, default=4.0)
     options = parser.parse_args()
     if options.serve:
         serve(options.serve, options.db)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from smithers.engine import events as ev
@@ -17,7 +16,7 @@ from smithers.engine.states import (
 )
 from smithers.engine.waits import WaitHandler
 from smithers.engine.workflow import Workflow
-from smithers.store.rows import dumps, now_ms
+from smithers.store.rows import dumps, iso_ms, now_ms
 from smithers.store.store import Store, Tx
 
 DEFAULT_MAX_CONCURRENCY = 4
@@ -49,7 +48,7 @@ def auth_context(
         "scopes": list(scopes or []),
         "role": role,
         "tokenId": token_id,
-        "createdAt": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "createdAt": iso_ms(now_ms()),
     }
 
 

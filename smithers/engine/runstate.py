@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from smithers.engine.states import (
@@ -20,6 +19,7 @@ from smithers.engine.states import (
     WAITING_EVENT,
     WAITING_TIMER,
 )
+from smithers.store.rows import iso_ms
 from smithers.store.rows import now_ms as clock_ms
 from smithers.store.store import Tx
 
@@ -39,11 +39,6 @@ _TERMINAL: Final[Mapping[str, str]] = {
     FAILED: STATE_FAILED,
     CANCELLED: STATE_CANCELLED,
 }
-
-
-def iso_ms(ms: int | float) -> str:
-    """``new Date(ms).toISOString()``: ``2026-01-01T00:00:00.000Z``."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _meta(attempt: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -8,7 +8,6 @@ resumed after a restart sees exactly what a live one would.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
@@ -31,7 +30,7 @@ from smithers.engine.states import (
 )
 from smithers.errors import APPROVAL_DENIED as APPROVAL_DENIED_CODE
 from smithers.errors import INVALID_OUTPUT, TASK_TIMEOUT, SmithersError
-from smithers.store.rows import dumps, now_ms
+from smithers.store.rows import dumps, iso_ms, now_ms
 
 if TYPE_CHECKING:
     from smithers.engine.extract import Descriptor, Graph
@@ -73,12 +72,6 @@ def approval_request(d: Descriptor) -> dict[str, Any]:
         "onDeny": "skip" if d.continue_on_fail else "fail",
         "metadata": None,
     }
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class RunAccess(Protocol):
@@ -192,7 +185,7 @@ class WaitHandler:
             "approved": approved,
             "note": row["note"],
             "decidedBy": row["decided_by"],
-            "decidedAt": _iso(row["decided_at_ms"]),
+            "decidedAt": None if row["decided_at_ms"] is None else iso_ms(row["decided_at_ms"]),
         }
         if isinstance(decision, dict):
             payload.update({k: v for k, v in decision.items() if k in ("selected", "ranked", "notes", "value")})

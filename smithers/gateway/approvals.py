@@ -24,7 +24,7 @@ from smithers.gateway.shapes import approval_request, caller_auth, pending_appro
 APPROVAL_DECIDED: Final = "approval.decided"
 
 
-async def list_approvals(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
+def list_approvals(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
     """``approvals.list``/``listApprovals``: filters ``runId``, ``workflow``, ``limit`` (top level or ``filter``)."""
     run_id = read_alias(params, "runId", as_string, "filter")
     workflow = read_alias(params, "workflow", as_string, "filter")

@@ -95,6 +95,10 @@ class GatewayContext(Protocol):
         """Whether this gateway is executing the run right now."""
         ...
 
+    def executing_key(self, run_id: str) -> str | None:
+        """The workflow key of a run this gateway is executing (no database read), else None."""
+        ...
+
     def abort_run(self, run_id: str) -> bool:
         """Trigger the abort signal of a run executing here; False when it is not."""
         ...

@@ -31,7 +31,7 @@ def cron_row(row: dict[str, Any]) -> dict[str, Any]:
     return {**to_wire(row), "workflow": workflow_of(row)}
 
 
-async def list_crons(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
+def list_crons(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
     """``cron.list``/``cronList``: every cron; only ``filter.workflow`` filters (a top-level one is ignored)."""
     wanted = as_string((as_object(params.get("filter")) or {}).get("workflow"))
     with call.ctx.store.read() as tx:
@@ -40,7 +40,7 @@ async def list_crons(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]
     return [r for r in rows if wanted is None or r["workflow"] == wanted]
 
 
-async def add_cron(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+def add_cron(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     """``cron.add``/``cronCreate``; an invalid pattern or time zone is 400 ``INVALID_INPUT`` naming it."""
     ctx = call.ctx
     key, pattern = as_string(params.get("workflow")), as_string(params.get("pattern"))
@@ -73,7 +73,7 @@ async def add_cron(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def remove_cron(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+def remove_cron(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     cron_id = as_string(params.get("cronId"))
     if not cron_id:
         raise GatewayError(INVALID_REQUEST, "cronId is required")

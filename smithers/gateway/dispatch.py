@@ -12,10 +12,11 @@ answer carries instead of the exception's text.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -64,7 +65,10 @@ class Reply:
     after: Callable[[], None] | None = None
 
 
-Handler = Callable[[Call, dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[Call, dict[str, Any]], Any]
+"""``handler(call, params)``: returns the payload (or a :class:`Reply`); a coroutine function when it
+has to wait (for a run to start, a decision to commit), a plain function otherwise, which is
+answered without creating a task."""
 
 
 @contextmanager
@@ -127,35 +131,73 @@ class Dispatcher:
     """Method name → handler, with the scope check before every handler."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, tuple[Handler, bool]] = {}
 
     def add(self, table: Mapping[str, Handler]) -> None:
         """Register handlers (a later registration of a name replaces the earlier one)."""
-        self._handlers.update(table)
+        for name, handler in table.items():
+            self._handlers[name] = (handler, inspect.iscoroutinefunction(handler))
 
     def methods(self) -> list[str]:
         return sorted(self._handlers)
 
-    async def call(self, call: Call, frame_id: str, raw_params: Any) -> Outcome:
-        """Authorize and run one call; never raises."""
+    def waits(self, method: str) -> bool:
+        """Whether answering ``method`` may wait (its handler is a coroutine function)."""
+        entry = self._handlers.get(method)
+        return entry is not None and entry[1]
+
+    def call_now(self, call: Call, frame_id: str, raw_params: Any) -> Outcome:
+        """Authorize and run a call whose handler does not wait; never raises."""
         started = time.perf_counter()
-        outcome = await self._run(call, frame_id, raw_params)
-        code = outcome.error.code if outcome.error is not None else None
-        call.ctx.metrics.rpc(call.transport, call.method, (time.perf_counter() - started) * 1000, code)
+        handler = self._authorized(call, frame_id)
+        if isinstance(handler, Outcome):
+            outcome = handler
+        else:
+            try:
+                result = handler(call, raw_params if isinstance(raw_params, dict) else {})
+            except Exception as exc:
+                outcome = outcome_for(call.transport, frame_id, call.request_id, exc, f"{call.transport} {call.method}")
+            else:
+                outcome = _success(frame_id, result)
+        self._record(call, started, outcome)
         return outcome
 
-    async def _run(self, call: Call, frame_id: str, raw_params: Any) -> Outcome:
+    async def call(self, call: Call, frame_id: str, raw_params: Any) -> Outcome:
+        """Authorize and run any call; never raises."""
+        if not self.waits(call.method):
+            return self.call_now(call, frame_id, raw_params)
+        started = time.perf_counter()
+        handler = self._authorized(call, frame_id)
+        if isinstance(handler, Outcome):
+            outcome = handler
+        else:
+            try:
+                result = await handler(call, raw_params if isinstance(raw_params, dict) else {})
+            except Exception as exc:
+                outcome = outcome_for(call.transport, frame_id, call.request_id, exc, f"{call.transport} {call.method}")
+            else:
+                outcome = _success(frame_id, result)
+        self._record(call, started, outcome)
+        return outcome
+
+    def _authorized(self, call: Call, frame_id: str) -> Handler | Outcome:
+        """The handler of an authorized call, or the refusal to answer."""
         try:
             authorize(call.principal.scopes, call.method)
         except GatewayError as exc:
             return Outcome(frame_id, error=exc)
-        handler = self._handlers.get(call.method)
-        if handler is None:
+        entry = self._handlers.get(call.method)
+        if entry is None:
             return Outcome(frame_id, error=GatewayError(METHOD_NOT_FOUND, f"Unknown method: {call.method}"))
-        try:
-            result = await handler(call, raw_params if isinstance(raw_params, dict) else {})
-        except Exception as exc:
-            return outcome_for(call.transport, frame_id, call.request_id, exc, f"{call.transport} {call.method}")
-        if isinstance(result, Reply):
-            return Outcome(frame_id, payload=result.payload, after=result.after)
-        return Outcome(frame_id, payload=result)
+        return entry[0]
+
+    @staticmethod
+    def _record(call: Call, started: float, outcome: Outcome) -> None:
+        code = outcome.error.code if outcome.error is not None else None
+        call.ctx.metrics.rpc(call.transport, call.method, (time.perf_counter() - started) * 1000, code)
+
+
+def _success(frame_id: str, result: Any) -> Outcome:
+    if isinstance(result, Reply):
+        return Outcome(frame_id, payload=result.payload, after=result.after)
+    return Outcome(frame_id, payload=result)

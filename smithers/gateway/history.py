@@ -39,7 +39,7 @@ def _frame_no(value: Any) -> int | None:
     return positive_int(value, "frameNo")
 
 
-async def list_frames(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
+def list_frames(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
     """Frames after ``afterFrameNo``, newest first, at most ``limit``, each with its full ``xmlJson``."""
     run_id = _run_id(call, params)
     with escaping():
@@ -52,7 +52,7 @@ async def list_frames(call: Call, params: dict[str, Any]) -> list[dict[str, Any]
     return [_frame_wire(r) for r in reversed(rows)][:limit]
 
 
-async def get_frame(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+def get_frame(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     """One frame (the latest without ``frameNo``); every stored frame is reachable, frame 0 included."""
     run_id = _run_id(call, params)
     with escaping():
@@ -65,7 +65,7 @@ async def get_frame(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return _frame_wire(rows[0])
 
 
-async def list_attempts(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
+def list_attempts(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
     run_id = _run_id(call, params)
     node_id = as_string(params.get("nodeId"))
     with call.ctx.store.read() as tx:
@@ -78,7 +78,7 @@ async def list_attempts(call: Call, params: dict[str, Any]) -> list[dict[str, An
     return [to_wire(r) for r in rows]
 
 
-async def get_attempt(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+def get_attempt(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     run_id, node_id = as_string(params.get("runId")), as_string(params.get("nodeId"))
     iteration, attempt = as_number(params.get("iteration")), as_number(params.get("attempt"))
     if not run_id or not node_id or iteration is None or attempt is None:
@@ -92,7 +92,7 @@ async def get_attempt(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return to_wire(rows[0])
 
 
-async def diff_runs(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+def diff_runs(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     left, right = as_string(params.get("leftRunId")), as_string(params.get("rightRunId"))
     if not left or not right:
         raise GatewayError(INVALID_REQUEST, "leftRunId and rightRunId are required")

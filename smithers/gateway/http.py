@@ -40,6 +40,7 @@ from smithers.gateway.protocol import (
 from smithers.gateway.responses import BodyTooLarge, json_response, read_body
 from smithers.gateway.shapes import health_payload
 from smithers.gateway.ws import serve_websocket
+from smithers.gateway.wsproto import GatewayWebSocketProtocol
 from smithers.store.rows import now_ms
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ async def rpc(host: GatewayHost, request: Request, path_method: str | None) -> R
     headers = node_headers(request.scope.get("headers", []))
     request_id = _first_header(request, "x-request-id") or str(uuid.uuid4())
     metrics = host.metrics
-    metrics.messages_received.labels("http", "request", "").inc()
+    metrics.received("http")
     try:
         principal = host.authenticator.authenticate_http(headers, now_ms())
     except GatewayError as exc:
@@ -275,7 +276,7 @@ class UvicornServer(uvicorn.Server):
         config = uvicorn.Config(
             GatewayApp(host),
             http=protocol_class(options.headers_timeout, options.request_timeout),
-            ws="websockets-sansio",
+            ws=GatewayWebSocketProtocol,
             ws_max_size=options.max_payload,
             ws_ping_interval=None,  # the gateway never pings (it answers client pings)
             ws_ping_timeout=None,

@@ -135,8 +135,19 @@ def _parse_int(text: str) -> int | float:
     return int(text) if len(text) <= 300 else float(text)
 
 
-def loads_strict(text: str) -> Any:
-    """Parse strict JSON (no ``NaN``/``Infinity`` literals); raises ``ValueError``."""
+def loads_strict(text: str | bytes) -> Any:
+    """Parse strict JSON (no ``NaN``/``Infinity`` literals); raises ``ValueError``.
+
+    orjson parses what it can (fast; an integer beyond 64 bits becomes a double, as in JavaScript);
+    the standard library takes the rest, which is either invalid or needs its leniency: lone
+    surrogate escapes, numbers that overflow a double, nesting deeper than orjson follows.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
     try:
         return json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except RecursionError as exc:

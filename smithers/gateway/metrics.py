@@ -10,6 +10,8 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from smithers.gateway.tallies import Spread, Tally
+
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _MS_BUCKETS: Final = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 _BYTE_BUCKETS: Final = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
@@ -23,21 +25,20 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         p = "smithers_gateway_"
-        self.rpc_calls = Counter(p + "rpc_calls", "RPC calls", ["transport", "method"], registry=r)
-        self.rpc_duration = Histogram(
-            p + "rpc_duration_ms", "RPC duration (ms)", ["transport", "method"], buckets=_MS_BUCKETS, registry=r
-        )
+        # The per-request series are Tally/Spread families (lock-free; see tallies.py).
+        self.rpc_calls = Tally(p + "rpc_calls", "RPC calls", ["transport", "method"], r)
+        self.rpc_duration = Spread(p + "rpc_duration_ms", "RPC duration (ms)", ["transport", "method"], _MS_BUCKETS, r)
         self.errors = Counter(
             p + "errors", "Gateway errors", ["kind", "transport", "method", "code", "workflow"], registry=r
         )
-        self.messages_received = Counter(
-            p + "messages_received", "Inbound messages", ["transport", "frameType", "workflow"], registry=r
+        self.messages_received = Tally(
+            p + "messages_received", "Inbound messages", ["transport", "frameType", "workflow"], r
         )
-        self.messages_sent = Counter(
+        self.messages_sent = Tally(
             p + "messages_sent",
             "Outbound messages",
             ["transport", "frameType", "outcome", "event", "route", "workflow"],
-            registry=r,
+            r,
         )
         self.auth_events = Counter(p + "auth_events", "Authentications", ["transport", "mode", "outcome"], registry=r)
         self.connections = Counter(p + "connections", "WebSocket connections opened", ["transport"], registry=r)
@@ -94,15 +95,36 @@ class GatewayMetrics:
         )
         self.connections_active.labels(transport="ws").set(0)
         self._event_children: dict[str, Any] = {}
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._received_children: dict[str, Any] = {}
 
     # -- helpers used by the transports --------------------------------------------------------
+    # ``labels()`` costs a few microseconds; the children of the hot series are kept per label set.
     def rpc(self, transport: str, method: str, duration_ms: float, code: str | None) -> None:
         """One RPC call; ``code`` is the error code, or None when it succeeded."""
-        self.rpc_calls.labels(transport, method).inc()
-        self.rpc_duration.labels(transport, method).observe(duration_ms)
-        self.messages_sent.labels(transport, "response", "ok" if code is None else "error", "", "", "").inc()
-        if code is not None:
+        key = (transport, method)
+        children = self._rpc_children.get(key)
+        if children is None:
+            children = self._rpc_children[key] = (
+                self.rpc_calls.labels(transport, method),
+                self.rpc_duration.labels(transport, method),
+                self.messages_sent.labels(transport, "response", "ok", "", "", ""),
+            )
+        calls, duration, sent_ok = children
+        calls.inc()
+        duration.observe(duration_ms)
+        if code is None:
+            sent_ok.inc()
+        else:
+            self.messages_sent.labels(transport, "response", "error", "", "", "").inc()
             self.errors.labels("rpc", transport, method, code, "").inc()
+
+    def received(self, transport: str) -> None:
+        """One inbound request frame."""
+        child = self._received_children.get(transport)
+        if child is None:
+            child = self._received_children[transport] = self.messages_received.labels(transport, "request", "")
+        child.inc()
 
     def error(self, kind: str, *, transport: str = "", method: str = "", code: str = "", workflow: str = "") -> None:
         self.errors.labels(kind, transport, method, code, workflow).inc()

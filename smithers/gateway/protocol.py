@@ -90,31 +90,52 @@ def _children(value: Any) -> list[Any] | None:
     return None
 
 
+def _bound_violation(item: Any, field: str) -> GatewayError | None:
+    """The size or finiteness violation of one value (not its depth), or None."""
+    kind = type(item)
+    if kind is str:
+        if len(item) > MAX_FRAME_STRING_LENGTH // 2 and utf16_length(item) > MAX_FRAME_STRING_LENGTH:
+            return GatewayError(
+                INVALID_INPUT, f"{field} contains a string exceeding {MAX_FRAME_STRING_LENGTH} characters."
+            )
+    elif kind is float:
+        if not math.isfinite(item):
+            return GatewayError(INVALID_INPUT, f"{field} must contain only finite numbers.")
+    elif (kind is list or kind is tuple) and len(item) > MAX_FRAME_ARRAY_LENGTH:
+        return GatewayError(INVALID_INPUT, f"{field} contains an array exceeding {MAX_FRAME_ARRAY_LENGTH} items.")
+    return None
+
+
 def check_frame_bounds(value: Any, field: str = FRAME_FIELD) -> None:
-    """Enforce §3.2: depth first over the whole value, then the first other violation in order."""
+    """Enforce the frame bounds: a too-deep value first, else the first other violation in document order.
+
+    One pre-order pass: a depth violation is raised as soon as it is seen (it wins wherever it is);
+    the first other violation is remembered and raised at the end.
+    """
+    first: GatewayError | None = None
     stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        item, depth = stack.pop()
-        children = _children(item) or []
-        if children and depth + 1 > MAX_FRAME_DEPTH:
+        item, depth = pop()
+        kind = type(item)
+        if kind is dict:
+            children: Any = item.values()
+        elif kind is list or kind is tuple:
+            children = item
+        else:
+            if first is None and (kind is str or kind is float):
+                first = _bound_violation(item, field)
+            continue
+        if first is None:
+            first = _bound_violation(item, field)
+        if not children:
+            continue
+        if depth + 1 > MAX_FRAME_DEPTH:
             raise GatewayError(INVALID_INPUT, f"{field} exceeds the maximum JSON depth of {MAX_FRAME_DEPTH}.")
-        stack.extend((child, depth + 1) for child in children if _is_container(child))
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if len(item) > MAX_FRAME_STRING_LENGTH // 2 and utf16_length(item) > MAX_FRAME_STRING_LENGTH:
-                raise GatewayError(
-                    INVALID_INPUT,
-                    f"{field} contains a string exceeding {MAX_FRAME_STRING_LENGTH} characters.",
-                )
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise GatewayError(INVALID_INPUT, f"{field} must contain only finite numbers.")
-        elif isinstance(item, list | tuple) and len(item) > MAX_FRAME_ARRAY_LENGTH:
-            raise GatewayError(INVALID_INPUT, f"{field} contains an array exceeding {MAX_FRAME_ARRAY_LENGTH} items.")
-        nested = _children(item)
-        if nested:
-            pending.extend(reversed(nested))
+        for child in reversed(list(children)):
+            push((child, depth + 1))
+    if first is not None:
+        raise first
 
 
 def _too_deep() -> GatewayError:
@@ -142,12 +163,24 @@ def parse_rpc_json(text: str) -> Any:
 # -- §3.3 method names, frame ids --------------------------------------------------------------
 def validate_method(value: Any) -> str:
     """Return a valid method name or raise ``INVALID_INPUT`` (§3.3); length is in UTF-16 units."""
+    if isinstance(value, str) and value in _VALID_METHODS:
+        return value
+    return _validate_method(value)
+
+
+_VALID_METHODS: Final[set[str]] = set()
+"""Method names already found valid (bounded: only the first 4 096 are kept)."""
+
+
+def _validate_method(value: Any) -> str:
     if not isinstance(value, str):
         raise GatewayError(INVALID_INPUT, "Gateway method name must be a string.")
     if utf16_length(value) > MAX_METHOD_LENGTH:
         raise GatewayError(INVALID_INPUT, f"method exceeds the maximum length of {MAX_METHOD_LENGTH} characters.")
     if METHOD_PATTERN.fullmatch(value) is None:
         raise GatewayError(INVALID_INPUT, "Gateway method name is invalid.")
+    if len(_VALID_METHODS) < 4096:
+        _VALID_METHODS.add(value)
     return value
 
 

@@ -50,18 +50,18 @@ def require_run(call: Call, run_id: str, code: str = NOT_FOUND) -> str:
     return key
 
 
-async def health(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+def health(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return health_payload(call.ctx, route=False)
 
 
-async def list_runs(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
+def list_runs(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
     with escaping():
         limit = read_limit(params)
     status = read_alias(params, "status", as_string, "filter")
     return list_run_rows(call.ctx.store, limit, status)
 
 
-async def list_workflows(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
+def list_workflows(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
     has_ui = read_alias(params, "hasUi", as_boolean, "filter")
     workflows = call.ctx.workflows
     out = []
@@ -122,16 +122,15 @@ async def resume_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return {"runId": run_id, "status": STATUS_RESUME_REQUESTED}
 
 
-async def get_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+def get_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     run_id = run_id_param(params)
-    require_run(call, run_id)
     record = run_record(call.ctx, run_id)
     if record is None:
         raise GatewayError(NOT_FOUND, f"Run not found: {run_id}")
     return record
 
 
-async def cancel_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+def cancel_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     run_id = run_id_param(params)
     if not call.ctx.abort_run(run_id):
         raise GatewayError(RUN_NOT_ACTIVE, "Run is not currently active")
@@ -150,7 +149,7 @@ async def rerun(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return await launch(call, key, as_object(original) or {}, read_alias(params, "newRunId", as_string))
 
 
-async def hijack_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+def hijack_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     run_id = run_id_param(params, InvalidRunId)
     require_run(call, run_id, RunNotFound)
     # A placeholder in 0.18.0: nothing is stored and nothing changes.

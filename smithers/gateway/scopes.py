@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -162,8 +163,17 @@ def forbidden(required: str, method: str) -> GatewayError:
     return GatewayError(FORBIDDEN, f"Missing required scope {required} for {method}", {"requiredScope": required})
 
 
+@functools.lru_cache(maxsize=4096)
+def _allowed(granted: tuple[Any, ...], method: str) -> bool:
+    return has_scope(granted, required_scope_for_method(method), method)
+
+
 def authorize(granted: Iterable[Any], method: str) -> None:
-    """Raise :func:`forbidden` unless ``granted`` may call ``method``."""
-    required = required_scope_for_method(method)
-    if not has_scope(granted, required, method):
-        raise forbidden(required, method)
+    """Raise :func:`forbidden` unless ``granted`` may call ``method`` (decisions cached per scope set)."""
+    scopes = granted if isinstance(granted, tuple) else tuple(granted)
+    try:
+        allowed = _allowed(scopes, method)
+    except TypeError:  # an unhashable entry: decide without the cache
+        allowed = has_scope(scopes, required_scope_for_method(method), method)
+    if not allowed:
+        raise forbidden(required_scope_for_method(method), method)

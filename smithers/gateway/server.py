@@ -128,6 +128,9 @@ class Gateway:
     def is_executing(self, run_id: str) -> bool:
         return self.supervisor.is_executing(run_id)
 
+    def executing_key(self, run_id: str) -> str | None:
+        return self.supervisor.executing_key(run_id)
+
     async def start_run(
         self,
         key: str,

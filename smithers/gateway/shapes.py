@@ -9,6 +9,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
+
 from smithers.engine.runner import auth_context
 from smithers.engine.runstate import compute_run_state
 from smithers.engine.states import ACTIVE_RUN_STATUSES, FAILED, statuses_matching
@@ -25,7 +27,7 @@ RUN_COMPLETED: Final = "run.completed"
 
 def _config(row: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        value = json.loads(row.get("config_json") or "{}")
+        value = orjson.loads(row.get("config_json") or "{}")
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -58,7 +60,7 @@ def run_record(ctx: GatewayContext, run_id: str) -> dict[str, Any] | None:
         row = tx.get_run(run_id)
         if row is None:
             return None
-        record = {**to_wire(row), "workflowKey": ctx.resolve_run(run_id) or stored_workflow_key(row)}
+        record = {**to_wire(row), "workflowKey": ctx.executing_key(run_id) or stored_workflow_key(row)}
         record["summary"] = tx.count_nodes_by_state(run_id)
         with contextlib.suppress(Exception):  # omitted when it cannot be computed
             record["runState"] = compute_run_state(tx, row)

@@ -124,7 +124,7 @@ def _after_seq(params: dict[str, Any]) -> int | None:
     return int(value)
 
 
-async def stream_run_events(call: Call, params: dict[str, Any]) -> Reply:
+def stream_run_events(call: Call, params: dict[str, Any]) -> Reply:
     """``streamRunEvents``: register a stream, answer, then replay and go live."""
     if call.transport != TRANSPORT_WS or call.connection is None:
         raise GatewayError(INVALID_REQUEST, "streamRunEvents is only supported over websocket connections")

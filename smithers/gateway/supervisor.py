@@ -85,6 +85,9 @@ class RunSupervisor:
     def is_executing(self, run_id: str) -> bool:
         return run_id in self.active
 
+    def executing_key(self, run_id: str) -> str | None:
+        return self._registry.get(run_id)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def attach(self) -> None:
         """Bind to the running loop and follow the store's events. Idempotent."""

@@ -38,6 +38,7 @@ from smithers.gateway.protocol import (
     response_frame,
 )
 from smithers.gateway.shapes import hello_payload
+from smithers.gateway.wsproto import SCOPE_EXTENSION, GatewayWebSocketProtocol
 from smithers.store.rows import now_ms
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,10 @@ class Connection:
     """One WebSocket client: its state, identity, subscription filter, seq and streams."""
 
     __slots__ = (
+        "_direct",
+        "_flush_handle",
         "_outbox",
+        "_pending",
         "_recheck",
         "_room",
         "_send",
@@ -116,6 +120,9 @@ class Connection:
         self._slots = 0  # messages being handled; at most MAX_IN_FLIGHT at once
         self._room: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
+        self._direct: GatewayWebSocketProtocol | None = None  # the protocol's direct path, when it offers one
+        self._flush_handle: asyncio.Handle | None = None
+        self._pending: deque[tuple[Call, Any]] | None = None  # calls read while MAX_IN_FLIGHT are handled
 
     # -- state ---------------------------------------------------------------------------------
     def transition(self, new: ConnectionState) -> None:
@@ -206,8 +213,19 @@ class Connection:
             self.close()
             return
         self._outbox.append(text)
-        if self._writer is None:
+        if self._direct is not None:
+            # Frames queued in one pass of the event loop leave in one write.
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        elif self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _flush(self) -> None:
+        """Write every queued frame through the direct path, in order, in one system call."""
+        self._flush_handle = None
+        outbox, self._outbox = self._outbox, None
+        if outbox and self._direct is not None and self.is_open:
+            self._direct.write_texts(outbox)
 
     async def _drain(self) -> None:
         send = self._send
@@ -226,24 +244,43 @@ class Connection:
                 self._outbox = None
 
     # -- inbound -------------------------------------------------------------------------------
-    async def handle(self, data: str | bytes) -> None:
-        """Validate and answer one inbound message."""
+    def on_message(self, data: str | bytes) -> None:
+        """Validate and answer one inbound message; never raises.
+
+        Calls whose handler does not wait are answered here and now. The others run as tasks, at
+        most :data:`MAX_IN_FLIGHT` at a time; further ones wait their turn with reading paused.
+        """
+        try:
+            prepared = self._prepare(data)
+        except Exception as exc:
+            self.answer(outcome_for(TRANSPORT_WS, WS_INVALID_ID, WS_INVALID_ID, exc, "ws message"))
+            return
+        if prepared is None:
+            return
+        call, params = prepared
+        dispatcher = self.host.dispatcher
+        if not dispatcher.waits(call.method):
+            self.answer(dispatcher.call_now(call, call.request_id, params))
+            return
+        self._start(call, params)
+
+    def _prepare(self, data: str | bytes) -> tuple[Call, Any] | None:
+        """Parse and authenticate a message into a call (None: it was answered already)."""
         host = self.host
-        host.metrics.messages_received.labels("ws", "request", "").inc()
+        host.metrics.received("ws")
         try:
             frame = parse_ws_frame(data, host.options.max_payload)
         except GatewayError as exc:
             host.metrics.error("frame", transport="ws", code=exc.code)
             self.send_frame(error_frame(WS_INVALID_ID, exc))
-            return
+            return None
         if frame.method == CONNECT_METHOD:
             self._connect(frame)
-            return
+            return None
         principal = self._current_principal(frame)
         if principal is None:
-            return
-        call = Call(host, TRANSPORT_WS, principal, frame.method, frame.id, self)
-        self.answer(await host.dispatcher.call(call, frame.id, frame.params))
+            return None
+        return Call(host, TRANSPORT_WS, principal, frame.method, frame.id, self), frame.params
 
     def _current_principal(self, frame: RequestFrame) -> Principal | None:
         if self.principal is None or not self.authenticated:
@@ -325,7 +362,10 @@ class Connection:
         self._outbox = None
 
     async def close_socket(self, code: int | None = 1000) -> None:
-        """Send a close frame; ``None`` sends one without a status code (the peer sees 1005)."""
+        """Send a close frame after what is queued; ``None`` sends one without a status code (1005)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
         try:
             await self.websocket.send({"type": "websocket.close", "code": code, "reason": ""})
         except Exception:
@@ -334,33 +374,49 @@ class Connection:
     async def run(self) -> None:
         """Accept, challenge, then read messages until the client goes away."""
         await self.websocket.accept(headers=[(API_VERSION_HEADER.lower().encode(), API_VERSION.encode())])
+        direct = self.websocket.scope.get("extensions", {}).get(SCOPE_EXTENSION)
+        if direct is not None:
+            self._direct = direct["protocol"]
+            self._direct.attach(self.on_message)
         self.transition(ConnectionState.OPEN)
         self.send_event("connect.challenge", {"nonce": str(uuid.uuid4()), "ts": now_ms()})
         while True:
+            # With the direct path only the disconnect (and messages read before it was attached)
+            # arrive here; the rest reach on_message as they are parsed.
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            while self._slots >= MAX_IN_FLIGHT:
+            self.on_message(data if data is not None else message.get("bytes") or b"")
+            while self._direct is None and self._slots >= MAX_IN_FLIGHT:
                 if self._room is None:
                     self._room = asyncio.Event()
                 await self._room.wait()
-            self._slots += 1
-            task = asyncio.get_running_loop().create_task(self._handle_guarded(data))
-            if self._tasks is None:
-                self._tasks = set()
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
-    async def _handle_guarded(self, data: str | bytes) -> None:
+    def _start(self, call: Call, params: Any) -> None:
+        if self._slots >= MAX_IN_FLIGHT:
+            if self._pending is None:
+                self._pending = deque()
+            self._pending.append((call, params))
+            if self._direct is not None:
+                self._direct.pause_reading()
+            return
+        self._slots += 1
+        task = asyncio.get_running_loop().create_task(self._dispatch(call, params))
+        if self._tasks is None:
+            self._tasks = set()
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, call: Call, params: Any) -> None:
         try:
-            await self.handle(data)
-        except Exception as exc:  # never let a bad message kill the connection
-            self.answer(outcome_for(TRANSPORT_WS, WS_INVALID_ID, WS_INVALID_ID, exc, "ws message"))
+            self.answer(await self.host.dispatcher.call(call, call.request_id, params))
         finally:
             self._slots -= 1
+            if self._pending:
+                self._start(*self._pending.popleft())
+            elif self._direct is not None:
+                self._direct.resume_reading()
             if self._room is not None:
                 self._room.set()
                 self._room = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -14,6 +15,12 @@ BOOLEAN_COLUMNS = frozenset({"cached", "enabled", "auto_approved", "done"})
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def iso_ms(ms: int | float) -> str:
+    """``new Date(ms).toISOString()``: ``2026-01-01T00:00:00.000Z`` (UTC, milliseconds)."""
+    seconds, millis = divmod(int(ms), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
@@ -32,7 +39,9 @@ def loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
+@functools.cache
 def camel(name: str) -> str:
+    """``created_at_ms`` → ``createdAtMs`` (cached: column names are few)."""
     head, *rest = name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 

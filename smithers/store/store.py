@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, suppress
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, select
@@ -43,7 +43,7 @@ class Tx:
         self.store = store
         self.raw = raw
         self.write = write
-        self.cur = raw.cursor()
+        self.cur = store._cursor()
         self.events: list[StoredEvent] = []
         self._next_seq: dict[str, int] = {}
 
@@ -520,34 +520,37 @@ class Store:
                 self._raws.append(raw)
         return raw
 
+    def _cursor(self) -> Any:
+        """This thread's cursor (one per connection, reused by every transaction on it)."""
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._local.cur = self._raw().cursor()
+        return cur
+
     def lock_run(self, tx: Tx, run_id: str) -> None:
         """Serialise writers of one run's sequences (events, signals) inside ``tx``."""
         if self.is_postgres:
             tx.cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))
 
-    @contextmanager
-    def _transaction(self, write: bool) -> Iterator[Tx]:
+    def _begin(self, write: bool) -> tuple[Tx, bool]:
+        """The transaction to use: a new one, or the one already open on this thread (joined)."""
         outer: Tx | None = getattr(self._local, "tx", None)
         if outer is not None:
             if write and not outer.write:
                 raise RuntimeError("cannot open a write transaction inside a read transaction")
-            yield outer
-            return
+            return outer, False
         raw = self._raw()
         tx = Tx(self, raw, write)
-        sqlite = not self.is_postgres
-        if sqlite:
+        if not self.is_postgres:
             tx.cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         self._local.tx = tx
-        try:
-            yield tx
-        except BaseException:
-            self._local.tx = None
-            self._end(raw, tx, commit=False)
-            raise
+        return tx, True
+
+    def _finish(self, tx: Tx, ok: bool) -> None:
+        """Commit (a write that went well) or end the transaction, then publish its events."""
         self._local.tx = None
-        self._end(raw, tx, commit=write)
-        if tx.events:
+        self._end(tx.raw, tx, commit=ok and tx.write)
+        if ok and tx.events:
             self.bus.publish(tx.events)
 
     def _end(self, raw: Any, tx: Tx, commit: bool) -> None:
@@ -559,16 +562,14 @@ class Store:
         except Exception:
             if commit:
                 raise
-        finally:
-            tx.cur.close()
 
     def read(self) -> AbstractContextManager[Tx]:
         """A read transaction (a consistent view)."""
-        return self._transaction(write=False)
+        return _Transaction(self, write=False)
 
     def write(self) -> AbstractContextManager[Tx]:
         """A write transaction; its events are published once it commits."""
-        return self._transaction(write=True)
+        return _Transaction(self, write=True)
 
     def get_run(self, run_id: str) -> Row | None:
         with self.read() as tx:
@@ -582,6 +583,25 @@ class Store:
             self._raws.clear()
         self._local = threading.local()
         self.engine.dispose()
+
+
+class _Transaction(AbstractContextManager[Tx]):
+    """``with store.read() as tx`` / ``with store.write() as tx`` (a class: cheaper than a generator)."""
+
+    __slots__ = ("_owned", "_store", "_tx", "_write")
+
+    def __init__(self, store: Store, write: bool):
+        self._store = store
+        self._write = write
+        self._owned = False
+
+    def __enter__(self) -> Tx:
+        self._tx, self._owned = self._store._begin(self._write)
+        return self._tx
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self._owned:
+            self._store._finish(self._tx, ok=kind is None)
 
 
 def _reason(exc: SQLAlchemyError) -> str:

@@ -297,7 +297,6 @@ def test_options_are_validated_and_accept_javascript_names(tmp_path: Path) -> No
 
 
 def test_ui_registration_and_list_workflows(tmp_path: Path) -> None:
-    import asyncio
 
     from smithers import Task, workflow
     from smithers.errors import InvalidInputError
@@ -316,8 +315,8 @@ def test_ui_registration_and_list_workflows(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="Gateway UI path is invalid"):
         gateway.register("has space", flow, ui={"entry": "e"})
     call = Call(gateway, "http", None, "listWorkflows", "id")  # type: ignore[arg-type]
-    listed = asyncio.run(list_workflows(call, {}))
+    listed = list_workflows(call, {})
     assert [w["key"] for w in listed] == ["alpha", "Beta", "deploy"]
     assert listed[1]["uiPath"] == "/custom" and listed[2]["uiPath"] == "/workflows/deploy"
-    assert [w["key"] for w in asyncio.run(list_workflows(call, {"hasUi": True}))] == ["Beta", "deploy"]
+    assert [w["key"] for w in list_workflows(call, {"hasUi": True})] == ["Beta", "deploy"]
     gateway.store.close()

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from smithers.engine.runstate import compute_run_state, iso_ms
+from smithers.engine.runstate import compute_run_state
+from smithers.store.rows import iso_ms
 from smithers.store.store import Store
 
 NOW = 1_800_000_000_000
