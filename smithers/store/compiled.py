@@ -22,6 +22,8 @@ class SqlCache:
     def __init__(self, dialect: SaDialect):
         self.dialect = dialect
         self._cache: dict[Hashable, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+        self.names: dict[Hashable, tuple[str, ...]] = {}
+        """Result column names by statement key (read off the first execution)."""
 
     def get(
         self, key: Hashable, build: Callable[[], ClauseElement]

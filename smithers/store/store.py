@@ -36,6 +36,10 @@ from smithers.store.rows import dumps, now_ms
 Row = dict[str, Any]
 
 
+def _run_by_id() -> ClauseElement:
+    return select(t.runs).where(t.runs.c.run_id == bindparam("w_run_id"))
+
+
 class Tx:
     """One open transaction. Reads work in any Tx; writes only in one from ``Store.write()``."""
 
@@ -58,7 +62,9 @@ class Tx:
 
     def rows(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> list[Row]:
         cur = self.execute(key, build, params)
-        names = [d[0] for d in cur.description]
+        names = self.store.sql.names.get(key)
+        if names is None:
+            names = self.store.sql.names[key] = tuple(d[0] for d in cur.description)
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def scalar(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
@@ -121,7 +127,8 @@ class Tx:
         self.insert(t.runs, values)
 
     def get_run(self, run_id: str) -> Row | None:
-        return self.first(t.runs, {"run_id": run_id})
+        found = self.rows("run_by_id", _run_by_id, {"w_run_id": run_id})
+        return found[0] if found else None
 
     def update_run(self, run_id: str, **values: Any) -> None:
         self.update(t.runs, {"run_id": run_id}, values)
@@ -486,6 +493,7 @@ class Store:
     def __init__(self, db: str | None = None, *, migrate_schema: bool = True):
         self.url = resolve_url(db)
         self.dialect = dialect_for(self.url)
+        self._sqlite = self.dialect.name == "sqlite"
         self.bus = EventBus()
         self._local = threading.local()
         self._raws: list[Any] = []
@@ -510,6 +518,8 @@ class Store:
 
     def _raw(self) -> Any:
         raw = getattr(self._local, "raw", None)
+        if raw is not None:
+            return raw
         if raw is None:
             try:
                 raw = self.engine.raw_connection()
@@ -534,34 +544,34 @@ class Store:
 
     def _begin(self, write: bool) -> tuple[Tx, bool]:
         """The transaction to use: a new one, or the one already open on this thread (joined)."""
-        outer: Tx | None = getattr(self._local, "tx", None)
+        local = self._local
+        outer: Tx | None = getattr(local, "tx", None)
         if outer is not None:
             if write and not outer.write:
                 raise RuntimeError("cannot open a write transaction inside a read transaction")
             return outer, False
-        raw = self._raw()
-        tx = Tx(self, raw, write)
-        if not self.is_postgres:
+        tx = Tx(self, self._raw(), write)
+        if self._sqlite:
             tx.cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        self._local.tx = tx
+        local.tx = tx
         return tx, True
 
     def _finish(self, tx: Tx, ok: bool) -> None:
         """Commit (a write that went well) or end the transaction, then publish its events."""
         self._local.tx = None
-        self._end(tx.raw, tx, commit=ok and tx.write)
-        if ok and tx.events:
-            self.bus.publish(tx.events)
-
-    def _end(self, raw: Any, tx: Tx, commit: bool) -> None:
+        commit = ok and tx.write
         try:
-            if self.is_postgres:
-                raw.commit() if commit else raw.rollback()
-            else:
+            if self._sqlite:
                 tx.cur.execute("COMMIT" if commit else "ROLLBACK")
+            elif commit:
+                tx.raw.commit()
+            else:
+                tx.raw.rollback()
         except Exception:
             if commit:
                 raise
+        if ok and tx.events:
+            self.bus.publish(tx.events)
 
     def read(self) -> AbstractContextManager[Tx]:
         """A read transaction (a consistent view)."""
