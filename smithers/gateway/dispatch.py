@@ -57,7 +57,7 @@ class Call:
     connection: ClientConnection | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """A payload plus work to do right after the response frame is queued (e.g. stream replay)."""
 
@@ -91,7 +91,7 @@ def returning() -> Iterator[None]:
         raise
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What to answer: a payload, or an error and the response id it goes out with."""
 

@@ -109,33 +109,38 @@ def _bound_violation(item: Any, field: str) -> GatewayError | None:
 def check_frame_bounds(value: Any, field: str = FRAME_FIELD) -> None:
     """Enforce the frame bounds: a too-deep value first, else the first other violation in document order.
 
-    One pre-order pass: a depth violation is raised as soon as it is seen (it wins wherever it is);
-    the first other violation is remembered and raised at the end.
+    One pre-order walk: a depth violation is raised as soon as it is seen (it wins wherever it is);
+    the first other violation is remembered and raised at the end. The walk recurses at most
+    ``MAX_FRAME_DEPTH`` levels, since deeper is already a violation.
     """
-    first: GatewayError | None = None
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        item, depth = pop()
-        kind = type(item)
-        if kind is dict:
-            children: Any = item.values()
-        elif kind is list or kind is tuple:
-            children = item
-        else:
-            if first is None and (kind is str or kind is float):
-                first = _bound_violation(item, field)
-            continue
-        if first is None:
-            first = _bound_violation(item, field)
-        if not children:
-            continue
-        if depth + 1 > MAX_FRAME_DEPTH:
-            raise GatewayError(INVALID_INPUT, f"{field} exceeds the maximum JSON depth of {MAX_FRAME_DEPTH}.")
-        for child in reversed(list(children)):
-            push((child, depth + 1))
+    first = _walk_bounds(value, 1, field, None)
     if first is not None:
         raise first
+
+
+def _walk_bounds(item: Any, depth: int, field: str, first: GatewayError | None) -> GatewayError | None:
+    kind = type(item)
+    if kind is dict:
+        children: Any = item.values()
+    elif kind is list or kind is tuple:
+        if first is None and len(item) > MAX_FRAME_ARRAY_LENGTH:
+            first = _bound_violation(item, field)
+        children = item
+    else:
+        if first is None and (kind is str or kind is float):
+            first = _bound_violation(item, field)
+        return first
+    if not children:
+        return first
+    if depth >= MAX_FRAME_DEPTH:
+        raise GatewayError(INVALID_INPUT, f"{field} exceeds the maximum JSON depth of {MAX_FRAME_DEPTH}.")
+    for child in children:
+        kind = type(child)
+        if kind is dict or kind is list or kind is tuple:
+            first = _walk_bounds(child, depth + 1, field, first)
+        elif first is None and (kind is str or kind is float):
+            first = _bound_violation(child, field)
+    return first
 
 
 def _too_deep() -> GatewayError:
@@ -194,7 +199,7 @@ def validate_frame_id(value: Any) -> str:
 
 
 # -- inbound requests --------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestFrame:
     """A validated request: id, method and raw params (``None`` when absent or null)."""
 

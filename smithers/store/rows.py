@@ -46,11 +46,17 @@ def camel(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
+@functools.lru_cache(maxsize=256)
+def _wire_keys(columns: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The camelCase keys of a row's columns, and which of them are 0/1 flags."""
+    return tuple(camel(c) for c in columns), frozenset(camel(c) for c in columns if c in BOOLEAN_COLUMNS)
+
+
 def to_wire(row: Mapping[str, Any]) -> dict[str, Any]:
     """A database row as the gateway returns it: camelCase keys, 0/1 flags as booleans."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if key in BOOLEAN_COLUMNS and value is not None:
-            value = bool(value)
-        out[camel(key)] = value
+    keys, flags = _wire_keys(tuple(row))
+    out = dict(zip(keys, row.values(), strict=True))
+    for key in flags:
+        if out[key] is not None:
+            out[key] = bool(out[key])
     return out
