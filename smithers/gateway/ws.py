@@ -101,9 +101,9 @@ class Connection:
         "websocket",
     )
 
-    def __init__(self, host: GatewayHost, websocket: WebSocket, headers: dict[str, str], send: Send | None = None):
+    def __init__(self, host: GatewayHost, websocket: WebSocket, headers: dict[str, str], send: Send):
         self.host = host
-        self.websocket = websocket
+        self.websocket: WebSocket | None = websocket
         self._send = send
         self.headers = headers
         self.state = ConnectionState.CONNECTING
@@ -232,10 +232,7 @@ class Connection:
         try:
             while self._outbox and self.is_open:
                 text = self._outbox.popleft()
-                if send is not None:  # the ASGI send itself: the hot path of a broadcast
-                    await send({"type": "websocket.send", "text": text})
-                else:
-                    await self.websocket.send_text(text)
+                await send({"type": "websocket.send", "text": text})
         except Exception:  # the peer went away; the receive loop notices and closes
             self._outbox = None
         finally:
@@ -366,32 +363,50 @@ class Connection:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush()
+        if self._direct is not None:
+            self._direct.shut(code)
+            return
         try:
-            await self.websocket.send({"type": "websocket.close", "code": code, "reason": ""})
+            await self._send({"type": "websocket.close", "code": code, "reason": ""})
         except Exception:
             log.debug("closing a WebSocket that is already gone", exc_info=True)
 
-    async def run(self) -> None:
-        """Accept, challenge, then read messages until the client goes away."""
-        await self.websocket.accept(headers=[(API_VERSION_HEADER.lower().encode(), API_VERSION.encode())])
-        direct = self.websocket.scope.get("extensions", {}).get(SCOPE_EXTENSION)
+    async def run(self) -> bool:
+        """Accept and challenge; then read messages until the client goes away.
+
+        Returns True at once when the protocol offers its direct path: the connection then lives
+        in the protocol, which calls :meth:`ended` when the socket goes; False when it has ended.
+        """
+        websocket = self.websocket
+        assert websocket is not None, "run() is called once"
+        await websocket.accept(headers=[(API_VERSION_HEADER.lower().encode(), API_VERSION.encode())])
+        direct = websocket.scope.get("extensions", {}).get(SCOPE_EXTENSION)
+        self.transition(ConnectionState.OPEN)
         if direct is not None:
             self._direct = direct["protocol"]
-            self._direct.attach(self.on_message)
-        self.transition(ConnectionState.OPEN)
+            self._direct.attach(self.on_message, self.ended)
+            self.websocket = None  # the protocol carries the socket from here on
+            self.send_event("connect.challenge", {"nonce": str(uuid.uuid4()), "ts": now_ms()})
+            return True
         self.send_event("connect.challenge", {"nonce": str(uuid.uuid4()), "ts": now_ms()})
         while True:
-            # With the direct path only the disconnect (and messages read before it was attached)
-            # arrive here; the rest reach on_message as they are parsed.
-            message = await self.websocket.receive()
+            message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                return
+                return False
             data = message.get("text")
             self.on_message(data if data is not None else message.get("bytes") or b"")
-            while self._direct is None and self._slots >= MAX_IN_FLIGHT:
+            while self._slots >= MAX_IN_FLIGHT:
                 if self._room is None:
                     self._room = asyncio.Event()
                 await self._room.wait()
+
+    def ended(self, reason: str = "close") -> None:
+        """The socket is gone: forget the connection and count it (once)."""
+        self.close()
+        host = self.host
+        if self in host.connections:
+            host.connections.discard(self)
+            host.metrics.connection_closed(len(host.connections), reason)
 
     def _start(self, call: Call, params: Any) -> None:
         if self._slots >= MAX_IN_FLIGHT:
@@ -440,14 +455,12 @@ async def serve_websocket(host: GatewayHost, scope: Scope, receive: Receive, sen
     host.metrics.connection_opened(len(host.connections))
     reason = "close"
     try:
-        await conn.run()
+        if await conn.run():
+            return  # the protocol carries the connection on and calls conn.ended()
     except WebSocketDisconnect:
         pass
     except Exception:
         reason = "error"
         host.metrics.error("socket", transport="ws")
         log.exception("WebSocket connection failed")
-    finally:
-        conn.close()
-        host.connections.discard(conn)
-        host.metrics.connection_closed(len(host.connections), reason)
+    conn.ended(reason)

@@ -20,7 +20,9 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 from websockets.frames import CloseCode
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -34,6 +36,7 @@ _FIN: Final = 0x80
 _MASKED: Final = 0x80
 
 MessageSink = Callable[[str | bytes], None]
+LostHook = Callable[[], None]
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -50,6 +53,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol plus a direct message path for the gateway's connections."""
 
     sink: MessageSink | None = None
+    on_lost: LostHook | None = None
     _direct = False  # frames are parsed here (see data_received)
     _partial: bytearray | None = None  # the start of a frame whose rest has not arrived
 
@@ -58,15 +62,57 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.handshake_initiated and getattr(self, "scope", None) is not None:
             self.scope["extensions"][SCOPE_EXTENSION] = {"protocol": self}  # type: ignore[index]
 
-    def attach(self, sink: MessageSink) -> None:
-        """From now on, deliver each complete message to ``sink`` instead of the ASGI queue.
+    def attach(self, sink: MessageSink, on_lost: LostHook) -> None:
+        """From now on, deliver each complete message to ``sink``; call ``on_lost`` when the socket goes.
 
-        Frames are parsed here only if the ``websockets`` parser holds nothing yet (a client that
-        sent frames before it saw the handshake answer keeps the library parser throughout).
+        The application may then return: the connection lives on in this protocol (an idle socket
+        keeps no task, coroutine frames or ASGI queue entries). Frames are parsed here only if the
+        ``websockets`` parser holds nothing yet.
         """
         self.sink = sink
+        self.on_lost = on_lost
         conn = self.conn
         self._direct = not conn.reader.buffer and not conn.extensions and conn.state is State.OPEN
+        # What uvicorn kept of the handshake is not needed any more.
+        self.request = self.response = None  # type: ignore[assignment]
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, except that an attached connection stays open when the application returns."""
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+        if self.sink is not None and not self.disconnected:
+            self.scope = None  # type: ignore[assignment]
+            return
+        if self.close_timer is None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        hook, self.on_lost, self.sink = self.on_lost, None, None
+        if hook is not None:
+            hook()
+
+    def shut(self, code: int | None = 1000) -> None:
+        """Send a close frame (``None``: without a status code) and close once the peer answers."""
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return
+        try:
+            self.conn.send_close(code, "")
+        except InvalidState:
+            return
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
     # -- receiving -------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:

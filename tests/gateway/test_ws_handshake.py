@@ -226,7 +226,7 @@ def test_close_frees_the_slot_and_gateway_close_sends_close(start_gateway: Any) 
 
 
 def test_connection_state_machine() -> None:
-    conn = Connection(None, None, {})  # type: ignore[arg-type]  # no I/O happens on transitions
+    conn = Connection(None, None, {}, None)  # type: ignore[arg-type]  # no I/O happens on transitions
     with pytest.raises(IllegalTransition):
         conn.transition(ConnectionState.AUTHENTICATED)
     conn.transition(ConnectionState.OPEN)
