@@ -125,11 +125,13 @@ async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         raise ServerError(exc.message) from exc
     ctx.metrics.approval_decisions.labels("approved" if approved else "denied").inc()
     # Ours: dashboards learn of the decision at once, not only from the resumed run
-    # (docs/protocol.md#departures-from-0180).
-    ctx.broadcast(
-        APPROVAL_DECIDED,
-        {"runId": run_id, "nodeId": node_id, "iteration": iteration, "approved": approved, "decidedBy": decided_by},
-    )
+    # (docs/protocol.md#departures-from-0180). A run executing here announced it already, from
+    # the decision's engine event.
+    if not ctx.is_executing(run_id):
+        ctx.broadcast(
+            APPROVAL_DECIDED,
+            {"runId": run_id, "nodeId": node_id, "iteration": iteration, "approved": approved, "decidedBy": decided_by},
+        )
     await ctx.resume_if_needed(run_id, caller_auth(call.principal), call.connection)
     return {"runId": run_id, "nodeId": node_id, "iteration": iteration, "approved": approved}
 

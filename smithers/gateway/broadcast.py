@@ -68,6 +68,22 @@ def _approval(extra: Mapping[str, Any]) -> Callable[[StoredEvent], Payload]:
     return build
 
 
+def _decided(approved: bool) -> Callable[[StoredEvent], Payload]:
+    """``approval.decided`` with ``decidedBy``, as the approvals RPC broadcasts it."""
+
+    def build(event: StoredEvent) -> Payload:
+        p = event.payload
+        return {
+            "runId": event.run_id,
+            "nodeId": p.get("nodeId"),
+            "iteration": p.get("iteration"),
+            "approved": approved,
+            "decidedBy": p.get("decidedBy"),
+        }
+
+    return build
+
+
 def _heartbeat(event: StoredEvent) -> Payload:
     p = event.payload
     return {
@@ -102,9 +118,9 @@ EVENT_MAP: Final[Mapping[str, tuple[str, Callable[[StoredEvent], Payload]]]] = {
     ev.NODE_FAILED: ("node.failed", _node_failed),
     ev.NODE_OUTPUT: ("task.output", _output),
     ev.APPROVAL_REQUESTED: ("approval.requested", _approval({})),
-    ev.APPROVAL_GRANTED: ("approval.decided", _approval({"approved": True})),
+    ev.APPROVAL_GRANTED: ("approval.decided", _decided(True)),
     ev.APPROVAL_AUTO_APPROVED: ("approval.auto_approved", _approval({})),
-    ev.APPROVAL_DENIED: ("approval.decided", _approval({"approved": False})),
+    ev.APPROVAL_DENIED: ("approval.decided", _decided(False)),
     ev.TASK_HEARTBEAT: ("task.heartbeat", _heartbeat),
     ev.TIME_TRAVEL_JUMPED: ("run.time_travel_jumped", _jumped),
     ev.RUN_FINISHED: (RUN_COMPLETED, _completed(FINISHED)),

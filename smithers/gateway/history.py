@@ -30,13 +30,13 @@ def _run_id(call: Call, params: dict[str, Any]) -> str:
     return run_id
 
 
-def _frame_no(value: Any) -> int | None:
+def _frame_no(value: Any, field: str) -> int | None:
     """A frame number: a non-negative integer. Frame 0 is addressable (docs/protocol.md#departures-from-0180)."""
     if value is None:
         return None
     if value == 0 and not isinstance(value, bool):
         return 0
-    return positive_int(value, "frameNo")
+    return positive_int(value, field)
 
 
 def list_frames(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -44,7 +44,7 @@ def list_frames(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
     run_id = _run_id(call, params)
     with escaping():
         limit = optional_positive_int(params.get("limit"), "limit") or DEFAULT_FRAME_LIMIT
-        after = _frame_no(params.get("afterFrameNo"))
+        after = _frame_no(params.get("afterFrameNo"), "afterFrameNo")
     with call.ctx.store.read() as tx:
         last = tx.last_frame_no(run_id)
         lo = max((after + 1) if after is not None else 0, last - limit + 1)
@@ -56,7 +56,7 @@ def get_frame(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     """One frame (the latest without ``frameNo``); every stored frame is reachable, frame 0 included."""
     run_id = _run_id(call, params)
     with escaping():
-        wanted = _frame_no(params.get("frameNo"))
+        wanted = _frame_no(params.get("frameNo"), "frameNo")
     with call.ctx.store.read() as tx:
         frame_no = tx.last_frame_no(run_id) if wanted is None else wanted
         rows = read_frames(tx, run_id, frame_no, frame_no)

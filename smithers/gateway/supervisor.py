@@ -237,8 +237,6 @@ class RunSupervisor:
         entry = self.active.get(event.run_id)
         if entry is None and event.type != ev.TIME_TRAVEL_JUMPED:
             return
-        if event.type in (ev.APPROVAL_GRANTED, ev.APPROVAL_DENIED):
-            return  # the approvals module broadcasts approval.decided itself, with decidedBy
         mapped = map_event(event)
         if mapped is None:
             return

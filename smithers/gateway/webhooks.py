@@ -36,6 +36,7 @@ from smithers.gateway.dispatch import internal_error, wire_error
 from smithers.gateway.jsvalues import loads_strict
 from smithers.gateway.protocol import payload_too_large, validate_run_input, webhook_error_body
 from smithers.gateway.responses import BodyTooLarge, json_response, read_body
+from smithers.gateway.shapes import stored_workflow_key
 from smithers.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ async def handle_webhook(ctx: GatewayContext, key: str, headers: Mapping[str, st
         correlation = as_id(select_path(payload, config.correlation_id_path))
         explicit = as_id(select_path(payload, config.run_id_path)) if config.run_id_path else None
         signal_payload = select_path(payload, config.payload_path)
-        for run_id in _candidate_runs(ctx.store, explicit):
+        for run_id in _candidate_runs(ctx.store, key, explicit):
             if waits_for(ctx.store, run_id, config.signal_name, correlation):
                 matched.append(run_id)
         for run_id in matched:
@@ -230,9 +231,16 @@ async def handle(ctx: GatewayContext, request: Request, key: str) -> Response:
     return json_response(result)
 
 
-def _candidate_runs(store: Store, explicit: str | None) -> list[str]:
+def _candidate_runs(store: Store, key: str, explicit: str | None) -> list[str]:
+    """Active runs of workflow ``key`` a delivery may signal: the one it names, else the waiting ones.
+
+    A webhook speaks for its own workflow only: runs of other workflows are never signalled.
+    """
     with store.read() as tx:
         if explicit is not None:
             row = tx.get_run(explicit)
-            return [] if row is None or row["status"] in TERMINAL_RUN_STATUSES else [explicit]
-        return [r["run_id"] for r in tx.list_runs_in([WAITING_EVENT], MAX_MATCHED_RUNS)]
+            if row is None or row["status"] in TERMINAL_RUN_STATUSES or stored_workflow_key(row) != key:
+                return []
+            return [explicit]
+        rows = tx.list_runs_in([WAITING_EVENT], MAX_MATCHED_RUNS)
+        return [r["run_id"] for r in rows if stored_workflow_key(r) == key]

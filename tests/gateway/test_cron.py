@@ -494,3 +494,14 @@ def test_cli_cron_add_with_seconds_alias_and_time_zone(start_humans: Start) -> N
     assert proc.returncode == 4 and "invalid cron pattern" in proc.stderr
     proc = cli("cron", "add", "@daily", "adhoc", "--timezone", "Nowhere/Else", "--db", db, cwd=cwd)
     assert proc.returncode == 4 and "unknown time zone" in proc.stderr
+
+
+def test_cron_trigger_checks_the_input_model(start_gateway: Start) -> None:
+    live = start_gateway()
+    response = live.rpc("cron.trigger", {"workflow": "typed", "input": {"nom": "x"}})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "INVALID_INPUT" and "name" in error["message"]
+    assert live.ok("listRuns") == []
+    run_id = live.ok("cronRun", {"workflow": "typed", "input": {"name": "ada"}})["runId"]
+    live.wait_status(run_id, {"finished"})

@@ -89,3 +89,12 @@ def test_runs_diff_compares_latest_snapshots(live: Live) -> None:
         "NOT_FOUND",
         "Both runs must exist",
     )
+
+
+def test_frame_number_errors_name_their_parameter(live: Live) -> None:
+    run_id = live.ok("launchRun", {"workflow": "hello"})["runId"]
+    live.wait_status(run_id, {"finished"})
+    for method, field in (("frames.list", "afterFrameNo"), ("frames.get", "frameNo")):
+        response = live.rpc(method, {"runId": run_id, field: -1})
+        assert response.status_code == 400
+        assert response.json()["error"]["message"] == f"{field} must be a finite number greater than 0."

@@ -267,3 +267,18 @@ def test_signal_delivery_by_run_id_path(start_humans: Start) -> None:
     for run_id in (first, started):
         live.wait_status(run_id, {"finished"})
         assert output(live, run_id, "after") == {"k": "all"}
+
+
+def test_a_webhook_signals_only_runs_of_its_own_workflow(start_humans: Start) -> None:
+    """hook_any and waiter both wait for "go": a delivery to /webhooks/hook_any must not touch waiter runs."""
+    live = start_humans()
+    mine = waiting(live, "hook_any")
+    other = waiting(live, "waiter")
+    result = webhook_post(live, "hook_any", {"body": {"k": 1}}).json()
+    assert result["matchedRunIds"] == [mine]
+    live.wait_status(mine, {"finished"})
+    # naming the other workflow's run explicitly does not reach it either
+    result = webhook_post(live, "hook_any", {"target": [{"run": other}], "body": {"k": 2}}).json()
+    assert result["matchedRunIds"] == [] and result["delivered"] == []
+    assert live.gateway.store.get_run(other)["status"] == "waiting-event"
+    assert signal_count(live, [other]) == 0
