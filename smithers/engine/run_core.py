@@ -42,7 +42,7 @@ class RunResult:
 def auth_context(
     triggered_by: str, scopes: list[str] | None = None, role: str = "operator", token_id: str | None = None
 ) -> dict[str, Any]:
-    """A RunAuthContext (gateway spec §10.2), recorded on the run and visible as ``ctx.auth``."""
+    """A RunAuthContext (docs/protocol.md#auth-context), recorded on the run and visible as ``ctx.auth``."""
     return {
         "triggeredBy": triggered_by,
         "scopes": list(scopes or []),

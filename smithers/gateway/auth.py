@@ -1,4 +1,4 @@
-"""Gateway authentication (protocol §4 with §23 D10): who is calling, and with which scopes.
+"""Gateway authentication (docs/protocol.md#authentication): who is calling, and with which scopes.
 
 An :class:`Authenticator` is built from the gateway's ``auth`` option (the JavaScript config
 shape) and turns a request into a :class:`Principal` or raises ``GatewayError(UNAUTHORIZED)``.
@@ -75,7 +75,7 @@ class Principal:
 
 
 OPEN_PRINCIPAL: Final = Principal(ROLE_OPERATOR, (WILDCARD,))
-"""Everyone, when no ``auth`` is configured (§4.3)."""
+"""Everyone, when no ``auth`` is configured (docs/protocol.md#no-auth-option-omitted)."""
 
 GrantLookup = Callable[[str], Mapping[str, Any] | None]
 """Finds the grant of a token stored outside the config (by :func:`hash_token`), or ``None``."""
@@ -163,7 +163,10 @@ def header_value(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def token_from_headers(headers: Mapping[str, str]) -> str | None:
-    """The HTTP token (§4.2): ``x-smithers-key``, else ``Authorization`` minus a ``Bearer `` prefix."""
+    """The HTTP token: ``x-smithers-key``, else ``Authorization`` minus a ``Bearer `` prefix.
+
+    See docs/protocol.md#where-the-token-comes-from.
+    """
     key = header_value(headers, HEADER_SMITHERS_KEY)
     if key:
         return key
@@ -239,7 +242,7 @@ def _json_object_segment(segment: str) -> dict[str, Any] | None:
 
 
 class _JwtVerifier:
-    """HS256 JWT verification with the exact rule order and messages of §4.5."""
+    """HS256 JWT verification with the rule order and messages of docs/protocol.md#jwt-mode-hs256."""
 
     def __init__(self, config: Mapping[str, Any]):
         algorithm = HMACAlgorithm(HMACAlgorithm.SHA256)
@@ -266,8 +269,8 @@ class _JwtVerifier:
         # ``max(0, clockSkewSeconds ?? 60)``; a value that is not a finite number also means 60.
         skew = as_number(config.get("clockSkewSeconds"))
         self._skew = 60 if skew is None else max(0, skew)
-        # §23 D10: a JWT without a usable exp never expires, so it is refused unless the config
-        # says ``requireExp: False`` (only ``False`` opts out).
+        # A JWT without a usable exp never expires, so it is refused unless the config says
+        # ``requireExp: False`` (only ``False`` opts out; docs/protocol.md#departures-from-0180, P10).
         self._require_exp = config.get("requireExp", True) is not False
 
     def verify(self, token: str | None, now_ms: int) -> Principal:

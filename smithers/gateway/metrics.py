@@ -1,4 +1,4 @@
-"""Prometheus metrics of one gateway (protocol §17), on a private registry per :class:`Gateway`.
+"""Prometheus metrics of one gateway (docs/protocol.md#metrics), on a private registry per :class:`Gateway`.
 
 prometheus_client needs a fixed label set per metric, so a label that does not apply to one
 observation is exported as the empty string (Prometheus treats that as an absent label).
@@ -19,7 +19,7 @@ _COUNT_BUCKETS: Final = (0, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
 
 
 class GatewayMetrics:
-    """Every §17 metric as an attribute; transports and handlers record through the helpers."""
+    """Every metric of docs/protocol.md#metrics as an attribute; transports and handlers record through the helpers."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

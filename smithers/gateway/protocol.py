@@ -2,7 +2,7 @@
 
 Pure functions only (no I/O, no clock). Validation failures raise
 :class:`~smithers.errors.GatewayError` with the exact code and message of the spec
-(protocol §0, §2.2-§2.4, §3.1-§3.4).
+(docs/protocol.md#quick-reference).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from smithers.gateway.jsvalues import (
 
 T = TypeVar("T")
 
-# -- §0 quick reference ------------------------------------------------------------------------
+# -- quick reference ------------------------------------------------------------------------
 API_VERSION: Final = "v1"
 API_VERSION_HEADER: Final = "X-Smithers-API-Version"
 JSON_CONTENT_TYPE: Final = "application/json"
@@ -69,7 +69,7 @@ CONNECT_METHOD: Final = "connect"
 FRAME_FIELD: Final = "gateway frame"
 
 METHOD_PATTERN: Final = re.compile(r"[a-z][a-zA-Z0-9]*(?:\.[a-z][a-zA-Z0-9]*)*")
-"""§3.3 method pattern (use ``fullmatch``; ``^…$`` in Python would accept a trailing newline)."""
+"""The method-name pattern (use ``fullmatch``; ``^…$`` in Python would accept a trailing newline)."""
 
 
 def poll_interval_ms(heartbeat_ms: int) -> int:
@@ -77,7 +77,7 @@ def poll_interval_ms(heartbeat_ms: int) -> int:
     return max(1_000, min(heartbeat_ms, 15_000))
 
 
-# -- §3.2 frame bounds -------------------------------------------------------------------------
+# -- frame bounds -------------------------------------------------------------------------
 def _is_container(value: Any) -> bool:
     return isinstance(value, dict | list | tuple)
 
@@ -152,7 +152,7 @@ def _invalid_json() -> GatewayError:
 
 
 def parse_rpc_json(text: str) -> Any:
-    """Parse an RPC payload; a too-deep text fails like a too-deep frame (§3.2).
+    """Parse an RPC payload; a too-deep text fails like a too-deep frame (docs/protocol.md#frame-bounds).
 
     Python's parser cannot follow arbitrarily deep nesting; such text is necessarily deeper than
     the frame limit, so it gets the depth message the reference gives after parsing it.
@@ -165,9 +165,12 @@ def parse_rpc_json(text: str) -> Any:
         raise _invalid_json() from exc
 
 
-# -- §3.3 method names, frame ids --------------------------------------------------------------
+# -- method names, frame ids --------------------------------------------------------------
 def validate_method(value: Any) -> str:
-    """Return a valid method name or raise ``INVALID_INPUT`` (§3.3); length is in UTF-16 units."""
+    """Return a valid method name or raise ``INVALID_INPUT``; length is in UTF-16 units.
+
+    See docs/protocol.md#method-names-and-frame-ids.
+    """
     if isinstance(value, str) and value in _VALID_METHODS:
         return value
     return _validate_method(value)
@@ -190,7 +193,7 @@ def _validate_method(value: Any) -> str:
 
 
 def validate_frame_id(value: Any) -> str:
-    """Return a valid frame id or raise ``INVALID_INPUT`` (§2.3); length is in UTF-16 units."""
+    """Return a valid frame id or raise ``INVALID_INPUT``; length is in UTF-16 units (docs/protocol.md#frames)."""
     if not isinstance(value, str):
         raise GatewayError(INVALID_INPUT, "Gateway frame id must be a string.")
     if utf16_length(value) > MAX_FRAME_ID_LENGTH:
@@ -209,7 +212,7 @@ class RequestFrame:
 
 
 def parse_ws_frame(message: str | bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> RequestFrame:
-    """Validate one inbound WebSocket message in the order of §2.3.
+    """Validate one inbound WebSocket message in the documented order (docs/protocol.md#inbound-validation).
 
     On failure the caller answers with id ``errors.WS_INVALID_ID``.
     """
@@ -233,7 +236,7 @@ def payload_too_large(limit: int) -> GatewayError:
 
 
 def parse_http_body(raw: bytes) -> dict[str, Any]:
-    """Steps 3-5 of §1.5 for an already size-checked body: parse, require an object, bound it."""
+    """An already size-checked RPC body: parse, require an object, bound it (docs/protocol.md#post-rpc)."""
     if not raw:
         return {}
     text = raw.decode("utf-8", "replace")
@@ -254,7 +257,7 @@ def parse_http_body(raw: bytes) -> dict[str, Any]:
 
 
 def http_rpc_request(body: Mapping[str, Any], request_id: str, path_method: str | None = None) -> RequestFrame:
-    """Steps 6-8 of §1.5 / §1.6: method, id (falling back to ``request_id``) and params.
+    """The method, id (falling back to ``request_id``) and params of an HTTP RPC (docs/protocol.md#post-rpc).
 
     ``path_method`` is the decoded ``/v1/rpc/{method}`` segment; it wins over ``body.method``,
     and when the body has no ``method`` key the whole body is the params.
@@ -268,7 +271,7 @@ def http_rpc_request(body: Mapping[str, Any], request_id: str, path_method: str 
 
 @dataclass(frozen=True, slots=True)
 class ConnectRequest:
-    """Negotiated ``connect`` params (§2.4); ``subscribe`` is ``None`` for "no filter"."""
+    """Negotiated ``connect`` params (docs/protocol.md#handshake); ``subscribe`` is ``None`` for "no filter"."""
 
     min_protocol: int
     max_protocol: int
@@ -281,7 +284,7 @@ def _is_json_number(value: Any) -> bool:
 
 
 def parse_connect_request(params: Any, protocol: int = DEFAULT_PROTOCOL) -> ConnectRequest:
-    """Check ``connect`` params in the order of §2.4 (authentication is separate)."""
+    """Check ``connect`` params in the documented order (docs/protocol.md#handshake); authentication is separate."""
     if not isinstance(params, dict):
         raise GatewayError(INVALID_REQUEST, "Connect params must be an object")
     low, high = params.get("minProtocol"), params.get("maxProtocol")
@@ -296,7 +299,7 @@ def parse_connect_request(params: Any, protocol: int = DEFAULT_PROTOCOL) -> Conn
     return ConnectRequest(min_protocol, max_protocol, params.get("client"), runs)
 
 
-# -- §3.1 value coercion -----------------------------------------------------------------------
+# -- value coercion -----------------------------------------------------------------------
 def as_object(value: Any) -> dict[str, Any] | None:
     """A JSON object, else ``None``."""
     return value if isinstance(value, dict) else None
@@ -360,7 +363,7 @@ def read_limit(params: Mapping[str, Any], default: int = DEFAULT_LIMIT) -> int:
     return default if limit is None else limit
 
 
-# -- §3.4 run input ----------------------------------------------------------------------------
+# -- run input ----------------------------------------------------------------------------
 def input_depth(value: Any) -> int:
     """Nesting depth of a run input: objects/arrays count one level, primitives none."""
     deepest = 0
@@ -376,7 +379,7 @@ def input_depth(value: Any) -> int:
 
 
 def validate_run_input(value: Any) -> dict[str, Any]:
-    """Return the run input (non-objects become ``{}``) or raise ``INVALID_INPUT`` (§3.4).
+    """Return the run input (non-objects become ``{}``) or raise ``INVALID_INPUT`` (see docs/protocol.md).
 
     Size is the byte length of the ``JSON.stringify`` text (numbers formatted as JavaScript
     does), so a value near the limit is judged as the reference judges it.
@@ -392,7 +395,7 @@ def validate_run_input(value: Any) -> dict[str, Any]:
     return value
 
 
-# -- §2.2 envelopes ----------------------------------------------------------------------------
+# -- envelopes ----------------------------------------------------------------------------
 def error_object(error: GatewayError, *, versioned: bool = True) -> dict[str, Any]:
     """The wire ``error``: ``{version?, code, message?, ...details}``.
 
@@ -437,10 +440,10 @@ def event_frame(event: str, payload: Any, *, seq: int, state_version: int) -> di
 
 
 def route_not_found_body() -> dict[str, Any]:
-    """The fallback 404 body (§1.9): no ``ok``, no ``apiVersion``."""
+    """The fallback 404 body (docs/protocol.md#404-fallback): no ``ok``, no ``apiVersion``."""
     return {"error": {"code": NOT_FOUND, "message": "Route not found"}}
 
 
 def webhook_error_body(error: GatewayError) -> dict[str, Any]:
-    """The webhook failure body (§15.3): ``{"ok": false, "error": {code, message}}``."""
+    """The webhook failure body (docs/protocol.md#webhooks): ``{"ok": false, "error": {code, message}}``."""
     return {"ok": False, "error": error_object(error, versioned=False)}

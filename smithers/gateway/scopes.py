@@ -1,4 +1,4 @@
-"""Scopes and authorization (protocol §5): vocabulary, method table and the grant check."""
+"""Scopes and authorization (docs/protocol.md#scopes): vocabulary, method table and the grant check."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ LEGACY_LEVELS: Final[Mapping[str, frozenset[str]]] = {
     LEGACY_APPROVE: _EXECUTE | {APPROVAL_SUBMIT},
     LEGACY_ADMIN: frozenset(ALL_SCOPES),
 }
-"""Required scopes each 0.16.9 level satisfies (§5.3 rule 5)."""
+"""Required scopes each 0.16.9 level satisfies (docs/protocol.md#how-grants-match)."""
 
 METHOD_SCOPES: Final[Mapping[str, str]] = {
     **dict.fromkeys(
@@ -114,11 +114,11 @@ METHOD_SCOPES: Final[Mapping[str, str]] = {
     **dict.fromkeys(("cron.add", "cronCreate", "cron.remove", "cronDelete", "cron.trigger", "cronRun"), CRON_WRITE),
     **dict.fromkeys(("getDevToolsSnapshot", "streamDevTools"), OBSERVABILITY_READ),
 }
-"""Required scope of every known method name, legacy and stable (§5.2)."""
+"""Required scope of every known method name, legacy and stable (docs/protocol.md#required-scope-per-method)."""
 
 
 def required_scope_for_method(method: str) -> str:
-    """The scope a method needs (§5.2); unknown methods need ``run:read``."""
+    """The scope a method needs (docs/protocol.md#required-scope-per-method); unknown methods need ``run:read``."""
     if method in _IMPLIED:
         return method
     if method.startswith(CONFIG_METHOD_PREFIX):
@@ -144,7 +144,7 @@ def _grants_method(entry: str, method: str) -> bool:
 
 
 def has_scope(granted: Iterable[Any], required: str, method: str) -> bool:
-    """hasGatewayScope (§5.3): any granted entry satisfies ``required`` or names ``method``.
+    """hasGatewayScope: any granted entry satisfies ``required`` or names ``method`` (docs/protocol.md#scopes).
 
     Entries are trimmed and empty or non-string entries are ignored. Method-name and
     ``prefix.*`` grants count unconditionally (the 0.18.0 rule, not the later anti-escalation one).
@@ -159,7 +159,7 @@ def has_scope(granted: Iterable[Any], required: str, method: str) -> bool:
 
 
 def forbidden(required: str, method: str) -> GatewayError:
-    """The §5.4 scope failure: ``FORBIDDEN`` with ``requiredScope`` (HTTP 403)."""
+    """The scope failure (docs/protocol.md#failure-shape): ``FORBIDDEN`` with ``requiredScope`` (HTTP 403)."""
     return GatewayError(FORBIDDEN, f"Missing required scope {required} for {method}", {"requiredScope": required})
 
 

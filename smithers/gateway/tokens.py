@@ -123,7 +123,7 @@ def revoke_token(store: Store, token_id: str, *, now_ms: int | None = None) -> b
 
 
 def lookup_token(store: Store, token: str) -> dict[str, Any] | None:
-    """The grant of a stored token, in the shape of a configured token grant (§4.4), or None."""
+    """The grant of a stored token, in the shape of a configured token grant (docs/protocol.md#token-mode), or None."""
     with store.read() as tx:
         row = tx.find_token(hash_token(token))
     if row is None:

@@ -329,7 +329,7 @@ def test_decisions_and_signals_refuse_what_does_not_apply(cli: Cli) -> None:
         approvals = conn.execute("SELECT status, note FROM _smithers_approvals WHERE run_id = 'd-1'").fetchall()
         signals = conn.execute("SELECT count(*) FROM _smithers_signals WHERE run_id = 'd-1'").fetchone()[0]
     assert approvals == [("approved", "fine")] and signals == 0
-    assert [r["status"] for r in runs_in(cli.db)] == ["waiting-event"]  # decided, not yet resumed (spec §8 #5)
+    assert [r["status"] for r in runs_in(cli.db)] == ["waiting-event"]  # decided, not yet resumed
 
 
 # ---- bad input ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The pure scheduler and graph extraction, rule by rule (engine spec §1.2, §1.3, §1.6).
+"""The pure scheduler and graph extraction, rule by rule (docs/engine.md#the-run-loop).
 
 Plans are built with ``extract()`` from real DSL trees; node states are written by hand.
 """
@@ -551,7 +551,7 @@ def test_outer_loop_advances_when_the_inner_loop_is_done() -> None:
 
 
 def test_done_outer_loop_skips_the_leaves_of_loops_nested_in_it() -> None:
-    """§1.6: once a loop is done, *its* unfinished nodes are never scheduled and are marked skipped.
+    """Once a loop is done, *its* unfinished nodes are never scheduled and are marked skipped.
 
     The leaves of a loop nested (through a Sequence) in the done loop are its nodes too.
     """
@@ -887,7 +887,7 @@ def test_explicit_parallel_id_is_kept() -> None:
 
 
 def test_parallel_auto_id_counts_only_mounted_elements() -> None:
-    """§1.2: the path counts only element children, so an unmounted sibling takes no index."""
+    """The path counts only element children, so an unmounted sibling takes no index."""
     g = graph(Sequence(Sequence(T("x"), skip_if=True), Parallel(T("p"))))
     assert g.by_key["p::0"].parallel_group == "parallel:0"
 

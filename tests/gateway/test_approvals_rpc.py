@@ -1,4 +1,4 @@
-"""Approvals end to end (§13, §10.3, §23 D5): listing, deciding over both transports, policies, the CLI."""
+"""Approvals end to end: listing, deciding over both transports, policies, the CLI."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def entry(**fields: Any) -> dict[str, Any]:
     return {**base, **fields}
 
 
-# -- listing (§13.1, §13.2) -------------------------------------------------------------------------
+# -- listing -------------------------------------------------------------------------
 def test_pending_listing_has_every_field(start_humans: Start) -> None:
     live = start_humans(auth=HUMAN_AUTH)
     ship = waiting(live, "ship")
@@ -95,7 +95,7 @@ def test_pending_listing_has_every_field(start_humans: Start) -> None:
             nodeId="choice",
             requestTitle="Pick a colour",
             approvalMode="select",
-            # entries without a non-empty string key and label are left out (§13.1)
+            # entries without a non-empty string key and label are left out
             options=[{"key": "blue", "label": "Blue", "summary": "calm"}, {"key": "red", "label": "Red"}],
         ),
         entry(
@@ -110,7 +110,7 @@ def test_pending_listing_has_every_field(start_humans: Start) -> None:
         entry(runId=admins, workflowKey="only_admins", nodeId="ok", requestTitle="ok", allowedScopes=["run:admin"]),
     ]
     assert live.ok("approvals.list", token=OP) == listed
-    # the hello snapshot carries the same listing (§2.4)
+    # the hello snapshot carries the same listing
     ws = live.ws(connect_now=True, token=OP)
     try:
         assert ws.hello["ok"] is True and ws.hello["payload"]["snapshot"]["approvals"] == listed
@@ -136,7 +136,7 @@ def test_listing_filters_and_limit(start_humans: Start) -> None:
     assert ids({"workflow": "nope"}) == []
     assert ids({"limit": 2}) == [first, second]
     assert ids({"filter": {"limit": 1}}) == [first]
-    assert ids({"limit": "1"}) == [first]  # numeric strings are accepted (§3.1)
+    assert ids({"limit": "1"}) == [first]  # numeric strings are accepted
     assert ids({"workflow": "ship", "limit": 1}) == [first]  # filters first, then the limit
     for bad, message in (("x", "finite number greater than 0"), (0, "finite number greater than 0"), (1.5, "integer")):
         response = live.rpc("approvals.list", {"limit": bad}, token=OP)
@@ -149,7 +149,7 @@ def test_listing_filters_and_limit(start_humans: Start) -> None:
     )
 
 
-# -- deciding: events and resume (§13.3, §10.3, §23 D5) ---------------------------------------------
+# -- deciding: events and resume ---------------------------------------------
 def test_ws_decision_broadcasts_and_resumes(start_humans: Start) -> None:
     live = start_humans(auth=HUMAN_AUTH)
     dashboard = live.ws(connect_now=True, token="bob-token")  # no filter: sees every broadcast
@@ -237,7 +237,7 @@ def test_stable_shape_without_value_stores_the_decision_object(start_humans: Sta
     live.wait_status(ship, {"finished"})
     row = approval_row(live, ship, "ok")
     assert json.loads(row["decision_json"]) == {"approved": True, "note": "ok"} and row["note"] == "ok"
-    # select validation runs against the whole decision object (§13.3)
+    # select validation runs against the whole decision object
     pick = waiting(live, "pick")
     response = decide(live, {"runId": pick, "nodeId": "choice", "decision": {"approved": True, "selected": "red"}})
     assert response.status_code == 200, response.text
@@ -282,7 +282,7 @@ def test_required_params_and_unknown_run(start_humans: Start) -> None:
 
 
 def test_deciding_a_node_that_is_not_waiting_is_a_server_error(start_humans: Start) -> None:
-    """§13.3 step 7 / §3.5: the engine refuses; the failure surfaces as SERVER_ERROR (500 over HTTP)."""
+    """The engine refuses; the failure surfaces as SERVER_ERROR (500 over HTTP)."""
     live = start_humans(auth=HUMAN_AUTH)
     run_id = waiting(live, "ship")
     response = decide(live, {"runId": run_id, "nodeId": "after", "approved": True})
@@ -327,7 +327,7 @@ def test_second_decision_is_already_decided(start_humans: Start) -> None:
     assert response.status_code == 409 and error_of(response)["status"] == "denied"
 
 
-# -- select / rank validation (§13.3 step 6) ---------------------------------------------------------
+# -- select / rank validation ---------------------------------------------------------
 def test_select_decisions_are_validated(start_humans: Start) -> None:
     live = start_humans(auth=HUMAN_AUTH)
     run_id = waiting(live, "pick")
@@ -379,7 +379,7 @@ def test_rank_decisions_are_validated(start_humans: Start) -> None:
     assert seen_value(live, run_id)["value"]["ranked"] == ["c", "a"]
 
 
-# -- who may decide (§13.3 steps 4-5) ---------------------------------------------------------------
+# -- who may decide ---------------------------------------------------------------
 FORBIDDEN_USER = {"version": "v1", "code": "FORBIDDEN", "message": "User is not allowed to decide this approval"}
 FORBIDDEN_SCOPE = {"version": "v1", "code": "FORBIDDEN", "message": "Connection is missing required approval scope"}
 
@@ -426,7 +426,7 @@ def test_allowed_scopes(start_humans: Start) -> None:
     live.wait_status(free, {"finished"})
 
 
-# -- gates and denial policies (engine §6.1) --------------------------------------------------------
+# -- gates and denial policies --------------------------------------------------------
 def test_needs_approval_task_gate(start_humans: Start) -> None:
     live = start_humans(auth=HUMAN_AUTH)
     approved = waiting(live, "gated_task")

@@ -1,4 +1,4 @@
-"""Authentication (§4, §23 D10): token sources, token/JWT/trusted-proxy/open modes."""
+"""Authentication: token sources, token/JWT/trusted-proxy/open modes."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_conformance_token_id() -> None:
     assert a.hash_token("operator-token").startswith("0850123315d21ab9")
 
 
-# -- §4.2 token sources ------------------------------------------------------------------------
+# -- token sources ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("headers", "token"),
     [
@@ -161,7 +161,7 @@ def test_header_value_is_case_insensitive() -> None:
     assert a.header_value({}, "x-user-id") is None
 
 
-# -- §4.3 no auth ------------------------------------------------------------------------------
+# -- no auth ------------------------------------------------------------------------------
 def test_no_auth_lets_everyone_in() -> None:
     auth = Authenticator(None)
     expected = Principal("operator", ("*",), None, None)
@@ -179,7 +179,7 @@ def test_unsupported_modes_refuse_everyone(config: dict[str, Any]) -> None:
     unauthorized(lambda: auth.authenticate_connect({"auth": {"token": "t"}}, {}, NOW_MS), "Unsupported auth mode")
 
 
-# -- §4.4 token mode ---------------------------------------------------------------------------
+# -- token mode ---------------------------------------------------------------------------
 TOKENS: dict[str, Any] = {
     "operator-token": {"role": "operator", "scopes": ["run:read", "run:write"], "userId": "user:will"},
     "named": {"role": "admin", "scopes": ["*"], "tokenId": "tok-1"},
@@ -309,7 +309,7 @@ def test_token_mode_only_raises_unauthorized(headers: dict[str, str]) -> None:
         assert principal.token_id is not None
 
 
-# -- §4.5 JWT mode -----------------------------------------------------------------------------
+# -- JWT mode -----------------------------------------------------------------------------
 def test_valid_jwt() -> None:
     token = mint(CLAIMS)
     assert verify(token) == Principal(
@@ -645,7 +645,7 @@ def test_signed_jwt_claims_against_the_rules(
         assert info.value.details == (REFRESH if expected == "JWT has expired" else None)
 
 
-# -- §4.6 trusted proxy ------------------------------------------------------------------------
+# -- trusted proxy ------------------------------------------------------------------------
 PROXY = {"mode": "trusted-proxy"}
 
 

@@ -213,7 +213,7 @@ def test_registered_schedule_keeps_creation_and_last_run_across_restarts(start_h
     after = now_ms()
     row = cron_of(again, "gateway:nightly")
     assert row["createdAtMs"] == created and row["lastRunAtMs"] == due
-    # the next fire is computed again from the time of listen (§16.1)
+    # the next fire is computed again from the time of listen
     assert row["nextRunAtMs"] in {next_fire(SCHEDULE, before), next_fire(SCHEDULE, after)}
 
 
@@ -335,7 +335,7 @@ def test_cron_trigger(start_humans: Start) -> None:
     response = live.rpc("cron.trigger", {"workflow": "nope"}, token=OP)
     assert response.status_code == 500
     assert error_of(response) == {"version": "v1", "code": "SERVER_ERROR", "message": "Unknown workflow: nope"}
-    big = {f"k{i}": "x" * 16_000 for i in range(70)}  # over 1 MiB serialized (§3.4)
+    big = {f"k{i}": "x" * 16_000 for i in range(70)}  # over 1 MiB serialized
     live.ok("cron.add", {"workflow": "adhoc", "pattern": "0 9 * * *", "cronId": "c1"}, token=OP)
     response = live.rpc("cron.trigger", {"cronId": "c1", "input": big}, token=OP)
     assert response.status_code == 400

@@ -1,4 +1,4 @@
-"""frames.list/get, attempts.list/get and runs.diff (protocol §7.10–§7.12) against a live gateway."""
+"""frames.list/get, attempts.list/get and runs.diff against a live gateway."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HTTP transport (§1): routes, headers, RPC envelopes, limits, percent-encoding (D7)."""
+"""HTTP transport: routes, headers, RPC envelopes, limits, percent-encoding (D7)."""
 
 from __future__ import annotations
 

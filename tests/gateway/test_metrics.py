@@ -1,4 +1,4 @@
-"""Metrics (§17, D9): names, labels, the real active-connection count, one registry per gateway."""
+"""Metrics: names, labels, the real active-connection count, one registry per gateway."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Protocol constants, JSON rules, frame validation and envelopes (§0, §2.2-§2.4, §3.1-§3.4)."""
+"""Protocol constants, JSON rules, frame validation and envelopes."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def nest_objects(levels: int, leaf: Any) -> Any:
     return value
 
 
-# -- §0 --------------------------------------------------------------------------------------
+# -- --------------------------------------------------------------------------------------
 def test_quick_reference_constants() -> None:
     assert p.API_VERSION == "v1"
     assert p.DEFAULT_PROTOCOL == 1
@@ -253,7 +253,7 @@ def test_json_byte_length_has_no_recursion_limit() -> None:
     assert jsv.json_byte_length(nest_arrays(100_000, 1)) == 200_001
 
 
-# -- §3.2 frame bounds -------------------------------------------------------------------------
+# -- frame bounds -------------------------------------------------------------------------
 @pytest.mark.parametrize("nest", [nest_arrays, nest_objects])
 def test_depth_boundary(nest: Any) -> None:
     p.check_frame_bounds(nest(31, 1))  # leaf at depth 32
@@ -333,7 +333,7 @@ def test_field_name_is_part_of_the_message() -> None:
         p.check_frame_bounds([0] * 257, "run input")
 
 
-# -- §3.3 method names and frame ids -----------------------------------------------------------
+# -- method names and frame ids -----------------------------------------------------------
 @pytest.mark.parametrize(
     "method",
     ["health", "runs.get", "getDevToolsSnapshot", "devtools.getNodeOutput", "a", "a.b.c", "x1.y2Z", "m" * 64],
@@ -394,7 +394,7 @@ def test_frame_ids() -> None:
             p.validate_frame_id(bad)
 
 
-# -- §2.3 WebSocket frames ---------------------------------------------------------------------
+# -- WebSocket frames ---------------------------------------------------------------------
 def test_conformance_numeric_frame_id() -> None:
     with raises("INVALID_INPUT", ID_NOT_STRING) as error:
         p.parse_ws_frame('{"type":"req","id":5,"method":"health"}')
@@ -459,7 +459,7 @@ def test_ws_params_are_passed_raw() -> None:
     assert p.parse_ws_frame('{"type":"req","id":"c","method":"health","params":null}').params is None
 
 
-# -- §1.5 / §1.6 HTTP bodies -------------------------------------------------------------------
+# -- HTTP bodies -------------------------------------------------------------------
 def test_empty_http_body_is_an_empty_object() -> None:
     assert p.parse_http_body(b"") == {}
 
@@ -546,7 +546,7 @@ def test_payload_too_large() -> None:
     )
 
 
-# -- §2.4 connect ------------------------------------------------------------------------------
+# -- connect ------------------------------------------------------------------------------
 CLIENT = {"id": "cli", "version": "1", "platform": "test"}
 
 
@@ -626,7 +626,7 @@ def test_connect_accepts_integral_floats_and_other_protocols() -> None:
     assert p.parse_connect_request({"minProtocol": 1.0, "maxProtocol": 2.0, "client": 1}, 2).max_protocol == 2
 
 
-# -- §3.1 coercion -----------------------------------------------------------------------------
+# -- coercion -----------------------------------------------------------------------------
 def test_simple_coercions() -> None:
     assert p.as_object({"a": 1}) == {"a": 1}
     assert p.as_object([1]) is None
@@ -718,7 +718,7 @@ def test_limit_picks_the_raw_value_first() -> None:
         p.read_limit({"filter": {"limit": 1.5}})
 
 
-# -- §3.4 run input ----------------------------------------------------------------------------
+# -- run input ----------------------------------------------------------------------------
 def test_conformance_input_depth() -> None:
     assert p.input_depth({"items": [{"child": {"leaf": True}}]}) == 4
 
@@ -759,7 +759,7 @@ def test_input_size_is_checked_before_depth() -> None:
         p.validate_run_input(nest_objects(100_000, 1))
 
 
-# -- §2.2 envelopes ----------------------------------------------------------------------------
+# -- envelopes ----------------------------------------------------------------------------
 def test_response_frame() -> None:
     frame = p.response_frame("c1", {"runId": "r"})
     assert jsv.encode_json(frame) == '{"type":"res","id":"c1","ok":true,"apiVersion":"v1","payload":{"runId":"r"}}'
@@ -839,7 +839,7 @@ JSONISH = st.recursive(
 
 
 def oracle_bounds(value: Any) -> str | None:
-    """§3.2 transcribed literally (recursive; fine for the sizes generated here)."""
+    """The frame bounds transcribed literally (recursive; fine for the sizes generated here)."""
 
     def too_deep(item: Any, depth: int) -> bool:
         if depth > 32:

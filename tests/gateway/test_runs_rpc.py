@@ -1,4 +1,4 @@
-"""Run RPCs (§7.2-§7.9, §7.13, §10): listing, launch, get, cancel (D1), resume, rerun, hijack."""
+"""Run RPCs: listing, launch, get, cancel (D1), resume, rerun, hijack."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def test_cancel_run(live: Live) -> None:
     missing = live.rpc("cancelRun", {})
     assert missing.status_code == 400 and error_of(missing)["message"] == "runId is required"
     idle = live.rpc("runs.cancel", {"runId": "nope"})
-    assert idle.status_code == 409  # §23 D1
+    assert idle.status_code == 409  # docs/protocol.md#departures-from-0180
     assert error_of(idle) == {"version": "v1", "code": "RUN_NOT_ACTIVE", "message": "Run is not currently active"}
     run_id = live.ok("launchRun", {"workflow": "slow"})["runId"]
     live.wait_status(run_id, {"running"})

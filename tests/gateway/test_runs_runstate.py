@@ -1,4 +1,4 @@
-"""RunStateView (§18.6, engine spec §4.3) computed over a real store."""
+"""RunStateView computed over a real store (docs/protocol.md#data-shapes)."""
 
 from __future__ import annotations
 

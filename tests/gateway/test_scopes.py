@@ -1,4 +1,4 @@
-"""Scopes and authorization (§5)."""
+"""Scopes and authorization."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ EIGHT = [
     "observability:read",
 ]
 
-# §5.2, transcribed from the table.
+# The required scope of each method, transcribed from docs/protocol.md#required-scope-per-method.
 METHOD_TABLE = {
     "health": "run:read",
     "runs.list": "run:read",
@@ -81,7 +81,7 @@ METHOD_TABLE = {
     "createTicket": "run:read",
 }
 
-# Which of the 8 scopes a granted scope satisfies (§5.3 rule 4).
+# Which of the 8 scopes a granted scope satisfies.
 IMPLIES = {
     "run:read": {"run:read"},
     "run:write": {"run:write", "run:read"},
@@ -93,7 +93,7 @@ IMPLIES = {
     "observability:read": {"observability:read"},
 }
 
-# §5.3 rule 5.
+# What each legacy level grants (docs/protocol.md#how-grants-match).
 LEGACY = {
     "read": {"run:read", "cron:read", "observability:read"},
     "execute": {"run:read", "run:write", "signal:submit", "cron:read", "cron:write"},
@@ -212,7 +212,7 @@ def test_behaviour_changes_from_0_16_9() -> None:
 
 
 def test_approval_allowed_scopes_checks() -> None:
-    # §13.3 step 5 checks each allowed entry as hasGatewayScope(caller, required(entry), entry).
+    # submitApproval checks each allowed entry as hasGatewayScope(caller, required(entry), entry).
     def allows(caller: list[str], entry: str) -> bool:
         return s.has_scope(caller, s.required_scope_for_method(entry), entry)
 

@@ -1,4 +1,4 @@
-"""Signals end to end (§15.1, §10.3, §23 D3): both parameter shapes, correlation, early signals, the CLI."""
+"""Signals end to end: both parameter shapes, correlation, early signals, the CLI."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_legacy_shape_over_ws_resumes_and_delivers_the_payload(start_humans: Sta
 
 
 def test_stable_shape_correlation_key_resumes_a_plain_wait(start_humans: Start) -> None:
-    """§23 D3: submitSignal {runId, correlationKey, payload} resumes an uncorrelated WaitForEvent."""
+    """submitSignal {runId, correlationKey, payload} resumes an uncorrelated WaitForEvent (P3)."""
     live = start_humans(auth=HUMAN_AUTH)
     run_id = waiting(live, "waiter")
     response = live.rpc("submitSignal", {"runId": run_id, "correlationKey": "go", "payload": {"x": 1}}, token=OP)

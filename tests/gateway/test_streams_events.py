@@ -1,4 +1,4 @@
-"""streamRunEvents (§8 with D6): windows, replay, gap resync, heartbeats, ordering, errors."""
+"""streamRunEvents: windows, replay, gap resync, heartbeats, ordering, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Webhooks end to end (§15.2, §15.3): signatures, limits, correlation paths, run starts and signals."""
+"""Webhooks end to end: signatures, limits, correlation paths, run starts and signals."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def test_body_limit_and_malformed_json(start_humans: Start) -> None:
 
 
 def test_non_standard_json_literals_are_malformed(start_humans: Start) -> None:
-    """NaN and Infinity are not JSON (JSON.parse refuses them; so does the RPC body parser, §1.5)."""
+    """NaN and Infinity are not JSON (JSON.parse refuses them; so does the RPC body parser)."""
     live = start_humans()
     waiter = waiting(live, "hook_pay", order="A-1")
     malformed = "Webhook payload must be valid JSON."

@@ -1,4 +1,4 @@
-"""Broadcast delivery (§2.6, §2.7, §9, §10.5 with D4): filters, auto-subscription, event shapes."""
+"""Broadcast delivery: filters, auto-subscription, event shapes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""WebSocket transport (§2.1-§2.6, §2.8): upgrade, challenge, connect, frame validation, ticks, close."""
+"""WebSocket transport: upgrade, challenge, connect, frame validation, ticks, close."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_hello_payload(token_live: Live) -> None:
     auth = payload["auth"]
     assert list(auth) == ["sessionToken", "role", "scopes", "userId", "tokenId"]
     assert auth["role"] == "operator" and auth["scopes"] == ["*"] and auth["userId"] == "user:op"
-    assert auth["tokenId"] == "0850123315d21ab9"  # §21: tokenId of "operator-token"
+    assert auth["tokenId"] == "0850123315d21ab9"  # the derived tokenId of "operator-token"
     assert payload["snapshot"] == {"runs": [], "approvals": [], "stateVersion": 0}
     client.close()
 

@@ -199,7 +199,7 @@ def only_admins(ctx: Any) -> Any:
 
 @workflow("free_scope")
 def free_scope(ctx: Any) -> Any:
-    """A free-form allowedScopes entry: it requires only run:read (reference behaviour, §13.3 step 5)."""
+    """A free-form allowedScopes entry: it requires only run:read (the reference behaviour)."""
     return Sequence(Approval("ok", allowed_scopes=["deploy.prod"]), Task("after", output=Echo, value=Echo(message="c")))
 
 
