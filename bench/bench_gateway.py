@@ -61,9 +61,9 @@ def serve(port: int, db: str) -> None:
     """Child process: a token-mode gateway with the two workflows."""
     auth = {"mode": "token", "tokens": {TOKEN: {"role": "operator", "scopes": ["*"]}}}
     gateway = Gateway.for_workflows([one, many], db=db, auth=auth, max_connections=5000)
-    import uvloop
+    from smithers.cli.gateway_cmds import event_loop_runner
 
-    uvloop.run(gateway.serve(HOST, port))
+    event_loop_runner()(gateway.serve(HOST, port))  # the event loop `smithers serve` uses
 
 
 def rss_kib(pid: int) -> int:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal as signals
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +34,15 @@ def parse_duration_ms(text: str) -> int:
     if not found or int(found.group(1)) <= 0:
         fail(f"invalid duration {text!r}: use a positive number with ms, s, m, h or d (e.g. 30d)")
     return int(found.group(1)) * _UNIT_MS[found.group(2) or "ms"]
+
+
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's runner where it is installed (it comes with uvicorn[standard]), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 @app.command()
@@ -80,7 +90,7 @@ def serve(
         server.cancel()
 
     try:
-        asyncio.run(main())
+        event_loop_runner()(main())
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
