@@ -13,6 +13,8 @@ from typing import Any, Final
 
 import orjson
 
+from smithers.store.rows import SURROGATE, escape_surrogates
+
 # -- JavaScript value semantics ----------------------------------------------------------------
 JS_WHITESPACE: Final = (
     "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
@@ -154,7 +156,6 @@ def loads_strict(text: str | bytes) -> Any:
         raise JsonNestingError("JSON nesting is too deep") from exc
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _SHORT_ESCAPE = re.compile(r'["\\\x08\x0c\n\r\t]')
 _CONTROL_ESCAPE = re.compile(r"[\x00-\x07\x0b\x0e-\x1f]")
 _ANY_ESCAPE = re.compile('["\\\\\x00-\x1f\ud800-\udfff]')
@@ -171,9 +172,7 @@ def encode_json(value: Any) -> str:
     except TypeError:
         pass
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    if _SURROGATE.search(text) is None:
-        return text
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return escape_surrogates(text)
 
 
 def _string_json_bytes(text: str) -> int:
@@ -181,7 +180,7 @@ def _string_json_bytes(text: str) -> int:
     if _ANY_ESCAPE.search(text) is not None:
         size += len(_SHORT_ESCAPE.findall(text))  # one byte becomes two
         size += 5 * len(_CONTROL_ESCAPE.findall(text))  # one byte becomes \u00XX
-        size += 3 * len(_SURROGATE.findall(text))  # three bytes become \uXXXX
+        size += 3 * len(SURROGATE.findall(text))  # three bytes become \uXXXX
     return size
 
 

@@ -327,13 +327,23 @@ def as_boolean(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+"""JavaScript's ``Number.MAX_SAFE_INTEGER``: the largest count a client can express exactly."""
+
+
 def positive_int(value: Any, field: str) -> int:
-    """``Number(value)`` as a positive integer, else ``INVALID_INPUT`` (numeric strings pass)."""
+    """``Number(value)`` as a positive integer, else ``INVALID_INPUT`` (numeric strings pass).
+
+    Values above ``MAX_SAFE_INTEGER`` are refused too: the reference hands them to the database,
+    which fails (docs/protocol.md#departures-from-0180).
+    """
     number = js_to_number(value)
     if not math.isfinite(number) or number <= 0:
         raise GatewayError(INVALID_INPUT, f"{field} must be a finite number greater than 0.")
     if not number.is_integer():
         raise GatewayError(INVALID_INPUT, f"{field} must be an integer greater than 0.")
+    if number > MAX_SAFE_INTEGER:
+        raise GatewayError(INVALID_INPUT, f"{field} must be at most {MAX_SAFE_INTEGER}.")
     return int(number)
 
 

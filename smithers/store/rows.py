@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -23,16 +24,28 @@ def iso_ms(ms: int | float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
+SURROGATE: Final = re.compile("[\ud800-\udfff]")
+"""A UTF-16 surrogate code point: a Python string may hold one alone, UTF-8 text may not."""
+
+
+def escape_surrogates(text: str) -> str:
+    """JSON text with every surrogate code point written as a ``\\uXXXX`` escape (valid UTF-8 again)."""
+    if SURROGATE.search(text) is None:
+        return text
+    return SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
     """Compact JSON as stored in ``*_json`` columns (orjson; the standard library for what it refuses).
 
     Both write the same text for JSON values: no spaces, UTF-8 kept as is. orjson refuses integers
-    beyond 64 bits and non-string keys, which the standard library then writes.
+    beyond 64 bits, non-string keys and lone surrogates, which the standard library then writes
+    (lone surrogates as ``\\uXXXX`` escapes, so any JSON value a client sends can be stored).
     """
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0).decode()
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
+        return escape_surrogates(json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys))
 
 
 def loads(value: str | None) -> Any:

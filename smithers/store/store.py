@@ -9,16 +9,17 @@ one connection; a transaction opened while another is open on the same thread jo
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, suppress
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ClauseElement
 
-from smithers.errors import DatabaseError
+from smithers.errors import DatabaseError, InvalidInputError
 from smithers.store import schema as t
 from smithers.store.compiled import (
     SqlCache,
@@ -31,13 +32,42 @@ from smithers.store.compiled import (
 )
 from smithers.store.database import dialect_for, migrate, resolve_url
 from smithers.store.events_bus import EventBus, StoredEvent
-from smithers.store.rows import dumps, now_ms
+from smithers.store.rows import SURROGATE, camel, dumps, now_ms
 
 Row = dict[str, Any]
 
 
 def _run_by_id() -> ClauseElement:
     return select(t.runs).where(t.runs.c.run_id == bindparam("w_run_id"))
+
+
+MAX_STORED_INT: Final = 2**63 - 1
+"""Integers beyond a signed 64-bit column (PostgreSQL INTEGER columns stop at 2**31 - 1)."""
+
+
+def _bad_value(value: Any) -> str | None:
+    if isinstance(value, str) and SURROGATE.search(value) is not None:
+        return "contains a lone UTF-16 surrogate, which cannot be stored"
+    if isinstance(value, int) and not isinstance(value, bool) and not -MAX_STORED_INT - 1 <= value <= MAX_STORED_INT:
+        return "is out of range"
+    return None
+
+
+def unstorable(params: Mapping[str, Any]) -> InvalidInputError:
+    """``INVALID_INPUT`` naming the value a statement could not store or compare (as its wire field)."""
+    for name, value in params.items():
+        problem = _bad_value(value)
+        if problem is not None:
+            column = re.sub(r"_\d+$", "", name[2:] if name[:2] in ("v_", "w_") else name)
+            return InvalidInputError(f"{camel(column)} {problem}.")
+    return InvalidInputError("a value is out of range for the database.")
+
+
+def _out_of_range(exc: Exception) -> bool:
+    """A PostgreSQL data error about a value (out of range, bad encoding), not a fault of the server."""
+    import psycopg
+
+    return isinstance(exc, psycopg.errors.DataError)
 
 
 class Tx:
@@ -54,10 +84,17 @@ class Tx:
     # ---- plumbing ---------------------------------------------------------------------------
     def execute(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
         sql, order, defaults = self.store.sql.get(key, build)
-        if order is not None:
-            self.cur.execute(sql, [params[n] if n in params else defaults.get(n) for n in order])
-        else:
-            self.cur.execute(sql, {**defaults, **params} if defaults else params)
+        try:
+            if order is not None:
+                self.cur.execute(sql, [params[n] if n in params else defaults.get(n) for n in order])
+            else:
+                self.cur.execute(sql, {**defaults, **params} if defaults else params)
+        except (UnicodeEncodeError, OverflowError) as exc:
+            raise unstorable(params) from exc
+        except Exception as exc:
+            if self.store.is_postgres and _out_of_range(exc):
+                raise unstorable(params) from exc
+            raise
         return self.cur
 
     def rows(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> list[Row]:
@@ -80,10 +117,13 @@ class Tx:
             return
         cols = tuple(rows[0])
         sql, order, _ = self.store.sql.get(("ins", table.name, cols), build_insert(table, cols))
-        if order is not None:
-            self.cur.executemany(sql, [[r[n[2:]] for n in order] for r in rows])
-        else:
-            self.cur.executemany(sql, [{"v_" + k: v for k, v in r.items()} for r in rows])
+        try:
+            if order is not None:
+                self.cur.executemany(sql, [[r[n[2:]] for n in order] for r in rows])
+            else:
+                self.cur.executemany(sql, [{"v_" + k: v for k, v in r.items()} for r in rows])
+        except (UnicodeEncodeError, OverflowError) as exc:
+            raise unstorable({"v_" + k: v for r in rows for k, v in r.items()}) from exc
 
     def upsert(self, table: Table, values: Mapping[str, Any]) -> None:
         """Insert, or update the row with the same primary key (one statement on both databases)."""
@@ -156,11 +196,11 @@ class Tx:
             return []
 
         def build() -> ClauseElement:
-            wanted = c.status.in_([bindparam(f"s{i}") for i in range(count)])
+            wanted = c.status.in_([bindparam(f"w_status_{i}") for i in range(count)])
             order = (c.created_at_ms, c.run_id) if oldest_first else (c.created_at_ms.desc(), c.run_id)
             return select(t.runs).where(wanted).order_by(*order).limit(bindparam("lim"))
 
-        params: dict[str, Any] = {f"s{i}": status for i, status in enumerate(statuses)}
+        params: dict[str, Any] = {f"w_status_{i}": status for i, status in enumerate(statuses)}
         params["lim"] = limit if limit is not None else 2**62
         return self.rows(("runs_in", count, oldest_first), build, params)
 
