@@ -24,6 +24,7 @@ async def run_async(
     run_id: str | None = None,
     resume: bool = False,
     force: bool = False,
+    retry: bool = False,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     auth: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
@@ -34,7 +35,9 @@ async def run_async(
     """Run (or resume) ``workflow`` until it finishes, fails, is cancelled or waits.
 
     With ``wait_timers`` (the default) a run that only waits for timers sleeps here and goes on;
-    otherwise it returns ``waiting-timer`` and whoever resumes it later finishes it.
+    otherwise it returns ``waiting-timer`` and whoever resumes it later finishes it. Resuming a run
+    that has ended writes nothing (``result.unchanged``), unless ``retry=True`` asks to run the failed
+    or cancelled nodes of a failed or cancelled run again.
     ``db`` is a path, a URL, or an open :class:`Store` (default ``./smithers.db`` or ``SMITHERS_DB``).
     """
     store = db if isinstance(db, Store) else Store(db)
@@ -46,6 +49,7 @@ async def run_async(
             run_id=run_id,
             resume=resume,
             force=force,
+            retry=retry,
             max_concurrency=max_concurrency,
             auth=auth,
             config=config,

@@ -12,6 +12,7 @@ import typer
 from smithers.api import run_async
 from smithers.cli.app import (
     EXIT_CANCELLED,
+    EXIT_OK,
     DbOption,
     JsonFlag,
     app,
@@ -26,7 +27,7 @@ from smithers.cli.output import format_event, print_inspect, print_runs
 from smithers.engine import control
 from smithers.engine.loader import load_workflow
 from smithers.engine.runner import RunResult
-from smithers.engine.states import statuses_matching
+from smithers.engine.states import CANCELLED, FAILED, statuses_matching
 from smithers.store.store import Store
 
 
@@ -59,16 +60,29 @@ def run(
 def resume(
     run_id: str,
     force: Annotated[bool, typer.Option("--force", help="Take over a run whose owner still looks alive.")] = False,
+    retry: Annotated[
+        bool, typer.Option("--retry", help="Run the failed or cancelled nodes of a failed or cancelled run again.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     db: DbOption = None,
 ) -> None:
-    """Continue a run: after a crash, an approval, a signal or a due timer."""
+    """Continue a run: after a crash, an approval, a signal or a due timer.
+
+    A run that has ended is left as it is (nothing is written), unless --retry asks to run the
+    failed or cancelled nodes of a failed or cancelled run again.
+    """
     store = open_store(db)
-    result = resume_run(store, run_id, force, quiet)
+    result = resume_run(store, run_id, force, quiet, retry=retry)
+    if result.unchanged:
+        hint = (
+            " (use --retry to run its failed or cancelled nodes again)" if result.status in (FAILED, CANCELLED) else ""
+        )
+        typer.echo(f"run {run_id} is already {result.status}; nothing to do{hint}", err=True)
+        raise typer.Exit(EXIT_OK)
     report(result)
 
 
-def resume_run(store: Store, run_id: str, force: bool, quiet: bool) -> RunResult:
+def resume_run(store: Store, run_id: str, force: bool, quiet: bool, *, retry: bool = False) -> RunResult:
     row = store.get_run(run_id)
     if row is None:
         fail(f"Run not found: {run_id} [RUN_NOT_FOUND]")
@@ -85,6 +99,7 @@ def resume_run(store: Store, run_id: str, force: bool, quiet: bool) -> RunResult
             run_id=run_id,
             resume=True,
             force=force,
+            retry=retry,
             max_concurrency=int(config.get("maxConcurrency", 4)),
             **kw,
         ),

@@ -37,6 +37,8 @@ class RunResult:
     error: dict[str, Any] | None = None
     wake_at_ms: int | None = None
     """When a suspended run next has something to do on its own (a timer or a wait timeout)."""
+    unchanged: bool = False
+    """A resume found the run already ended and wrote nothing (ask for a retry to run it again)."""
 
 
 def auth_context(
@@ -95,6 +97,9 @@ class RunCore:
         self.mounted_json = "[]"
         self._stored_mounted_json: str | None = None
         self._create_row: dict[str, Any] | None = None
+        self._new_row: dict[str, Any] | None = None
+        self.claimed = True
+        """False when a resume found the run ended and took nothing over."""
         self._first_render: tuple[Graph, ReadLog] | None = None
         self.task_index_json = "[]"
         self.waits = WaitHandler(self)

@@ -10,10 +10,11 @@ from smithers.engine import frames
 from smithers.engine.context import ReadLog, StoredOutput
 from smithers.engine.extract import extract
 from smithers.engine.ownership import owner_gone
-from smithers.engine.run_core import MAX_INPUT_BYTES, RunCore
+from smithers.engine.run_core import MAX_INPUT_BYTES, RunCore, RunResult
 from smithers.engine.states import (
     CANCELLED,
     FAILED,
+    FINISHED,
     PENDING,
     RUNNING,
     WAITING_NODE_STATES,
@@ -21,11 +22,11 @@ from smithers.engine.states import (
 from smithers.errors import (
     ATTEMPT_ABANDONED,
     RENDER_FAILED,
-    RUN_ALREADY_EXISTS,
     RUN_NOT_RESUMABLE,
     RUN_OWNER_ALIVE,
     RUN_RESUME_CLAIM_FAILED,
     InvalidInputError,
+    RunExistsError,
     RunNotFoundError,
     RunOwnershipError,
     SmithersError,
@@ -54,7 +55,7 @@ class RunStart(RunCore):
         cfg = {"maxConcurrency": self.max_concurrency, "workflowKey": self.workflow.key, **config}
         if auth is not None:
             cfg["auth"] = auth
-        self._create_row = {
+        self._create_row = self._new_row = {
             "run_id": self.run_id,
             "workflow_name": self.workflow.key,
             "workflow_path": self.workflow.path,
@@ -67,26 +68,34 @@ class RunStart(RunCore):
             "config_json": dumps(cfg),
         }
 
-    def _write_create(self, tx: Tx) -> None:
-        """The run row, its input and RunStarted: committed with the first step, in one transaction."""
+    def restore_create_row(self) -> None:
+        """Make the new run's rows pending again (their transaction was rolled back)."""
+        self._create_row = self._new_row
+
+    def write_new_run(self, tx: Tx) -> None:
+        """The run row, its input and RunStarted: in the caller's transaction, or with the first step."""
         row, self._create_row = self._create_row, None
         assert row is not None
         if tx.get_run(self.run_id) is not None:
-            raise SmithersError(
-                f"run {self.run_id} already exists", code=RUN_ALREADY_EXISTS, details={"runId": self.run_id}
-            )
+            raise RunExistsError(f"run {self.run_id} already exists", details={"runId": self.run_id})
         tx.insert_run(**row)
         tx.insert_input(self.run_id, self.input)
         tx.emit(self.run_id, ev.RUN_STARTED)
 
-    def claim(self, force: bool, auth: dict[str, Any] | None, config: dict[str, Any]) -> None:
-        """Take a stored run over for resuming (compare-and-swap on its owner and heartbeat)."""
+    def claim(self, force: bool, auth: dict[str, Any] | None, config: dict[str, Any], retry: bool = False) -> bool:
+        """Take a stored run over for resuming (compare-and-swap on its owner and heartbeat).
+
+        A run that has ended is left alone (False, nothing written), unless ``retry`` asks to run the
+        failed or cancelled nodes of a failed or cancelled run again.
+        """
         now = now_ms()
         with self.store.write() as tx:
             row = tx.get_run(self.run_id)
             if row is None:
                 raise RunNotFoundError.of(self.run_id)
             status = row["status"]
+            if status in (FINISHED, FAILED, CANCELLED) and not (retry and status in (FAILED, CANCELLED)):
+                return False
             if status == "continued":
                 raise SmithersError(
                     f"run {self.run_id} was continued as a new run and cannot resume", code=RUN_NOT_RESUMABLE
@@ -136,6 +145,26 @@ class RunStart(RunCore):
             self.input = json.loads(tx.get_input_json(self.run_id) or "{}")
             self.auth = cfg.get("auth")
             self._load(tx, resumed_failed=status == FAILED)
+        return True
+
+    def stored_result(self) -> RunResult:
+        """How the stored run ended, for a resume that found nothing to do."""
+        with self.store.read() as tx:
+            row = tx.get_run(self.run_id)
+            outputs = tx.list_outputs(self.run_id)
+        assert row is not None
+        latest: dict[str, tuple[int, Any]] = {}
+        for out in outputs:
+            if out["node_id"] not in latest or out["iteration"] > latest[out["node_id"]][0]:
+                latest[out["node_id"]] = (out["iteration"], json.loads(out["payload_json"]))
+        error = json.loads(row["error_json"]) if row["error_json"] else None
+        return RunResult(
+            self.run_id,
+            row["status"],
+            outputs={node: value for node, (_, value) in latest.items()},
+            error=error,
+            unchanged=True,
+        )
 
     def _claimed_by_other(self, tx: Tx) -> RunOwnershipError:
         """The error for a lost claim race, naming the process that won it."""

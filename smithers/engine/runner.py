@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from smithers.engine import events as ev
@@ -44,6 +44,7 @@ from smithers.errors import (
     TASK_HEARTBEAT_TIMEOUT,
     InvalidInputError,
     RunCancelled,
+    RunExistsError,
     RunOwnershipError,
     SmithersError,
     error_from_exception,
@@ -52,7 +53,15 @@ from smithers.store.events_bus import StoredEvent
 from smithers.store.rows import dumps, now_ms
 from smithers.store.store import Store
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "RunLoop", "RunResult", "auth_context", "run_async"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "RunLoop",
+    "RunResult",
+    "auth_context",
+    "commit_new_runs",
+    "prepare_run",
+    "run_async",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +101,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         """Advance the run as far as it goes without waiting; say what to wait for (or how it ended)."""
         if self._create_row is not None:
             with self.store.write() as tx:
-                self._write_create(tx)
+                self.write_new_run(tx)
         self._collect_completions()
         if self.lost_ownership:
             raise RunOwnershipError(
@@ -374,7 +383,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             await asyncio.wait_for(self.cancel_event.wait(), timeout=max(0.0, (when_ms - now_ms()) / 1000))
 
 
-async def run_async(
+def prepare_run(
     workflow: Workflow,
     input: Any = None,
     *,
@@ -382,13 +391,18 @@ async def run_async(
     run_id: str | None = None,
     resume: bool = False,
     force: bool = False,
+    retry: bool = False,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     auth: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
     cancel: asyncio.Event | None = None,
-    on_event: Callable[[StoredEvent], None] | None = None,
-) -> RunResult:
-    """Start (or with ``resume=True`` continue) a run and execute it until it settles or waits."""
+) -> RunLoop:
+    """A run ready to :meth:`~RunLoop.execute`: a new one checked (input, first render) or a stored one claimed.
+
+    A new run's rows are not written yet: :func:`commit_new_runs` writes them (several runs in one
+    transaction), or the first step of ``execute`` does. A resume that finds the run ended claims
+    nothing (``loop.claimed`` is False; see :meth:`RunLoop.stored_result`).
+    """
     import uuid
 
     if run_id is None:
@@ -398,20 +412,84 @@ async def run_async(
     if len(run_id) > 256 or not run_id:
         raise InvalidInputError("run id must be 1 to 256 characters")
     loop = RunLoop(store, workflow, run_id, max_concurrency=max_concurrency, cancel=cancel)
+    if resume:
+        loop.claimed = loop.claim(force, auth, config or {}, retry)
+    else:
+        loop.create(workflow.validate_input(input), auth, config or {})
+    return loop
+
+
+def commit_new_runs(store: Store, loops: Sequence[RunLoop]) -> list[SmithersError | None]:
+    """Write the rows of new runs (each with its input and ``RunStarted``) in one transaction.
+
+    Returns, per run, None when its rows are committed or the error that refused it (a run id
+    taken, a value the database cannot store). A failure that is not one run's fault aborts the
+    batch and is raised.
+    """
+    errors: list[SmithersError | None] = [None] * len(loops)
+    try:
+        with store.write() as tx:
+            for index, loop in enumerate(loops):
+                try:
+                    loop.write_new_run(tx)
+                except RunExistsError as exc:
+                    errors[index] = exc
+        return errors
+    except InvalidInputError:
+        if len(loops) == 1:
+            raise
+    # One run's value cannot be stored and the transaction is gone: write them one by one.
+    for index, loop in enumerate(loops):
+        loop.restore_create_row()
+        try:
+            errors[index] = commit_new_runs(store, [loop])[0]
+        except InvalidInputError as exc:
+            errors[index] = exc
+    return errors
+
+
+async def run_async(
+    workflow: Workflow,
+    input: Any = None,
+    *,
+    store: Store,
+    run_id: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    retry: bool = False,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    auth: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    cancel: asyncio.Event | None = None,
+    on_event: Callable[[StoredEvent], None] | None = None,
+) -> RunResult:
+    """Start (or with ``resume=True`` continue) a run and execute it until it settles or waits."""
+    loop = prepare_run(
+        workflow,
+        input,
+        store=store,
+        run_id=run_id,
+        resume=resume,
+        force=force,
+        retry=retry,
+        max_concurrency=max_concurrency,
+        auth=auth,
+        config=config,
+        cancel=cancel,
+    )
+    if not loop.claimed:
+        return loop.stored_result()
     unsubscribe = None
     if on_event is not None:
         callback = on_event
+        watched = loop.run_id
 
         def forward(event: StoredEvent) -> None:
-            if event.run_id == run_id:
+            if event.run_id == watched:
                 callback(event)
 
         unsubscribe = store.bus.subscribe(forward)
     try:
-        if resume:
-            loop.claim(force, auth, config or {})
-        else:
-            loop.create(workflow.validate_input(input), auth, config or {})
         return await loop.execute()
     finally:
         if unsubscribe is not None:

@@ -15,13 +15,14 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from smithers.api import run_async
 from smithers.engine import events as ev
 from smithers.engine.ownership import owner_gone
+from smithers.engine.runner import RunLoop, prepare_run
 from smithers.engine.states import CANCELLED, FAILED, FINISHED, RUNNING, TERMINAL_RUN_STATUSES, WAITING_TIMER
-from smithers.errors import ServerError, SmithersError
+from smithers.errors import RunActiveError, ServerError, SmithersError
 from smithers.gateway.broadcast import map_event
 from smithers.gateway.context import ClientConnection
+from smithers.gateway.launches import LaunchBatcher
 from smithers.gateway.metrics import GatewayMetrics
 from smithers.gateway.options import GatewayOptions, Registration
 from smithers.gateway.shapes import RUN_COMPLETED, run_completed, serialize_error, stored_workflow_key, trigger_source
@@ -65,6 +66,7 @@ class RunSupervisor:
         self.metrics = metrics
         self.broadcast = broadcast
         self.active: dict[str, ActiveRun] = {}
+        self.launches = LaunchBatcher(store)
         self._registry: dict[str, str] = {}
         self._wakes: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -109,7 +111,7 @@ class RunSupervisor:
             if row["status"] == RUNNING and not owner_gone(row["runtime_owner_id"], row["heartbeat_at_ms"], now):
                 continue
             log.info("resuming run %s of %s", row["run_id"], key)
-            self._launch(key, {}, auth=None, run_id=row["run_id"], resume=True)
+            self._resume(key, row["run_id"], None)
 
     async def stop(self, abort_runs: bool = True) -> None:
         """Abort (or just stop executing) active runs and wait for them; stop following events."""
@@ -148,61 +150,97 @@ class RunSupervisor:
         run_id: str | None = None,
         subscriber: ClientConnection | None = None,
     ) -> dict[str, Any]:
-        """Start a run in this process and return ``{runId, workflow}``."""
-        return self._launch(key, input, auth=auth, run_id=run_id, subscriber=subscriber)
-
-    def _launch(
-        self,
-        key: str,
-        input: dict[str, Any],
-        *,
-        auth: dict[str, Any] | None,
-        run_id: str | None = None,
-        resume: bool = False,
-        subscriber: ClientConnection | None = None,
-    ) -> dict[str, Any]:
+        """Start a run in this process; return ``{runId, workflow}`` once its row is committed."""
         reg = self.workflows.get(key)
         if reg is None:
             raise ServerError(f"Unknown workflow: {key}")
         run_id = run_id or str(uuid.uuid4())
         if run_id in self.active:
-            raise ServerError(f"Run {run_id} is already executing")
+            raise RunActiveError(f"Run {run_id} is already active")
+        entry = self._register(run_id, key)
+        try:
+            loop = prepare_run(reg.workflow, input, **self._run_options(run_id, entry, auth))
+        except BaseException:
+            self._unregister(run_id, entry)
+            raise
+
+        def settled(error: BaseException | None) -> None:
+            if error is not None:
+                self._unregister(run_id, entry)
+            else:
+                self._begin(run_id, entry, loop, auth, resume=False, subscriber=subscriber)
+
+        await self.launches.commit(loop, settled)
+        return {"runId": run_id, "workflow": key}
+
+    def _resume(
+        self, key: str, run_id: str, auth: dict[str, Any] | None, subscriber: ClientConnection | None = None
+    ) -> bool:
+        """Take a stored run over and execute it here; False when there was nothing to take."""
+        reg = self.workflows.get(key)
+        if reg is None or run_id in self.active:
+            return False
+        entry = self._register(run_id, key)
+        try:
+            loop = prepare_run(reg.workflow, None, resume=True, **self._run_options(run_id, entry, auth))
+        except SmithersError as exc:  # another process got there first, or the run ended meanwhile
+            log.info("run %s not resumed: %s", run_id, exc.message)
+            self._unregister(run_id, entry)
+            return False
+        except BaseException:
+            self._unregister(run_id, entry)
+            raise
+        if not loop.claimed:
+            self._unregister(run_id, entry)
+            return False
+        self._begin(run_id, entry, loop, auth, resume=True, subscriber=subscriber)
+        return True
+
+    def _run_options(self, run_id: str, entry: ActiveRun, auth: dict[str, Any] | None) -> dict[str, Any]:
+        triggered_by = str((auth or {}).get("triggeredBy") or "gateway")
+        return {
+            "store": self.store,
+            "run_id": run_id,
+            "auth": auth,
+            "config": {"gatewayWorkflowKey": entry.key, "gatewayTriggeredBy": triggered_by},
+            "cancel": entry.cancel,
+            "max_concurrency": self.options.max_concurrency,
+        }
+
+    def _register(self, run_id: str, key: str) -> ActiveRun:
         entry = ActiveRun(key)
         self._registry[run_id] = key
         self.active[run_id] = entry
+        return entry
+
+    def _unregister(self, run_id: str, entry: ActiveRun) -> None:
+        if self.active.get(run_id) is entry:
+            del self.active[run_id]
+        if self._registry.get(run_id) == entry.key and run_id not in self.active:
+            del self._registry[run_id]  # the stored row answers for it from now on
+
+    def _begin(
+        self,
+        run_id: str,
+        entry: ActiveRun,
+        loop: RunLoop,
+        auth: dict[str, Any] | None,
+        *,
+        resume: bool,
+        subscriber: ClientConnection | None,
+    ) -> None:
+        """Execute a prepared run in the background."""
         if subscriber is not None:
             subscriber.auto_subscribe(run_id)
         triggered_by = str((auth or {}).get("triggeredBy") or "gateway")
-        self.metrics.runs_started.labels(key, trigger_source(triggered_by), str(resume).lower()).inc()
-        config = {"gatewayWorkflowKey": key, "gatewayTriggeredBy": triggered_by}
+        self.metrics.runs_started.labels(entry.key, trigger_source(triggered_by), str(resume).lower()).inc()
         entry.task = asyncio.get_running_loop().create_task(
-            self._execute(run_id, reg, input, auth, resume, config, entry), name=f"smithers-run:{run_id}"
+            self._execute(run_id, entry, loop), name=f"smithers-run:{run_id}"
         )
-        return {"runId": run_id, "workflow": key}
 
-    async def _execute(
-        self,
-        run_id: str,
-        reg: Registration,
-        input: dict[str, Any],
-        auth: dict[str, Any] | None,
-        resume: bool,
-        config: dict[str, Any],
-        entry: ActiveRun,
-    ) -> None:
+    async def _execute(self, run_id: str, entry: ActiveRun, loop: RunLoop) -> None:
         try:
-            result = await run_async(
-                reg.workflow,
-                input,
-                db=self.store,
-                run_id=run_id,
-                resume=resume,
-                auth=auth,
-                config=config,
-                cancel=entry.cancel,
-                max_concurrency=self.options.max_concurrency,
-                wait_timers=False,
-            )
+            result = await loop.execute()
         except Exception as exc:
             log.warning("run %s ended with an error: %s", run_id, exc, exc_info=not isinstance(exc, SmithersError))
             self._settled(run_id, entry, FAILED, serialize_error(exc))
@@ -212,10 +250,7 @@ class RunSupervisor:
             elif result.wake_at_ms is not None:
                 self._schedule_wake(run_id, result.wake_at_ms)
         finally:
-            if self.active.get(run_id) is entry:
-                del self.active[run_id]
-            if self._registry.get(run_id) == entry.key and run_id not in self.active:
-                del self._registry[run_id]  # the stored row answers for it from now on
+            self._unregister(run_id, entry)
 
     def _settled(self, run_id: str, entry: ActiveRun, status: str, error: Any) -> None:
         self.metrics.runs_completed.labels(entry.key, status).inc()
@@ -269,8 +304,7 @@ class RunSupervisor:
             if row["status"] == RUNNING and not owner_gone(row["runtime_owner_id"], row["heartbeat_at_ms"], now_ms()):
                 return False  # another process is executing it
             key = self._registry.get(run_id) or stored_workflow_key(row)
-            self._launch(key, {}, auth=auth, run_id=run_id, resume=True, subscriber=subscriber)
-            return True
+            return self._resume(key, run_id, auth, subscriber)
         return False
 
     def _schedule_wake(self, run_id: str, wake_at_ms: int) -> None:

@@ -443,3 +443,32 @@ def test_an_unreachable_postgres_url_gives_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 4
     line = one_error_line(proc)
     assert "DB_ERROR" in line and "secret" not in line
+
+
+def test_resuming_a_finished_run_is_a_no_op_that_says_so(cli: Cli) -> None:
+    proc = cli("run", f"{EXAMPLES / 'hello.py'}", "--input", '{"name": "ada"}', "--run-id", "done-1", "-q")
+    assert proc.returncode == 0, proc.stderr
+    before = cli.events("done-1")
+    for args in (("resume", "done-1"), ("resume", "done-1", "--retry")):
+        again = cli(*args)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout == "" and "run done-1 is already finished; nothing to do" in again.stderr
+    assert cli.events("done-1") == before  # nothing written: no second RunStarted or RunFinished
+    [row] = [r for r in runs_in(cli.db) if r["run_id"] == "done-1"]
+    assert row["status"] == "finished"
+
+
+def test_resuming_a_finished_run_from_python_writes_nothing(sqlite_url: str) -> None:
+    flow = load_workflow(str(EXAMPLES / "hello.py"))
+    first = smithers.run(flow, {"name": "ada"}, db=sqlite_url, run_id="py-done")
+    assert first.status == "finished" and not first.unchanged
+    store = Store(sqlite_url)
+    try:
+        with store.read() as tx:
+            count = len(tx.list_events("py-done"))
+        again = smithers.run(flow, None, db=store, run_id="py-done", resume=True)
+        assert again.unchanged and again.status == "finished" and again.outputs == first.outputs
+        with store.read() as tx:
+            assert len(tx.list_events("py-done")) == count
+    finally:
+        store.close()

@@ -401,9 +401,15 @@ def test_cancel_stops_a_run_executing_in_another_process(h: Harness) -> None:
     cancelled = [e.payload for e in h.events("stop") if e.type == "NodeCancelled"]
     assert [(p["nodeId"], p.get("attempt")) for p in cancelled] == [("slow", 1)]
 
-    # a cancelled run can be resumed: the cancelled task runs again, the finished one does not
+    # resuming an ended run writes nothing and says so
     h.hold.unlink()
-    resumed = h.cli("resume", "stop")
+    events_before = len(h.events("stop"))
+    untouched = h.cli("resume", "stop")
+    assert untouched.returncode == 0, untouched.stderr
+    assert "already cancelled; nothing to do" in untouched.stderr and untouched.stdout == ""
+    assert len(h.events("stop")) == events_before and h.run_row("stop")["status"] == "cancelled"
+    # --retry runs it again: the cancelled task runs again, the finished one does not
+    resumed = h.cli("resume", "stop", "--retry")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout) == {"name": "last", "value": 11}
     assert h.counter_lines() == ["first", "slow", "slow", "last"]

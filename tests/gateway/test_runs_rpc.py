@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from smithers.engine.control import signal_run
@@ -320,3 +321,55 @@ def test_ui_registration_and_list_workflows(tmp_path: Path) -> None:
     assert listed[1]["uiPath"] == "/custom" and listed[2]["uiPath"] == "/workflows/deploy"
     assert [w["key"] for w in list_workflows(call, {"hasUi": True})] == ["Beta", "deploy"]
     gateway.store.close()
+
+
+def test_an_acknowledged_run_is_already_stored(live: Live) -> None:
+    """launchRun answers once the run row is committed: a getRun right after never misses it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def launch_then_get(index: int) -> tuple[int, int]:
+        with httpx.Client(base_url=live.url, timeout=10) as http:
+            launched = http.post("/v1/rpc/launchRun", json={"workflow": "slow", "runId": f"ack-{index}"})
+            got = http.post("/v1/rpc/getRun", json={"runId": f"ack-{index}"})
+        return launched.status_code, got.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(launch_then_get, range(40)))
+    assert answers == [(200, 200)] * 40
+    stored = {r["runId"] for r in live.ok("listRuns", {"limit": 100})}
+    assert {f"ack-{i}" for i in range(40)} <= stored
+    for index in range(40):
+        live.ok("cancelRun", {"runId": f"ack-{index}"})
+
+
+def test_input_with_a_lone_surrogate_is_stored_and_runs(live: Live) -> None:
+    body = b'{"workflow":"hello","runId":"sur-1","input":{"name":"\\ud800"}}'
+    response = live.http.post("/v1/rpc/launchRun", content=body)
+    assert response.status_code == 200, response.text
+    assert live.rpc("getRun", {"runId": "sur-1"}).status_code == 200
+    row = live.wait_status("sur-1", {"finished"})
+    with live.gateway.store.read() as tx:
+        assert json.loads(tx.get_input_json("sur-1")) == {"name": "\ud800"}
+        assert json.loads(tx.get_output("sur-1", "greet", 0)["payload_json"]) == {"message": "hello \ud800"}
+    assert row["status"] == "finished"
+
+
+def test_no_answer_before_the_run_row_can_be_committed(live: Live) -> None:
+    """While another process holds the database's write lock, launchRun cannot commit, so it does not answer."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocker = sqlite3.connect(str(live.db_path), isolation_level=None, timeout=5)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(live.rpc, "launchRun", {"workflow": "hello", "runId": "locked"})
+            time.sleep(0.5)
+            assert not pending.done(), "answered while the run row could not be committed"
+            blocker.execute("COMMIT")
+            response = pending.result(timeout=10)
+        assert response.status_code == 200, response.text
+        assert live.rpc("getRun", {"runId": "locked"}).status_code == 200
+    finally:
+        blocker.close()
+    live.wait_status("locked", {"finished"})
