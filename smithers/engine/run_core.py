@@ -97,9 +97,9 @@ class RunCore:
         self.mounted_json = "[]"
         self._stored_mounted_json: str | None = None
         self._create_row: dict[str, Any] | None = None
-        self._new_row: dict[str, Any] | None = None
         self.claimed = True
         """False when a resume found the run ended and took nothing over."""
+        self._first_decision: tuple[str, Any] | None = None
         self._first_render: tuple[Graph, ReadLog] | None = None
         self.task_index_json = "[]"
         self.waits = WaitHandler(self)

@@ -55,7 +55,7 @@ class RunStart(RunCore):
         cfg = {"maxConcurrency": self.max_concurrency, "workflowKey": self.workflow.key, **config}
         if auth is not None:
             cfg["auth"] = auth
-        self._create_row = self._new_row = {
+        self._create_row = {
             "run_id": self.run_id,
             "workflow_name": self.workflow.key,
             "workflow_path": self.workflow.path,
@@ -67,10 +67,6 @@ class RunStart(RunCore):
             "runtime_owner_id": self.owner_id,
             "config_json": dumps(cfg),
         }
-
-    def restore_create_row(self) -> None:
-        """Make the new run's rows pending again (their transaction was rolled back)."""
-        self._create_row = self._new_row
 
     def write_new_run(self, tx: Tx) -> None:
         """The run row, its input and RunStarted: in the caller's transaction, or with the first step."""

@@ -44,14 +44,13 @@ from smithers.errors import (
     TASK_HEARTBEAT_TIMEOUT,
     InvalidInputError,
     RunCancelled,
-    RunExistsError,
     RunOwnershipError,
     SmithersError,
     error_from_exception,
 )
 from smithers.store.events_bus import StoredEvent
 from smithers.store.rows import dumps, now_ms
-from smithers.store.store import Store
+from smithers.store.store import Store, Tx
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
@@ -73,7 +72,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
     async def execute(self) -> RunResult:
         watchdog = asyncio.create_task(self._watch_owner())
         try:
-            return await self._loop()
+            return await self._loop(self._first_decision)
         except RunCancelled:
             return self._result(CANCELLED)
         finally:
@@ -81,11 +80,26 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             for task in self.in_flight.values():
                 task.cancel()
 
-    async def _loop(self) -> RunResult:
+    def first_step(self, tx: Tx) -> None:
+        """Take the run's first step inside the caller's transaction (see :func:`commit_new_runs`)."""
+        del tx  # the step joins the caller's open transaction
+        self._first_decision = self._step()
+
+    def abandon_first_step(self) -> None:
+        """The first step's transaction did not commit: cancel what it started (nothing has run yet)."""
+        self._first_decision = None
+        for task in self.in_flight.values():
+            task.cancel()
+        self.in_flight.clear()
+        self.in_flight_desc.clear()
+
+    async def _loop(self, decision: tuple[str, Any] | None = None) -> RunResult:
         while True:
-            with self.store.write():  # everything between two awaits commits as one transaction
-                decision = self._step()
+            if decision is None:
+                with self.store.write():  # everything between two awaits commits as one transaction
+                    decision = self._step()
             kind, value = decision
+            decision = None
             if kind == "wait":
                 await self._await_progress(value)
             elif kind == "sleep":
@@ -420,31 +434,30 @@ def prepare_run(
 
 
 def commit_new_runs(store: Store, loops: Sequence[RunLoop]) -> list[SmithersError | None]:
-    """Write the rows of new runs (each with its input and ``RunStarted``) in one transaction.
+    """Write the rows of new runs (each with its input and ``RunStarted``) and take their first steps,
+    all in one transaction: one commit stores the runs and starts them.
 
-    Returns, per run, None when its rows are committed or the error that refused it (a run id
-    taken, a value the database cannot store). A failure that is not one run's fault aborts the
-    batch and is raised.
+    Each run goes in under a savepoint, so one refused run (its id taken, a value the database
+    cannot store) is rolled back alone. Returns, per run, None when it is committed or the error that
+    refused it; a failure that is not one run's fault (the database is gone) is raised. Tasks a first
+    step started wait for :meth:`RunLoop.execute`; those of a run that is not committed are cancelled
+    before they ever run.
     """
     errors: list[SmithersError | None] = [None] * len(loops)
     try:
         with store.write() as tx:
             for index, loop in enumerate(loops):
                 try:
-                    loop.write_new_run(tx)
-                except RunExistsError as exc:
+                    with tx.savepoint():
+                        loop.write_new_run(tx)
+                        loop.first_step(tx)
+                except SmithersError as exc:
+                    loop.abandon_first_step()
                     errors[index] = exc
-        return errors
-    except InvalidInputError:
-        if len(loops) == 1:
-            raise
-    # One run's value cannot be stored and the transaction is gone: write them one by one.
-    for index, loop in enumerate(loops):
-        loop.restore_create_row()
-        try:
-            errors[index] = commit_new_runs(store, [loop])[0]
-        except InvalidInputError as exc:
-            errors[index] = exc
+    except BaseException:
+        for loop in loops:
+            loop.abandon_first_step()
+        raise
     return errors
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, Final
 
 from sqlalchemy import Table, bindparam, func, select
@@ -80,6 +80,7 @@ class Tx:
         self.cur = store._cursor()
         self.events: list[StoredEvent] = []
         self._next_seq: dict[str, int] = {}
+        self._savepoints = 0
 
     # ---- plumbing ---------------------------------------------------------------------------
     def execute(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
@@ -161,6 +162,23 @@ class Tx:
             return table.delete().where(eq_where(table, where))
 
         return int(self.execute(("del", table.name, where_key(where)), build, where_params(where)).rowcount)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: what the block writes is undone alone if it raises."""
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        events, next_seq = len(self.events), dict(self._next_seq)
+        self.cur.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.cur.execute(f"RELEASE SAVEPOINT {name}")
+            del self.events[events:]
+            self._next_seq = next_seq
+            raise
+        self.cur.execute(f"RELEASE SAVEPOINT {name}")
 
     # ---- runs -------------------------------------------------------------------------------
     def insert_run(self, **values: Any) -> None:
