@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import re
 import string
 from collections.abc import Callable, Iterable, Mapping
@@ -43,6 +44,7 @@ __all__ = [
     "hash_token",
     "header_value",
     "node_headers",
+    "peer_address",
     "token_from_connect",
     "token_from_headers",
     "token_id_for",
@@ -149,6 +151,12 @@ def node_headers(raw: Iterable[tuple[str | bytes, str | bytes]]) -> dict[str, st
         elif name not in _NODE_SINGLE_VALUE:
             headers[name] = f"{headers[name]}, {value}"
     return headers
+
+
+def peer_address(scope: Mapping[str, Any]) -> str | None:
+    """The client's IP address of an ASGI scope (None when the server does not say)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str | None:
@@ -338,7 +346,47 @@ def _str_option(config: Mapping[str, Any], key: str, default: str) -> str:
 
 
 # -- trusted-proxy mode ------------------------------------------------------------------------
-def _proxy_principal(config: Mapping[str, Any], headers: Mapping[str, str]) -> Principal:
+DEFAULT_TRUSTED_PROXIES: Final = ("127.0.0.0/8", "::1/128")
+"""Peers whose identity headers are believed when ``trustedProxies`` is not configured: loopback."""
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(config: Mapping[str, Any]) -> tuple[Network, ...]:
+    """The ``trustedProxies`` of a trusted-proxy config (IP addresses or CIDR blocks)."""
+    configured = config.get("trustedProxies", list(DEFAULT_TRUSTED_PROXIES))
+    if isinstance(configured, str) or not isinstance(configured, list | tuple):
+        raise InvalidInputError("trustedProxies must be a list of IP addresses or CIDR blocks.")
+    networks = []
+    for entry in configured:
+        try:
+            networks.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"trustedProxies has an entry that is not an IP address or CIDR block: {entry!r}"
+            ) from exc
+    return tuple(networks)
+
+
+def _trusted(peer: str | None, networks: tuple[Network, ...]) -> bool:
+    if peer is None:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+def _proxy_principal(
+    config: Mapping[str, Any], headers: Mapping[str, str], peer: str | None, networks: tuple[Network, ...]
+) -> Principal:
+    # Identity headers anyone can send are believed only from the proxies the operator named
+    # (docs/protocol.md#departures-from-0180).
+    if not _trusted(peer, networks):
+        raise _unauthorized("Request did not come through a trusted proxy")
     origins = _strings(config.get("allowedOrigins")) or ()
     if origins and header_value(headers, HEADER_ORIGIN) not in origins:
         raise _unauthorized("Origin is not allowed")
@@ -349,11 +397,8 @@ def _proxy_principal(config: Mapping[str, Any], headers: Mapping[str, str]) -> P
     user_id = header_value(headers, names[0])
     scopes_header = header_value(headers, names[1])
     role = header_value(headers, names[2])
-    if scopes_header:
-        scopes = _split_scopes(scopes_header)
-    else:
-        defaults = _strings(config.get("defaultScopes"))
-        scopes = defaults if defaults is not None else (WILDCARD,)
+    # No scopes from the proxy: only what the config grants by default (0.18.0 grants "*").
+    scopes = _split_scopes(scopes_header) if scopes_header else _strings(config.get("defaultScopes")) or ()
     default_role = config.get("defaultRole")
     if role is None:
         role = default_role if isinstance(default_role, str) else ROLE_OPERATOR
@@ -386,29 +431,32 @@ class Authenticator:
         self._tokens: Mapping[str, Any] = tokens if isinstance(tokens, Mapping) else {}
         self._lookup = lookup_stored_token
         self._jwt = _JwtVerifier(self._config) if self._mode == MODE_JWT else None
+        self._proxies = trusted_networks(self._config) if self._mode == MODE_TRUSTED_PROXY else ()
 
     @property
     def mode(self) -> str:
         """``none``, ``token``, ``jwt``, ``trusted-proxy``, or the unsupported configured value."""
         return self._mode
 
-    def authenticate_http(self, headers: Mapping[str, str], now_ms: int) -> Principal:
-        """Authenticate an HTTP RPC request from its headers."""
-        return self._authenticate(token_from_headers(headers), headers, now_ms)
+    def authenticate_http(self, headers: Mapping[str, str], now_ms: int, peer: str | None = None) -> Principal:
+        """Authenticate an HTTP RPC request from its headers; ``peer`` is the client's IP address."""
+        return self._authenticate(token_from_headers(headers), headers, now_ms, peer)
 
-    def authenticate_connect(self, params: Mapping[str, Any], headers: Mapping[str, str], now_ms: int) -> Principal:
+    def authenticate_connect(
+        self, params: Mapping[str, Any], headers: Mapping[str, str], now_ms: int, peer: str | None = None
+    ) -> Principal:
         """Authenticate a WebSocket ``connect``; ``headers`` are the upgrade request's.
 
-        ``params.auth`` is read in every mode, so a malformed one is a ``TypeError`` (an uncoded
-        server error) even where no token is needed.
+        ``params.auth`` is read in every mode, so a malformed one is an uncoded server error even
+        where no token is needed.
         """
-        return self._authenticate(token_from_connect(params), headers, now_ms)
+        return self._authenticate(token_from_connect(params), headers, now_ms, peer)
 
-    def _authenticate(self, token: str | None, headers: Mapping[str, str], now_ms: int) -> Principal:
+    def _authenticate(self, token: str | None, headers: Mapping[str, str], now_ms: int, peer: str | None) -> Principal:
         if self._open:
             return OPEN_PRINCIPAL
         if self._mode == MODE_TRUSTED_PROXY:
-            return _proxy_principal(self._config, headers)
+            return _proxy_principal(self._config, headers, peer, self._proxies)
         if self._jwt is not None:
             return self._jwt.verify(token, now_ms)
         if self._mode == MODE_TOKEN:

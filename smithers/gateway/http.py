@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from smithers.errors import INVALID_REQUEST, GatewayError
 from smithers.gateway import webhooks
-from smithers.gateway.auth import header_value, node_headers
+from smithers.gateway.auth import header_value, node_headers, peer_address
 from smithers.gateway.dispatch import TRANSPORT_HTTP, Call, internal_error
 from smithers.gateway.host import GatewayHost
 from smithers.gateway.metrics import METRICS_CONTENT_TYPE
@@ -86,7 +86,7 @@ async def rpc(host: GatewayHost, request: Request, path_method: str | None) -> R
     metrics = host.metrics
     metrics.received("http")
     try:
-        principal = host.authenticator.authenticate_http(headers, now_ms())
+        principal = host.authenticator.authenticate_http(headers, now_ms(), peer_address(request.scope))
     except GatewayError as exc:
         metrics.auth("http", host.authenticator.mode, False)
         return json_response(error_frame(request_id, exc), exc.http_status)

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from smithers.errors import UNAUTHORIZED, GatewayError
-from smithers.gateway.auth import Principal, node_headers, token_from_connect
+from smithers.gateway.auth import Principal, node_headers, peer_address, token_from_connect
 from smithers.gateway.context import RunStream
 from smithers.gateway.dispatch import TRANSPORT_WS, WS_INVALID_ID, Call, Outcome, outcome_for
 from smithers.gateway.host import GatewayHost
@@ -92,6 +92,7 @@ class Connection:
         "_writer",
         "headers",
         "host",
+        "peer",
         "principal",
         "seq",
         "session_token",
@@ -106,6 +107,7 @@ class Connection:
         self.websocket: WebSocket | None = websocket
         self._send = send
         self.headers = headers
+        self.peer = peer_address(websocket.scope) if websocket is not None else None
         self.state = ConnectionState.CONNECTING
         self.seq = 0
         self.principal: Principal | None = None
@@ -288,7 +290,7 @@ class Connection:
             # expired token stops working at once; the connection must connect again.
             try:
                 return self.host.authenticator.authenticate_connect(
-                    {"auth": {"token": self._token}}, self.headers, now_ms()
+                    {"auth": {"token": self._token}}, self.headers, now_ms(), self.peer
                 )
             except GatewayError as exc:
                 self.host.metrics.auth("ws", self.host.authenticator.mode, False)
@@ -303,7 +305,7 @@ class Connection:
             request = parse_connect_request(frame.params, host.options.protocol)
             params = frame.params if isinstance(frame.params, dict) else {}
             token = token_from_connect(params)
-            principal = host.authenticator.authenticate_connect(params, self.headers, now_ms())
+            principal = host.authenticator.authenticate_connect(params, self.headers, now_ms(), self.peer)
         except Exception as exc:
             if isinstance(exc, GatewayError) and exc.code == UNAUTHORIZED:
                 host.metrics.auth("ws", host.authenticator.mode, False)

@@ -292,7 +292,7 @@ def test_stored_tokens_are_not_consulted_in_other_modes() -> None:
         raise AssertionError("not expected")
 
     Authenticator(None, lookup_stored_token=lookup).authenticate_http(bearer("x"), NOW_MS)
-    Authenticator({"mode": "trusted-proxy"}, lookup_stored_token=lookup).authenticate_http(bearer("x"), NOW_MS)
+    Authenticator({"mode": "trusted-proxy"}, lookup_stored_token=lookup).authenticate_http(bearer("x"), NOW_MS, "::1")
     jwt_mode = Authenticator(JWT_CONFIG, lookup_stored_token=lookup)
     unauthorized(lambda: jwt_mode.authenticate_http(bearer("x"), NOW_MS), "JWT must have three segments")
 
@@ -647,25 +647,57 @@ def test_signed_jwt_claims_against_the_rules(
 
 # -- trusted proxy ------------------------------------------------------------------------
 PROXY = {"mode": "trusted-proxy"}
+LOOPBACK = "127.0.0.1"
 
 
 def test_proxy_defaults() -> None:
     auth = Authenticator(PROXY)
     assert auth.mode == "trusted-proxy"
-    assert auth.authenticate_http({}, NOW_MS) == Principal("operator", ("*",), None, None)
+    # no scopes header and no defaultScopes: no scopes (0.18.0 grants "*")
+    assert auth.authenticate_http({}, NOW_MS, LOOPBACK) == Principal("operator", (), None, None)
     headers = {"X-User-Id": "user:will", "x-user-scopes": "run:read, run:write", "x-user-role": "admin"}
-    assert auth.authenticate_http({**headers, "x-smithers-token-id": "tid"}, NOW_MS) == Principal(
+    assert auth.authenticate_http({**headers, "x-smithers-token-id": "tid"}, NOW_MS, LOOPBACK) == Principal(
         "admin", ("run:read", "run:write"), "user:will", "tid"
     )
 
 
+def test_proxy_headers_are_believed_only_from_trusted_peers() -> None:
+    forged = {"x-user-id": "root", "x-user-scopes": "*", "x-user-role": "admin"}
+    loopback_only = Authenticator(PROXY)
+    for peer in ("10.0.0.5", "192.168.1.20", "2001:db8::1", None, "not-an-address"):
+        unauthorized(
+            lambda peer=peer: loopback_only.authenticate_http(forged, NOW_MS, peer),
+            "Request did not come through a trusted proxy",
+        )
+        unauthorized(
+            lambda peer=peer: loopback_only.authenticate_connect({}, forged, NOW_MS, peer),
+            "Request did not come through a trusted proxy",
+        )
+    for peer in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"):
+        assert loopback_only.authenticate_http(forged, NOW_MS, peer).scopes == ("*",)
+    named = Authenticator({**PROXY, "trustedProxies": ["10.0.0.0/8", "192.168.1.20"]})
+    assert named.authenticate_http(forged, NOW_MS, "10.1.2.3").user_id == "root"
+    assert named.authenticate_http(forged, NOW_MS, "192.168.1.20").user_id == "root"
+    for peer in ("127.0.0.1", "192.168.1.21", "11.0.0.1"):
+        unauthorized(
+            lambda peer=peer: named.authenticate_http(forged, NOW_MS, peer),
+            "Request did not come through a trusted proxy",
+        )
+
+
+@pytest.mark.parametrize("proxies", ["10.0.0.0/8", ["not an address"], ["10.0.0.0/33"], 5])
+def test_trusted_proxies_must_be_addresses(proxies: Any) -> None:
+    with pytest.raises(InvalidInputError):
+        Authenticator({**PROXY, "trustedProxies": proxies})
+
+
 def test_proxy_empty_headers() -> None:
     auth = Authenticator({**PROXY, "defaultRole": "viewer", "defaultScopes": ["read"]})
-    assert auth.authenticate_http({}, NOW_MS) == Principal("viewer", ("read",), None, None)
+    assert auth.authenticate_http({}, NOW_MS, LOOPBACK) == Principal("viewer", ("read",), None, None)
     empty = {"x-user-id": "", "x-user-role": "", "x-user-scopes": ""}
-    assert auth.authenticate_http(empty, NOW_MS) == Principal("", ("read",), "", None)
-    assert auth.authenticate_http({"x-user-scopes": " \t "}, NOW_MS).scopes == ()
-    assert Authenticator({**PROXY, "defaultScopes": []}).authenticate_http({}, NOW_MS).scopes == ()
+    assert auth.authenticate_http(empty, NOW_MS, LOOPBACK) == Principal("", ("read",), "", None)
+    assert auth.authenticate_http({"x-user-scopes": " \t "}, NOW_MS, LOOPBACK).scopes == ()
+    assert Authenticator({**PROXY, "defaultScopes": []}).authenticate_http({}, NOW_MS, LOOPBACK).scopes == ()
 
 
 def test_proxy_custom_headers_are_positional_and_lower_cased() -> None:
@@ -676,30 +708,61 @@ def test_proxy_custom_headers_are_positional_and_lower_cased() -> None:
         "x-user-role": "admin",
         "x-user-id": "no",
     }
-    assert auth.authenticate_http(headers, NOW_MS) == Principal("admin", ("cron:read",), "u", None)
+    assert auth.authenticate_http(headers, NOW_MS, LOOPBACK) == Principal("admin", ("cron:read",), "u", None)
     four = Authenticator({**PROXY, "trustedHeaders": ["a", "b", "c", "d"]})
-    assert four.authenticate_http({"a": "u", "b": "s", "c": "r", "d": "x"}, NOW_MS) == Principal("r", ("s",), "u", None)
+    principal = four.authenticate_http({"a": "u", "b": "s", "c": "r", "d": "x"}, NOW_MS, LOOPBACK)
+    assert principal == Principal("r", ("s",), "u", None)
 
 
 def test_proxy_origins() -> None:
-    auth = Authenticator({**PROXY, "allowedOrigins": ["https://ui.example", "https://b.example"]})
-    assert auth.authenticate_http({"origin": "https://b.example"}, NOW_MS).role == "operator"
-    unauthorized(lambda: auth.authenticate_http({}, NOW_MS), "Origin is not allowed")
-    unauthorized(lambda: auth.authenticate_http({"Origin": "https://evil.example"}, NOW_MS), "Origin is not allowed")
-    unauthorized(lambda: auth.authenticate_http({"origin": "https://ui.example/"}, NOW_MS), "Origin is not allowed")
+    auth = Authenticator(
+        {**PROXY, "allowedOrigins": ["https://ui.example", "https://b.example"], "defaultScopes": ["*"]}
+    )
+    assert auth.authenticate_http({"origin": "https://b.example"}, NOW_MS, LOOPBACK).role == "operator"
+    unauthorized(lambda: auth.authenticate_http({}, NOW_MS, LOOPBACK), "Origin is not allowed")
+    unauthorized(
+        lambda: auth.authenticate_http({"Origin": "https://evil.example"}, NOW_MS, LOOPBACK), "Origin is not allowed"
+    )
+    unauthorized(
+        lambda: auth.authenticate_http({"origin": "https://ui.example/"}, NOW_MS, LOOPBACK), "Origin is not allowed"
+    )
     joined = a.node_headers([("origin", "https://ui.example"), ("origin", "https://b.example")])
-    unauthorized(lambda: auth.authenticate_http(joined, NOW_MS), "Origin is not allowed")
-    assert Authenticator({**PROXY, "allowedOrigins": []}).authenticate_http({}, NOW_MS).scopes == ("*",)
+    unauthorized(lambda: auth.authenticate_http(joined, NOW_MS, LOOPBACK), "Origin is not allowed")
+    open_origins = Authenticator({**PROXY, "allowedOrigins": [], "defaultScopes": ["*"]})
+    assert open_origins.authenticate_http({}, NOW_MS, LOOPBACK).scopes == ("*",)
 
 
 def test_proxy_over_websocket_reads_the_upgrade_headers() -> None:
     auth = Authenticator(PROXY)
-    principal = auth.authenticate_connect({"auth": {"token": "ignored"}}, {"x-user-id": "ws-user"}, NOW_MS)
+    principal = auth.authenticate_connect({"auth": {"token": "ignored"}}, {"x-user-id": "ws-user"}, NOW_MS, LOOPBACK)
     assert principal.user_id == "ws-user"
 
 
 @given(st.dictionaries(st.sampled_from(["x-user-id", "x-user-scopes", "x-user-role", "origin"]), st.text()))
 def test_proxy_never_fails_without_an_origin_list(headers: dict[str, str]) -> None:
-    principal = Authenticator(PROXY).authenticate_http(headers, NOW_MS)
+    principal = Authenticator(PROXY).authenticate_http(headers, NOW_MS, LOOPBACK)
     assert principal.user_id == headers.get("x-user-id")
     assert all(scope and scope == js_trim(scope) and "," not in scope for scope in principal.scopes)
+
+
+def test_a_direct_client_cannot_claim_an_identity_with_headers(start_gateway: Any) -> None:
+    """A gateway behind a proxy at 10.0.0.0/8: a client reaching it directly (here from loopback) is refused."""
+    live = start_gateway(auth={"mode": "trusted-proxy", "trustedProxies": ["10.0.0.0/8"]})
+    forged = {"x-user-id": "root", "x-user-scopes": "*", "x-user-role": "admin"}
+    response = live.http.post(
+        "/rpc", json={"method": "cron.add", "params": {"workflow": "hello", "pattern": "* * * * *"}}, headers=forged
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "Request did not come through a trusted proxy"
+    assert live.gateway.store.get_run("x") is None
+    with live.gateway.store.read() as tx:
+        assert tx.list_crons() == []
+    ws = live.ws()
+    try:
+        refused = ws.request("connect", live.connect_params())
+        assert refused["ok"] is False and refused["error"]["code"] == "UNAUTHORIZED"
+    finally:
+        ws.close()
+    # from a trusted address (loopback by default) the same headers are believed
+    trusting = start_gateway(auth={"mode": "trusted-proxy"})
+    assert trusting.http.post("/rpc", json={"method": "health"}, headers=forged).status_code == 200
