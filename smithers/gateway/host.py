@@ -15,6 +15,11 @@ from smithers.gateway.dispatch import Dispatcher
 class OpenConnection(Receiver, Protocol):
     """An open WebSocket connection as the gateway tracks it."""
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether it completed ``connect``."""
+        ...
+
     def close(self) -> None:
         """Forget the connection (stop its ticks and streams)."""
         ...

@@ -49,6 +49,9 @@ class GatewayMetrics:
             p + "connections_closed", "WebSocket connections closed", ["transport", "reason"], registry=r
         )
         self.heartbeat_ticks = Counter(p + "heartbeat_ticks", "tick events sent", registry=r)
+        self.slow_consumer_closes = Counter(
+            p + "ws_slow_consumer_closes", "WebSocket clients closed for leaving too much unread", registry=r
+        )
         self.runs_started = Counter(p + "runs_started", "Runs started", ["workflow", "source", "resume"], registry=r)
         self.runs_completed = Counter(p + "runs_completed", "Runs completed", ["workflow", "status"], registry=r)
         self.approval_decisions = Counter(p + "approval_decisions", "Approval decisions", ["outcome"], registry=r)

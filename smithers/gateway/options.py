@@ -14,11 +14,13 @@ from smithers.engine.workflow import Workflow
 from smithers.errors import InvalidInputError
 from smithers.gateway.jsvalues import js_trim
 from smithers.gateway.protocol import (
+    DEFAULT_CONNECT_TIMEOUT_MS,
     DEFAULT_EVENT_WINDOW_SIZE,
     DEFAULT_FEATURES,
     DEFAULT_HEADERS_TIMEOUT_MS,
     DEFAULT_HEARTBEAT_MS,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_PROTOCOL,
@@ -40,6 +42,8 @@ JS_NAMES: Final[Mapping[str, str]] = {
     "requestTimeout": "request_timeout",
     "ui": "ui",
     "maxConcurrency": "max_concurrency",
+    "connectTimeoutMs": "connect_timeout_ms",
+    "maxBufferedBytes": "max_buffered_bytes",
 }
 """JavaScript option name → keyword of :class:`GatewayOptions`."""
 
@@ -51,6 +55,8 @@ _POSITIVE: Final = (
     "headers_timeout",
     "request_timeout",
     "max_concurrency",
+    "connect_timeout_ms",
+    "max_buffered_bytes",
 )
 _UI_PATH: Final = re.compile(r"/[A-Za-z0-9/_:.\-]*")
 
@@ -81,6 +87,10 @@ class GatewayOptions:
     """Gateway-level UI mount."""
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     """Tasks one run executes at once (ours; not a 0.18.0 option)."""
+    connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS
+    """A WebSocket that has not completed ``connect`` by then is closed (1008)."""
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    """Bytes one WebSocket client may leave unread; past it the socket is closed (1013 slow consumer)."""
 
     @classmethod
     def build(cls, **options: Any) -> GatewayOptions:

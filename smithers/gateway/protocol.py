@@ -51,6 +51,12 @@ DEFAULT_EVENT_WINDOW_SIZE: Final = 10_000
 DEFAULT_MAX_BODY_BYTES: Final = 1_048_576
 DEFAULT_MAX_PAYLOAD: Final = 1_048_576
 DEFAULT_MAX_CONNECTIONS: Final = 1_000
+DEFAULT_CONNECT_TIMEOUT_MS: Final = 10_000
+DEFAULT_MAX_BUFFERED_BYTES: Final = 8 * 1024 * 1024
+UNAUTHENTICATED_BUFFER_BYTES: Final = 256 * 1024
+"""What a socket that has not connected may have waiting to be sent (only error frames go to it)."""
+MAX_HELLO_BYTES: Final = 960 * 1024
+"""The hello frame stays under the 1 MiB message limit of common WebSocket clients."""
 DEFAULT_HEADERS_TIMEOUT_MS: Final = 30_000
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 60_000
 MAX_FRAME_DEPTH: Final = 32

@@ -17,6 +17,7 @@ from smithers.engine.states import ACTIVE_RUN_STATUSES, FAILED, statuses_matchin
 from smithers.errors import SmithersError, format_stack
 from smithers.gateway.auth import Principal
 from smithers.gateway.context import GatewayContext
+from smithers.gateway.jsvalues import encode_json
 from smithers.store.rows import to_wire
 from smithers.store.store import Row, Store
 
@@ -162,6 +163,41 @@ def hello_payload(ctx: GatewayContext, principal: Principal, session_token: str)
             "stateVersion": ctx.state_version,
         },
     }
+
+
+def bounded_hello(payload: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """The hello payload, cut to ``max_bytes`` of JSON when its snapshot is too large.
+
+    The newest runs and the newest pending approvals are kept (taken in turn while they fit), each
+    list keeps its usual order, and ``snapshot.truncated`` is ``true``; clients page the rest with
+    ``runs.list`` and ``approvals.list`` (docs/protocol.md#handshake).
+    """
+    if _json_bytes(payload) <= max_bytes:
+        return payload
+    snapshot = payload["snapshot"]
+    runs: list[dict[str, Any]] = snapshot["runs"]  # newest first
+    approvals: list[dict[str, Any]] = snapshot["approvals"]  # oldest first
+    bare = {**payload, "snapshot": {**snapshot, "runs": [], "approvals": [], "truncated": True}}
+    budget = max_bytes - _json_bytes(bare)
+    kept_runs: list[dict[str, Any]] = []
+    kept_approvals: list[dict[str, Any]] = []
+    candidates = [iter(runs), reversed(approvals)]
+    targets = [kept_runs, kept_approvals]
+    while candidates and budget > 0:
+        for index in range(len(candidates) - 1, -1, -1):
+            item = next(candidates[index], None)
+            size = _json_bytes(item) + 1 if item is not None else 0
+            if item is None or size > budget:
+                del candidates[index], targets[index]
+                continue
+            targets[index].append(item)
+            budget -= size
+    kept_approvals.reverse()
+    return {**payload, "snapshot": {**snapshot, "runs": kept_runs, "approvals": kept_approvals, "truncated": True}}
+
+
+def _json_bytes(value: Any) -> int:
+    return len(encode_json(value).encode("utf-8"))
 
 
 def health_payload(ctx: GatewayContext, *, route: bool) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from smithers.gateway.protocol import (
     API_VERSION,
     API_VERSION_HEADER,
     CONNECT_METHOD,
+    MAX_HELLO_BYTES,
+    UNAUTHENTICATED_BUFFER_BYTES,
     RequestFrame,
     error_frame,
     event_frame,
@@ -37,16 +39,17 @@ from smithers.gateway.protocol import (
     parse_ws_frame,
     response_frame,
 )
-from smithers.gateway.shapes import hello_payload
+from smithers.gateway.shapes import bounded_hello, hello_payload
 from smithers.gateway.wsproto import SCOPE_EXTENSION, GatewayWebSocketProtocol
 from smithers.store.rows import now_ms
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT: Final = 32
-MAX_OUTBOX: Final = 100_000
-"""Frames queued for a client that does not read; past this the connection is closed (1013)."""
+CLOSE_POLICY: Final = 1008
 CLOSE_TRY_AGAIN: Final = 1013
+CONNECT_TIMEOUT_REASON: Final = "connect timeout"
+SLOW_CONSUMER_REASON: Final = "slow consumer"
 LIMIT_BODY: Final = "Gateway connection limit reached\n"
 
 
@@ -78,10 +81,12 @@ class Connection:
     """One WebSocket client: its state, identity, subscription filter, seq and streams."""
 
     __slots__ = (
+        "_connect_timer",
         "_direct",
         "_flush_handle",
         "_outbox",
         "_pending",
+        "_queued_bytes",
         "_recheck",
         "_room",
         "_send",
@@ -125,6 +130,8 @@ class Connection:
         self._direct: GatewayWebSocketProtocol | None = None  # the protocol's direct path, when it offers one
         self._flush_handle: asyncio.Handle | None = None
         self._pending: deque[tuple[Call, Any]] | None = None  # calls read while MAX_IN_FLIGHT are handled
+        self._queued_bytes = 0  # of the frames in the outbox
+        self._connect_timer: asyncio.TimerHandle | None = None
 
     # -- state ---------------------------------------------------------------------------------
     def transition(self, new: ConnectionState) -> None:
@@ -208,13 +215,15 @@ class Connection:
     def _enqueue(self, text: str) -> None:
         if self._outbox is None:
             self._outbox = deque()
-        if len(self._outbox) >= MAX_OUTBOX:
-            log.warning("closing a WebSocket client that stopped reading (%d frames queued)", len(self._outbox))
-            self._outbox.clear()
-            self.host.spawn(self.close_socket(CLOSE_TRY_AGAIN))
-            self.close()
+        size = len(text)
+        buffered = self._queued_bytes + size
+        if self._direct is not None:
+            buffered += self._direct.buffered_bytes()
+        if buffered > self._buffer_limit():
+            self._slow_consumer(buffered)
             return
         self._outbox.append(text)
+        self._queued_bytes += size
         if self._direct is not None:
             # Frames queued in one pass of the event loop leave in one write.
             if self._flush_handle is None:
@@ -222,10 +231,29 @@ class Connection:
         elif self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
+    def _buffer_limit(self) -> int:
+        """Bytes this client may leave unread: ``maxBufferedBytes``, much less before it connects."""
+        limit = self.host.options.max_buffered_bytes
+        return limit if self.state is ConnectionState.AUTHENTICATED else min(limit, UNAUTHENTICATED_BUFFER_BYTES)
+
+    def _slow_consumer(self, buffered: int) -> None:
+        """The client stopped reading: drop what it has not taken and close it (1013)."""
+        log.warning("closing a WebSocket client that stopped reading (%d bytes waiting)", buffered)
+        self.host.metrics.slow_consumer_closes.inc()
+        self._outbox = None
+        self._queued_bytes = 0
+        direct = self._direct
+        self.close()
+        if direct is not None:
+            direct.abort(CLOSE_TRY_AGAIN, SLOW_CONSUMER_REASON)
+        else:
+            self.host.spawn(self.close_socket(CLOSE_TRY_AGAIN, SLOW_CONSUMER_REASON))
+
     def _flush(self) -> None:
         """Write every queued frame through the direct path, in order, in one system call."""
         self._flush_handle = None
         outbox, self._outbox = self._outbox, None
+        self._queued_bytes = 0
         if outbox and self._direct is not None and self.is_open:
             self._direct.write_texts(outbox)
 
@@ -234,6 +262,7 @@ class Connection:
         try:
             while self._outbox and self.is_open:
                 text = self._outbox.popleft()
+                self._queued_bytes -= len(text)
                 await send({"type": "websocket.send", "text": text})
         except Exception:  # the peer went away; the receive loop notices and closes
             self._outbox = None
@@ -315,18 +344,39 @@ class Connection:
         if not self.is_open:  # the socket closed while this connect was being checked
             return
         self.transition(ConnectionState.AUTHENTICATED)
+        self._stop_connect_timer()
         self.principal = principal
         self._token = token
         self._recheck = principal.expires_at_ms is not None or host.is_stored_token(token)
         self.session_token = str(uuid.uuid4())
         self.subscribed = set(request.subscribe) if request.subscribe is not None else None
         self._start_ticks()
-        self.send_frame(response_frame(frame.id, hello_payload(host, principal, self.session_token)))
+        hello = bounded_hello(hello_payload(host, principal, self.session_token), MAX_HELLO_BYTES)
+        self.send_frame(response_frame(frame.id, hello))
 
     def _deauthenticate(self) -> None:
         self.transition(ConnectionState.OPEN)
         self.principal = None
         self._stop_ticks()
+        self._start_connect_timer()
+
+    # -- connect timeout -----------------------------------------------------------------------
+    def _start_connect_timer(self) -> None:
+        """A socket must complete ``connect`` within ``connectTimeoutMs`` (docs/protocol.md#handshake)."""
+        self._stop_connect_timer()
+        timeout = self.host.options.connect_timeout_ms
+        self._connect_timer = asyncio.get_running_loop().call_later(timeout / 1000, self._connect_timed_out)
+
+    def _stop_connect_timer(self) -> None:
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+
+    def _connect_timed_out(self) -> None:
+        self._connect_timer = None
+        if self.state is ConnectionState.OPEN:
+            self.host.metrics.error("connect_timeout", transport="ws")
+            self.host.spawn(self.close_socket(CLOSE_POLICY, CONNECT_TIMEOUT_REASON))
 
     # -- heartbeat -----------------------------------------------------------------------------
     def _start_ticks(self) -> None:
@@ -355,21 +405,22 @@ class Connection:
             return
         self.transition(ConnectionState.CLOSED)
         self._stop_ticks()
+        self._stop_connect_timer()
         for stream in self.streams.values():
             stream.stop()
         self.streams.clear()
         self._outbox = None
 
-    async def close_socket(self, code: int | None = 1000) -> None:
+    async def close_socket(self, code: int | None = 1000, reason: str = "") -> None:
         """Send a close frame after what is queued; ``None`` sends one without a status code (1005)."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush()
         if self._direct is not None:
-            self._direct.shut(code)
+            self._direct.shut(code, reason)
             return
         try:
-            await self._send({"type": "websocket.close", "code": code, "reason": ""})
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
         except Exception:
             log.debug("closing a WebSocket that is already gone", exc_info=True)
 
@@ -384,6 +435,7 @@ class Connection:
         await websocket.accept(headers=[(API_VERSION_HEADER.lower().encode(), API_VERSION.encode())])
         direct = websocket.scope.get("extensions", {}).get(SCOPE_EXTENSION)
         self.transition(ConnectionState.OPEN)
+        self._start_connect_timer()
         if direct is not None:
             self._direct = direct["protocol"]
             self._direct.attach(self.on_message, self.ended)
@@ -442,7 +494,10 @@ class Connection:
 async def serve_websocket(host: GatewayHost, scope: Scope, receive: Receive, send: Send) -> None:
     """The ASGI WebSocket endpoint: any path; 503 when ``maxConnections`` sockets are open."""
     websocket = WebSocket(scope, receive, send)
-    if len(host.connections) >= host.options.max_connections:
+    waiting = sum(1 for conn in host.connections if not conn.authenticated)
+    # Sockets that have not connected never hold more than half of the slots, so they cannot lock
+    # authenticated clients out (docs/protocol.md#departures-from-0180).
+    if len(host.connections) >= host.options.max_connections or waiting >= max(1, host.options.max_connections // 2):
         host.metrics.error("connection_limit", transport="ws")
         response = PlainTextResponse(
             LIMIT_BODY,

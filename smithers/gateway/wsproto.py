@@ -101,12 +101,12 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if hook is not None:
             hook()
 
-    def shut(self, code: int | None = 1000) -> None:
+    def shut(self, code: int | None = 1000, reason: str = "") -> None:
         """Send a close frame (``None``: without a status code) and close once the peer answers."""
         if self.close_sent or self.disconnected or self.transport.is_closing():
             return
         try:
-            self.conn.send_close(code, "")
+            self.conn.send_close(code, reason)
         except InvalidState:
             return
         self.transport.write(b"".join(self.conn.data_to_send()))
@@ -211,6 +211,17 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.transport.write(b"".join(text_frame(text.encode()) for text in texts))
         return True
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close at once, dropping what the peer has not read (a client that stopped reading)."""
+        if not (self.close_sent or self.disconnected or self.transport.is_closing()):
+            try:
+                self.conn.send_close(code, reason)
+                self.transport.write(b"".join(self.conn.data_to_send()))
+            except InvalidState:
+                pass
+        self.close_sent = True
+        self.transport.abort()
 
     def buffered_bytes(self) -> int:
         """Bytes written to the socket that the peer has not taken yet (in this process)."""

@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -273,3 +276,116 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         env=env,
         stdin=subprocess.DEVNULL,
     )
+
+
+# -- a raw WebSocket client -----------------------------------------------------------------------
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+MASK = b"\x11\x22\x33\x44"
+
+
+def frame(payload: bytes, opcode: int = OP_TEXT, *, fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
+    """A client frame (masked unless told otherwise)."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    size = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        head = struct.pack("!BB", first, mask_bit | size)
+    elif size < 65536:
+        head = struct.pack("!BBH", first, mask_bit | 126, size)
+    else:
+        head = struct.pack("!BBQ", first, mask_bit | 127, size)
+    if not masked:
+        return head + payload
+    body = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
+    return head + MASK + body
+
+
+def request(method: str, params: Any = None, frame_id: str = "r1") -> bytes:
+    body: dict[str, Any] = {"type": "req", "id": frame_id, "method": method}
+    if params is not None:
+        body["params"] = params
+    return json.dumps(body).encode()
+
+
+class RawClient:
+    """A WebSocket client on a plain socket: exact control over the bytes and their timing."""
+
+    def __init__(self, live: Live):
+        host, port = live.url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        handshake = (
+            f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        self.buf = b""
+        try:
+            self.sock.sendall(handshake)
+            while b"\r\n\r\n" not in self.buf:
+                self.buf += self._recv()
+            status, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            assert status.startswith(b"HTTP/1.1 101"), status
+            self.challenge = self.read_message()
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed by the gateway")
+        return data
+
+    def _need(self, n: int) -> None:
+        while len(self.buf) < n:
+            self.buf += self._recv()
+
+    def read_frame(self) -> tuple[int, bytes]:
+        self._need(2)
+        first, second = self.buf[0], self.buf[1]
+        assert not second & 0x80, "server frames are not masked"
+        size, head = second & 0x7F, 2
+        if size == 126:
+            self._need(4)
+            size, head = struct.unpack("!H", self.buf[2:4])[0], 4
+        elif size == 127:
+            self._need(10)
+            size, head = struct.unpack("!Q", self.buf[2:10])[0], 10
+        self._need(head + size)
+        payload, self.buf = self.buf[head : head + size], self.buf[head + size :]
+        assert first & 0x80, "the gateway sends whole messages"
+        return first & 0x0F, payload
+
+    def read_message(self) -> dict[str, Any]:
+        opcode, payload = self.read_frame()
+        assert opcode == OP_TEXT, (opcode, payload)
+        value: dict[str, Any] = json.loads(payload)
+        return value
+
+    def response(self) -> dict[str, Any]:
+        while True:
+            message = self.read_message()
+            if message["type"] == "res":
+                return message
+
+    def close_code(self) -> int:
+        """Read until the gateway's close frame; its status code."""
+        while True:
+            opcode, payload = self.read_frame()
+            if opcode == OP_CLOSE:
+                return int(struct.unpack("!H", payload[:2])[0]) if len(payload) >= 2 else 1005
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def connect(self, token: str | None = None) -> None:
+        params: dict[str, Any] = {"minProtocol": 1, "maxProtocol": 1, "client": {"id": "raw"}}
+        if token is not None:
+            params["auth"] = {"token": token}
+        self.send(frame(request("connect", params, "c")))
+        hello = self.response()
+        assert hello["ok"] is True and hello["id"] == "c", hello
+
+    def close(self) -> None:
+        self.sock.close()

@@ -123,7 +123,7 @@ def read_raw(sock: socket.socket) -> bytes:
 
 def test_over_limit_connections_get_503(start_gateway: Any) -> None:
     live = start_gateway(max_connections=3)
-    clients = [live.ws() for _ in range(3)]
+    clients = [live.ws(connect_now=True) for _ in range(3)]  # connected: the whole limit is theirs
     port = live.gateway.port
     upgrade = (
         b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
