@@ -3,7 +3,8 @@
     smithers serve examples/gateway.py            (README's first command runs this)
 
 The admin token is $SMITHERS_TOKEN, or a fresh one printed at start. Tokens issued with
-`smithers token issue` are honoured too.
+`smithers token issue` are honoured too. The payment webhook's secret is $SMITHERS_WEBHOOK_SECRET,
+or a fresh one printed at start (a published default would let anyone post signed events).
 """
 
 import os
@@ -23,6 +24,9 @@ from smithers import Gateway
 TOKEN = os.environ.get("SMITHERS_TOKEN") or secrets.token_urlsafe(24)
 if "SMITHERS_TOKEN" not in os.environ:
     print(f"smithers: admin token for this session: {TOKEN}", file=sys.stderr, flush=True)
+WEBHOOK_SECRET = os.environ.get("SMITHERS_WEBHOOK_SECRET") or secrets.token_urlsafe(24)
+if "SMITHERS_WEBHOOK_SECRET" not in os.environ:
+    print(f"smithers: payment webhook secret for this session: {WEBHOOK_SECRET}", file=sys.stderr, flush=True)
 
 gateway = Gateway(
     db=os.environ.get("SMITHERS_DB", "smithers.db"),
@@ -38,7 +42,7 @@ gateway.register(
     "payment",
     payment,
     webhook={
-        "secret": os.environ.get("SMITHERS_WEBHOOK_SECRET", "change-me"),
+        "secret": WEBHOOK_SECRET,
         "signal": {"name": "payment.received", "payloadPath": "payment"},
     },
 )

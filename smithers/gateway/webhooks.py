@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SIGNATURE_HEADER: Final = "x-hub-signature-256"
 DEFAULT_SIGNATURE_PREFIX: Final = "sha256="
 MAX_MATCHED_RUNS: Final = 1000
+UNKNOWN_KEY: Final = "unknown"
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,10 @@ async def handle_webhook(ctx: GatewayContext, key: str, headers: Mapping[str, st
 
 async def handle(ctx: GatewayContext, request: Request, key: str) -> Response:
     """Serve ``POST /webhooks/{key}`` with the webhook route's own ``{ok, error}`` envelope."""
-    ctx.metrics.webhooks_received.labels(key).inc()
+    # Anyone can post to any key: a key that names no workflow is counted as "unknown", so posts
+    # cannot create metric series without bound (docs/protocol.md#departures-from-0180).
+    label = key if key in ctx.workflows else UNKNOWN_KEY
+    ctx.metrics.webhooks_received.labels(label).inc()
     try:
         try:
             body = await read_body(request.receive, ctx.options.max_body_bytes)
@@ -219,13 +223,13 @@ async def handle(ctx: GatewayContext, request: Request, key: str) -> Response:
         }  # first value wins
         result = await handle_webhook(ctx, key, headers, body)
     except WebhookRejected as exc:
-        ctx.metrics.webhooks_rejected.labels(key, exc.reason).inc()
+        ctx.metrics.webhooks_rejected.labels(label, exc.reason).inc()
         return json_response(webhook_error_body(exc.error), exc.error.http_status)
     except SmithersError as exc:
-        ctx.metrics.webhooks_rejected.labels(key, "server_error").inc()
+        ctx.metrics.webhooks_rejected.labels(label, "server_error").inc()
         return json_response(webhook_error_body(wire_error(exc)), exc.http_status)
     except Exception as exc:
-        ctx.metrics.webhooks_rejected.labels(key, "server_error").inc()
+        ctx.metrics.webhooks_rejected.labels(label, "server_error").inc()
         error = internal_error(f"webhook {key}", exc)
         return json_response(webhook_error_body(error), error.http_status)
     return json_response(result)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -104,6 +106,43 @@ def test_serve_example_gateway_with_issued_and_revoked_tokens(tmp_path: Path) ->
         proc.wait(timeout=20)
     assert proc.returncode == 0, log.read_text()
     assert f"listening on {url}" in log.read_text()
+
+
+def test_the_example_gateway_has_no_published_webhook_secret(tmp_path: Path) -> None:
+    """Without SMITHERS_WEBHOOK_SECRET a fresh secret is made and printed; a post signed with an old default fails."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("SMITHERS_WEBHOOK_SECRET", "SMITHERS_TOKEN")}
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [
+                SMITHERS,
+                "serve",
+                str(ROOT / "examples" / "gateway.py"),
+                "--port",
+                str(port),
+                "--db",
+                str(tmp_path / "g.db"),
+            ],
+            stderr=err,
+            text=True,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_health(url, proc, log)
+        printed = [line for line in log.read_text().splitlines() if "payment webhook secret" in line]
+        assert len(printed) == 1
+        secret = printed[0].rsplit(": ", 1)[1]
+        assert len(secret) >= 24 and secret != "change-me"
+        body = b'{"payment": {"amount": 1}}'
+        for guess, status in (("change-me", 401), (secret, 200)):
+            signature = "sha256=" + hmac.new(guess.encode(), body, hashlib.sha256).hexdigest()
+            answer = httpx.post(f"{url}/webhooks/payment", content=body, headers={"x-hub-signature-256": signature})
+            assert answer.status_code == status, answer.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
 
 
 def test_token_issue_rejects_bad_arguments(tmp_path: Path) -> None:

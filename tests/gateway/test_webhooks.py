@@ -282,3 +282,15 @@ def test_a_webhook_signals_only_runs_of_its_own_workflow(start_humans: Start) ->
     assert result["matchedRunIds"] == [] and result["delivered"] == []
     assert live.gateway.store.get_run(other)["status"] == "waiting-event"
     assert signal_count(live, [other]) == 0
+
+
+def test_posts_to_unknown_keys_share_one_metric_series(start_humans: Start) -> None:
+    live = start_humans()
+    for index in range(200):
+        assert webhook_post(live, f"random-{index}", {}).status_code == 404
+    webhook_post(live, "hook_none", {})
+    metrics = live.http.get("/metrics").text
+    assert 'smithers_gateway_webhooks_received_total{workflow="unknown"} 200.0' in metrics
+    assert 'smithers_gateway_webhooks_rejected_total{reason="workflow_not_found",workflow="unknown"} 200.0' in metrics
+    assert 'smithers_gateway_webhooks_received_total{workflow="hook_none"} 1.0' in metrics
+    assert "random-" not in metrics
