@@ -27,7 +27,10 @@ from smithers.cli.output import format_event, print_inspect, print_runs
 from smithers.engine import control
 from smithers.engine.loader import load_workflow
 from smithers.engine.runner import RunResult
+from smithers.engine.signal_check import check_signal
 from smithers.engine.states import CANCELLED, FAILED, statuses_matching
+from smithers.engine.workflow import Workflow
+from smithers.errors import SmithersError
 from smithers.store.store import Store
 
 
@@ -80,6 +83,18 @@ def resume(
         typer.echo(f"run {run_id} is already {result.status}; nothing to do{hint}", err=True)
         raise typer.Exit(EXIT_OK)
     report(result)
+
+
+def stored_workflow(store: Store, run_id: str) -> Workflow | None:
+    """The workflow a stored run was started from, when its file can still be loaded."""
+    row = store.get_run(run_id)
+    if row is None or not row["workflow_path"]:
+        return None
+    config = json.loads(row["config_json"] or "{}")
+    try:
+        return load_workflow(row["workflow_path"], config.get("workflowKey") or row["workflow_name"])
+    except SmithersError:
+        return None
 
 
 def resume_run(store: Store, run_id: str, force: bool, quiet: bool, *, retry: bool = False) -> RunResult:
@@ -228,6 +243,9 @@ def signal(
     """Send a signal (an external event) to a run."""
     payload = parse_json(data, "--data")
     store = open_store(db)
+    workflow = stored_workflow(store, run_id)
+    if workflow is not None:  # refuse a payload the waiting node's model refuses; the run keeps waiting
+        guarded(lambda: check_signal(store, workflow, run_id, name, correlation, payload))
     result = guarded(
         lambda: control.signal_run(store, run_id, name, payload, correlation_id=correlation, received_by=by)
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 from smithers.engine import events as ev
 from smithers.engine import frames
-from smithers.engine.context import ReadLog, StoredOutput
+from smithers.engine.context import Ctx, ReadLog, StoredOutput
 from smithers.engine.extract import extract
 from smithers.engine.ownership import owner_gone
 from smithers.engine.run_core import MAX_INPUT_BYTES, RunCore, RunResult
@@ -169,7 +169,8 @@ class RunStart(RunCore):
             f"run {self.run_id} was just claimed by {winner}", code=RUN_RESUME_CLAIM_FAILED, details={"owner": winner}
         )
 
-    def _load(self, tx: Tx, resumed_failed: bool) -> None:
+    def load_state(self, tx: Tx) -> None:
+        """Node states, outputs and loop positions of the stored run (what a render reads)."""
         for node in tx.list_nodes(self.run_id):
             key = f"{node['node_id']}::{node['iteration']}"
             self.states[key] = node["state"]
@@ -182,6 +183,13 @@ class RunStart(RunCore):
             )
         for loop in tx.list_ralph(self.run_id):
             self.loop_state[loop["ralph_id"]] = (loop["iteration"], bool(loop["done"]))
+
+    def view_ctx(self) -> Ctx:
+        """The ``ctx`` a render of the loaded state sees (for reading a stored run's tree)."""
+        return self._ctx()
+
+    def _load(self, tx: Tx, resumed_failed: bool) -> None:
+        self.load_state(tx)
         for attempt in tx.list_attempts(self.run_id):
             key = f"{attempt['node_id']}::{attempt['iteration']}"
             if attempt["state"] == FAILED and not resumed_failed:

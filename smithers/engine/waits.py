@@ -29,7 +29,7 @@ from smithers.engine.states import (
     WAITING_TIMER,
 )
 from smithers.errors import APPROVAL_DENIED as APPROVAL_DENIED_CODE
-from smithers.errors import INVALID_OUTPUT, TASK_TIMEOUT, SmithersError
+from smithers.errors import TASK_TIMEOUT, SmithersError
 from smithers.store.rows import dumps, iso_ms, now_ms
 
 if TYPE_CHECKING:
@@ -360,23 +360,23 @@ class WaitHandler:
         wait = self.wait_meta.get(d.key)
         if wait is None:
             return False
-        signal = tx.find_signal(self.loop.run_id, node.event, node.correlation_id, self.consumed_signals)
-        if signal is not None:
-            self.consumed_signals.add(int(signal["seq"]))
-            wait = {**wait, "resolvedSignalSeq": signal["seq"], "receivedAtMs": signal["received_at_ms"]}
-            self.wait_meta[d.key] = wait
+        while True:
+            excluded = self.consumed_signals | set(wait.get("rejectedSignalSeqs") or ())
+            signal = tx.find_signal(self.loop.run_id, node.event, node.correlation_id, excluded)
+            if signal is None:
+                break
             payload = json.loads(signal["payload_json"])
             if node.output is not None:
                 try:
                     payload = node.output.model_validate(payload).model_dump(mode="json")
                 except ValidationError as exc:
-                    err = SmithersError(
-                        f"signal {node.event!r} payload does not match {node.output.__name__}: "
-                        f"{exc.errors()[0].get('msg')}",
-                        code=INVALID_OUTPUT,
-                    )
-                    self._record_failure(tx, d, err, {"kind": WAIT_KIND, "waitForEvent": wait})
-                    return True
+                    # A bad message from outside must not kill the run: this wait passes the signal
+                    # by and keeps waiting (docs/engine.md#approvals-waits-and-timers).
+                    wait = self._reject_signal(tx, d, wait, signal, node.output.__name__, exc)
+                    continue
+            self.consumed_signals.add(int(signal["seq"]))
+            wait = {**wait, "resolvedSignalSeq": signal["seq"], "receivedAtMs": signal["received_at_ms"]}
+            self.wait_meta[d.key] = wait
             self._finish_with_output(tx, d, payload, {"kind": WAIT_KIND, "waitForEvent": wait})
             return True
         timeout = wait.get("timeoutMs")
@@ -392,6 +392,29 @@ class WaitHandler:
                 self._record_failure(tx, d, error, {"kind": WAIT_KIND, "waitForEvent": wait})
             return True
         return False
+
+    def _reject_signal(
+        self, tx: Tx, d: Descriptor, wait: dict[str, Any], signal: dict[str, Any], model: str, exc: ValidationError
+    ) -> dict[str, Any]:
+        """Record that this wait refused a signal whose payload its output model rejects."""
+        seq = int(signal["seq"])
+        wait = {**wait, "rejectedSignalSeqs": [*(wait.get("rejectedSignalSeqs") or ()), seq]}
+        self.wait_meta[d.key] = wait
+        attempt = self.loop.last_attempt.get(d.key, 0)
+        meta = dumps({"kind": WAIT_KIND, "waitForEvent": wait})
+        tx.update_attempt(self.loop.run_id, d.node_id, d.iteration, attempt, meta_json=meta)
+        tx.emit(
+            self.loop.run_id,
+            ev.SIGNAL_REJECTED,
+            {
+                "nodeId": d.node_id,
+                "iteration": d.iteration,
+                "seq": seq,
+                "signalName": signal["signal_name"],
+                "error": f"payload does not match {model}: {exc.errors()[0].get('msg', 'invalid')}",
+            },
+        )
+        return wait
 
     def _fire_timer(self, tx: Tx, d: Descriptor, now: int) -> None:
         fires_at = self.timer_fires_at[d.key]

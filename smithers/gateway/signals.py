@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 from smithers.engine import control
+from smithers.engine.signal_check import check_signal
 from smithers.errors import INVALID_REQUEST, NOT_FOUND, GatewayError
-from smithers.gateway.dispatch import Call, Handler
+from smithers.gateway.dispatch import Call, Handler, returning
 from smithers.gateway.protocol import as_string, read_alias
 from smithers.gateway.shapes import caller_auth
 
@@ -27,7 +28,8 @@ async def submit_signal(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     name = as_string(params.get("signalName")) or key
     if not run_id or not name:
         raise GatewayError(INVALID_REQUEST, "runId and signalName are required")
-    if ctx.resolve_run(run_id) is None:
+    workflow_key = ctx.resolve_run(run_id)
+    if workflow_key is None:
         raise GatewayError(NOT_FOUND, f"Run not found: {run_id}")
     correlation = as_string(params.get("correlationId")) or key
     data = params.get("data")
@@ -35,6 +37,12 @@ async def submit_signal(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         data = params.get("payload")
     if data is None:
         data = {}
+    registration = ctx.workflows.get(workflow_key)
+    if registration is not None:
+        # A payload the waiting node's model refuses is refused here; the run keeps waiting
+        # (docs/protocol.md#departures-from-0180).
+        with returning():
+            check_signal(ctx.store, registration.workflow, run_id, name, correlation, data)
     # A blank name escapes as INVALID_INPUT from the engine (400 / id "invalid"), as the reference does.
     record = control.signal_run(
         ctx.store, run_id, name, data, correlation_id=correlation, received_by=call.principal.user_id

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from smithers.engine import control
 from smithers.engine.pending import pending_waits
 from smithers.engine.runner import auth_context
+from smithers.engine.signal_check import check_signal
 from smithers.engine.states import TERMINAL_RUN_STATUSES, WAITING_EVENT
 from smithers.errors import (
     INVALID_INPUT,
@@ -173,6 +174,11 @@ async def handle_webhook(ctx: GatewayContext, key: str, headers: Mapping[str, st
         for run_id in _candidate_runs(ctx.store, key, explicit):
             if waits_for(ctx.store, run_id, config.signal_name, correlation):
                 matched.append(run_id)
+        for run_id in matched:  # nothing is stored unless every matched wait takes the payload
+            try:
+                check_signal(ctx.store, reg.workflow, run_id, config.signal_name, correlation, signal_payload)
+            except SmithersError as exc:
+                raise _reject(INVALID_INPUT, exc.message, "invalid_payload") from exc
         for run_id in matched:
             record = control.signal_run(
                 ctx.store,

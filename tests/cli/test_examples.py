@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from smithers import Store
+from smithers.engine import control
 
 SMITHERS = str(Path(sys.executable).parent / "smithers")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -60,6 +61,13 @@ def cli(tmp_path: Path, sqlite_url: str) -> Cli:
 def both(tmp_path: Path, db_url: str) -> Cli:
     """The CLI on SQLite and on PostgreSQL."""
     return Cli(tmp_path, db_url)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The whole of stderr is one ``error: …`` line."""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
 
 
 def finished_output(proc: subprocess.CompletedProcess[str]) -> Any:
@@ -233,12 +241,34 @@ def test_wait_event_resumed_without_a_signal_keeps_waiting(cli: Cli) -> None:
     assert view["run"]["status"] == "waiting-event" and view["nodes"]["paid::0"] == "waiting-event"
 
 
-def test_wait_event_with_a_payload_failing_its_model_fails_the_run(cli: Cli) -> None:
+def test_a_signal_whose_payload_fails_the_model_is_refused_and_the_run_keeps_waiting(both: Cli) -> None:
+    cli = both
     assert cli.run("wait_event", "bad-pay").returncode == 3
-    assert cli("signal", "bad-pay", "payment.received", "--data", '{"amount": "lots"}').returncode == 0
-    resumed = cli("resume", "bad-pay")
-    assert resumed.returncode == 1
-    assert "Traceback" not in resumed.stderr
+    refused = cli("signal", "bad-pay", "payment.received", "--data", '"oops"', "--resume")
+    assert refused.returncode == 4
+    line = one_line_error(refused)
+    assert "does not match Payment expected by paid" in line and "[INVALID_INPUT]" in line
     view = db_view(cli.db, "bad-pay")
-    assert view["run"]["status"] == "failed"
-    assert view["nodes"]["paid::0"] == "failed" and view["nodes"]["receipt::0"] == "pending"
+    assert view["run"]["status"] == "waiting-event" and view["nodes"]["paid::0"] == "waiting-event"
+    assert not [e for e in view["events"] if e.type == "SignalReceived"]  # nothing stored
+    assert cli("signal", "bad-pay", "payment.received", "--data", '{"amount": 5}').returncode == 0
+    assert finished_output(cli("resume", "bad-pay")) == {"text": "received 5 EUR"}
+
+
+def test_an_unusable_signal_that_got_stored_is_passed_by_and_the_run_keeps_waiting(both: Cli) -> None:
+    """A signal stored without the check (from Python): the wait refuses it and keeps waiting."""
+    cli = both
+    assert cli.run("wait_event", "raw-pay").returncode == 3
+    store = Store(cli.db)
+    try:
+        control.signal_run(store, "raw-pay", "payment.received", {"amount": "lots"})
+    finally:
+        store.close()
+    again = cli("resume", "raw-pay")
+    assert again.returncode == 3, again.stderr
+    view = db_view(cli.db, "raw-pay")
+    assert view["run"]["status"] == "waiting-event" and view["nodes"]["paid::0"] == "waiting-event"
+    [rejected] = [e.payload for e in view["events"] if e.type == "SignalRejected"]
+    assert rejected["nodeId"] == "paid" and rejected["seq"] == 0 and "Payment" in rejected["error"]
+    assert cli("signal", "raw-pay", "payment.received", "--data", '{"amount": 9}').returncode == 0
+    assert finished_output(cli("resume", "raw-pay")) == {"text": "received 9 EUR"}

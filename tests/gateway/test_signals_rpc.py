@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,28 @@ def test_cli_signal_is_picked_up_by_the_gateway(start_humans: Start) -> None:
     assert row["received_by"] == "user:cli"
     assert live.wait_status(run_id, {"finished", "failed"}, timeout=20)["status"] == "finished"
     assert after_value(live, run_id) == {"from": "cli"}
+
+
+def test_a_payload_the_waiting_model_refuses_is_refused_and_the_run_keeps_waiting(start_humans: Start) -> None:
+    live = start_humans(auth=HUMAN_AUTH)
+    run_id = waiting(live, "typed_pay")
+    for data in ("oops", {"amount": "lots"}, {}):
+        response = live.rpc("submitSignal", {"runId": run_id, "signalName": "payment.received", "data": data}, token=OP)
+        assert response.status_code == 400, response.text
+        error = error_of(response)
+        assert error["code"] == "INVALID_INPUT" and "does not match Amount expected by paid" in error["message"]
+        assert error["nodeId"] == "paid"
+    assert signals_of(live, run_id) == []
+    time.sleep(0.3)
+    assert live.gateway.store.get_run(run_id)["status"] == "waiting-event"
+    ws = live.ws(connect_now=True, token=OP)
+    try:
+        frame = ws.request(
+            "signals.send", {"runId": run_id, "correlationKey": "payment.received", "payload": "x"}, "s1"
+        )
+        assert frame["ok"] is False and frame["id"] == "s1" and frame["error"]["code"] == "INVALID_INPUT"
+    finally:
+        ws.close()
+    live.ok("submitSignal", {"runId": run_id, "signalName": "payment.received", "data": {"amount": 3}}, token=OP)
+    live.wait_status(run_id, {"finished"})
+    assert after_value(live, run_id) == {"amount": 3}

@@ -294,3 +294,20 @@ def test_posts_to_unknown_keys_share_one_metric_series(start_humans: Start) -> N
     assert 'smithers_gateway_webhooks_rejected_total{reason="workflow_not_found",workflow="unknown"} 200.0' in metrics
     assert 'smithers_gateway_webhooks_received_total{workflow="hook_none"} 1.0' in metrics
     assert "random-" not in metrics
+
+
+def test_a_webhook_payload_the_waiting_model_refuses_is_refused_with_nothing_stored(start_humans: Start) -> None:
+    live = start_humans()
+    run_id = waiting(live, "typed_pay")
+    refused(
+        webhook_post(live, "typed_pay", {"payment": {"amount": "lots"}}),
+        400,
+        "INVALID_INPUT",
+        "signal 'payment.received' payload does not match Amount expected by paid: amount: "
+        "Input should be a valid integer, unable to parse string as an integer",
+    )
+    assert signal_count(live, [run_id]) == 0 and run_count(live) == 1
+    assert live.gateway.store.get_run(run_id)["status"] == "waiting-event"
+    accepted = webhook_post(live, "typed_pay", {"payment": {"amount": 7}})
+    assert accepted.status_code == 200 and accepted.json()["matchedRunIds"] == [run_id]
+    live.wait_status(run_id, {"finished"})

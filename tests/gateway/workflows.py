@@ -259,6 +259,19 @@ def hook_pay(ctx: Any) -> Any:
     )
 
 
+class Amount(BaseModel):
+    amount: int
+
+
+@workflow("typed_pay")
+def typed_pay(ctx: Any) -> Any:
+    """A wait with an output model: a payload the model refuses is refused (the run keeps waiting)."""
+    return Sequence(
+        WaitForEvent("paid", event="payment.received", output=Amount),
+        Task("after", output=Seen, run=_decision_echo("paid")),
+    )
+
+
 @workflow("hook_any")
 def hook_any(ctx: Any) -> Any:
     return Sequence(WaitForEvent("w", event="go"), Task("after", output=Seen, run=_decision_echo("w")))
@@ -302,8 +315,10 @@ HUMAN_WORKFLOWS = [
     hook_any,
     hook_none,
     adhoc,
+    typed_pay,
 ]
 WEBHOOKS: dict[str, dict[str, Any]] = {
+    "typed_pay": {"secret": WEBHOOK_SECRET, "signal": {"name": "payment.received", "payloadPath": "payment"}},
     "hook_run": {"secret": f"  {WEBHOOK_SECRET}  ", "run": {"inputPath": "data"}},
     "hook_pay": {
         "secret": WEBHOOK_SECRET,
