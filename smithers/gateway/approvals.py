@@ -13,7 +13,6 @@ from smithers.errors import (
     NOT_FOUND,
     AlreadyDecided,
     GatewayError,
-    ServerError,
     SmithersError,
 )
 from smithers.gateway.dispatch import Call, Handler, escaping
@@ -120,9 +119,9 @@ async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             decision=value if value_given else None,
         )
     except SmithersError as exc:
-        # The reference's engine failure here (the node is not waiting for approval) reaches the
-        # client uncoded, as SERVER_ERROR with the engine's message.
-        raise ServerError(exc.message) from exc
+        # The node is not waiting for a decision. The reference answers SERVER_ERROR with the
+        # engine's message; there is simply no pending approval to decide (404).
+        raise GatewayError(NOT_FOUND, exc.message, exc.details) from exc
     ctx.metrics.approval_decisions.labels("approved" if approved else "denied").inc()
     # Ours: dashboards learn of the decision at once, not only from the resumed run
     # (docs/protocol.md#departures-from-0180). A run executing here announced it already, from

@@ -18,7 +18,7 @@ from typing import Any, Final
 from jwt.algorithms import HMACAlgorithm
 from jwt.exceptions import InvalidKeyError
 
-from smithers.errors import UNAUTHORIZED, GatewayError, InvalidInputError, ServerError
+from smithers.errors import INVALID_REQUEST, UNAUTHORIZED, GatewayError, InvalidInputError
 from smithers.gateway.jsvalues import JS_WHITESPACE, loads_strict
 from smithers.gateway.protocol import (
     as_number,
@@ -189,10 +189,9 @@ def token_from_headers(headers: Mapping[str, str]) -> str | None:
 def token_from_connect(params: Mapping[str, Any]) -> str | None:
     """The WebSocket token: ``params.auth.token`` when it is a string.
 
-    An ``auth`` that is present but not an object (``null``, string, number, boolean) makes the
-    reference fail without a code, answered as ``SERVER_ERROR`` with id ``"server"``; this raises
-    :class:`~smithers.errors.ServerError` so the transport answers the same way. An array is a
-    JavaScript object without a ``token``, so it only means "no token".
+    An ``auth`` that is present but not an object (``null``, string, number, boolean) is refused
+    as ``INVALID_REQUEST`` (the reference fails without a code, a server error; a bad request is
+    not a server fault). An array is a JavaScript object without a ``token``: "no token".
     """
     if "auth" not in params:
         return None
@@ -202,7 +201,7 @@ def token_from_connect(params: Mapping[str, Any]) -> str | None:
         return token if isinstance(token, str) and token else None
     if isinstance(auth, list):
         return None
-    raise ServerError("connect params.auth must be an object")
+    raise GatewayError(INVALID_REQUEST, "connect params.auth must be an object")
 
 
 # -- token mode --------------------------------------------------------------------------------

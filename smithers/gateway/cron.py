@@ -6,7 +6,7 @@ import uuid
 from typing import Any, Final
 
 from smithers.engine.crons import next_fire_ms, validate_pattern, validate_timezone
-from smithers.errors import INVALID_REQUEST, NOT_FOUND, GatewayError, ServerError
+from smithers.errors import INVALID_REQUEST, NOT_FOUND, GatewayError
 from smithers.gateway.dispatch import Call, Handler, returning
 from smithers.gateway.protocol import as_boolean, as_object, as_string, validate_run_input
 from smithers.gateway.shapes import caller_auth
@@ -103,7 +103,8 @@ async def trigger_cron(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             tx.update_cron_fields(row["cron_id"], last_run_at_ms=now, next_run_at_ms=following, error_json=None)
     run_input = validate_run_input(params.get("input") if params.get("input") is not None else {})
     if key not in ctx.workflows:
-        raise ServerError(f"Unknown workflow: {key}")  # uncoded, as the reference answers it
+        # The reference answers SERVER_ERROR; an unknown workflow is the caller's mistake, as for launchRun.
+        raise GatewayError(NOT_FOUND, f"Unknown workflow: {key}")
     with returning():  # checked against the workflow's input model, as launchRun does
         run_input = ctx.workflows[key].workflow.validate_input(run_input)
     ctx.metrics.cron_triggers.labels(TRIGGER_MANUAL).inc()

@@ -281,14 +281,14 @@ def test_required_params_and_unknown_run(start_humans: Start) -> None:
     assert live.gateway.store.get_run(run_id)["status"] == "waiting-approval"
 
 
-def test_deciding_a_node_that_is_not_waiting_is_a_server_error(start_humans: Start) -> None:
-    """The engine refuses; the failure surfaces as SERVER_ERROR (500 over HTTP)."""
+def test_deciding_a_node_that_is_not_waiting_is_not_found(start_humans: Start) -> None:
+    """There is no pending approval to decide: 404 (the reference answers SERVER_ERROR)."""
     live = start_humans(auth=HUMAN_AUTH)
     run_id = waiting(live, "ship")
     response = decide(live, {"runId": run_id, "nodeId": "after", "approved": True})
-    assert response.status_code == 500, response.text
+    assert response.status_code == 404, response.text
     error = error_of(response)
-    assert error["code"] == "SERVER_ERROR" and error["message"].startswith("Node after is not waiting for approval")
+    assert error["code"] == "NOT_FOUND" and error["message"].startswith("Node after is not waiting for approval")
     assert approval_row(live, run_id, "ok")["status"] == "requested"
 
 

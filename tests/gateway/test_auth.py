@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smithers.errors import GatewayError, InvalidInputError, ServerError
+from smithers.errors import GatewayError, InvalidInputError
 from smithers.gateway import auth as a
 from smithers.gateway.auth import Authenticator, Principal
 from smithers.gateway.jsvalues import encode_json, js_trim
@@ -131,10 +131,10 @@ def test_connect_token_source(params: dict[str, Any], token: str | None) -> None
 
 
 @pytest.mark.parametrize("auth", [None, "t", 5, True])
-def test_connect_auth_that_is_not_an_object_is_a_server_error(auth: Any) -> None:
-    with pytest.raises(ServerError):
+def test_connect_auth_that_is_not_an_object_is_a_bad_request(auth: Any) -> None:
+    with pytest.raises(GatewayError, match=r"connect params\.auth must be an object"):
         a.token_from_connect({"auth": auth})
-    with pytest.raises(ServerError):
+    with pytest.raises(GatewayError, match=r"connect params\.auth must be an object"):
         Authenticator(None).authenticate_connect({"auth": auth}, {}, NOW_MS)
 
 

@@ -333,8 +333,8 @@ def test_cron_trigger(start_humans: Start) -> None:
         response = live.rpc("cron.trigger", params, token=OP)
         assert response.status_code == 400 and error_of(response) == required
     response = live.rpc("cron.trigger", {"workflow": "nope"}, token=OP)
-    assert response.status_code == 500
-    assert error_of(response) == {"version": "v1", "code": "SERVER_ERROR", "message": "Unknown workflow: nope"}
+    assert response.status_code == 404
+    assert error_of(response) == {"version": "v1", "code": "NOT_FOUND", "message": "Unknown workflow: nope"}
     big = {f"k{i}": "x" * 16_000 for i in range(70)}  # over 1 MiB serialized
     live.ok("cron.add", {"workflow": "adhoc", "pattern": "0 9 * * *", "cronId": "c1"}, token=OP)
     response = live.rpc("cron.trigger", {"cronId": "c1", "input": big}, token=OP)

@@ -105,8 +105,8 @@ def test_connect_auth_failures_leave_the_socket_open(token_live: Live) -> None:
     assert denied["error"] == {"version": "v1", "code": "UNAUTHORIZED", "message": "Invalid token"}
     expired = client.request("connect", token_live.connect_params(token="expired-token"))
     assert expired["error"]["refresh"] == "smithers token issue"
-    odd = client.request("connect", token_live.connect_params(auth=None), any_id=True)
-    assert odd["id"] == "server" and odd["error"]["code"] == "SERVER_ERROR"
+    odd = client.request("connect", token_live.connect_params(auth=None), "odd")
+    assert odd["id"] == "odd" and odd["error"]["code"] == "INVALID_REQUEST"
     assert client.request("connect", token_live.connect_params(token=OPERATOR_TOKEN))["ok"] is True
     assert client.request("health")["ok"] is True
     client.close()
