@@ -1,5 +1,5 @@
 """Executing one attempt of a task: compute (sync or async) or static, with timeout and
-validation; plus the task-side ``heartbeat()`` API and retry backoff arithmetic (engine spec §1.4–§1.5).
+validation; plus the task-side ``heartbeat()`` API and retry backoff arithmetic (docs/engine.md#tasks-and-attempts).
 """
 
 from __future__ import annotations

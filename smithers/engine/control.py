@@ -1,4 +1,6 @@
-"""Acting on stored runs from outside their loop: approve, deny, signal, cancel (engine spec §6.1, §6.3, §1.10).
+"""Acting on stored runs from outside their loop: approve, deny, signal, cancel.
+
+See docs/engine.md#acting-on-runs-from-outside.
 
 These record decisions and requests in the database only. Whoever resumes the run (the gateway,
 ``smithers resume``, the CLI's ``--resume``) makes it continue from them.
@@ -104,7 +106,7 @@ def _decide(
         tx.update_node(run_id, node_id, iteration, state=FAILED if fails else PENDING, updated_at_ms=now)
         run = _require_run(tx, run_id)
         if run["status"] in (WAITING_APPROVAL, WAITING_EVENT):
-            # engine spec §8 #5: with no other approval pending the run reads waiting-event until resumed
+            # With no other approval pending the run reads waiting-event until resumed
             others = [r for r in tx.list_pending_approvals(run_id) if r["node_id"] != node_id]
             tx.update_run(run_id, status=WAITING_APPROVAL if others else WAITING_EVENT)
         kind = ev.APPROVAL_GRANTED if approved else ev.APPROVAL_DENIED

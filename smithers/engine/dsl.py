@@ -87,7 +87,8 @@ class Approval(Node):
 
     ``on_deny``: ``"fail"`` fails the node (and the run); ``"continue"`` records
     ``approved: false`` and carries on; ``"skip"`` marks the node skipped with no output.
-    Left unset it behaves as ``"continue"``, as the JavaScript engine does (engine spec §8 #3).
+    Left unset it behaves as ``"continue"``, as the JavaScript engine does
+    (docs/engine.md#departures-from-the-engine-model).
     """
 
     id: str

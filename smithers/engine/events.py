@@ -1,4 +1,4 @@
-"""Engine event types (engine spec §4.2): the exact ``type`` strings, defined once."""
+"""Engine event types (docs/engine.md#events): the exact ``type`` strings, defined once."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Render → graph: walk the tree a render function returned into descriptors, a plan and XML.
 
-The XML is the canonical frame document (engine spec §1.2): ``{"kind":"element","tag",
+The XML is the canonical frame document (docs/engine.md#the-run-loop): ``{"kind":"element","tag",
 "props","children"}`` with scalar props only, as strings, keys sorted.
 """
 
@@ -251,7 +251,7 @@ class _Extractor:
 
 
 def _scope(loops: list[LoopInfo]) -> str:
-    """``a=1,b=2``: the logical ids and iterations of enclosing loops (engine spec §1.2)."""
+    """``a=1,b=2``: the logical ids and iterations of enclosing loops (docs/engine.md#the-run-loop)."""
     return ",".join(f"{lp.logical_id}={lp.iteration}" for lp in loops)
 
 

@@ -1,4 +1,7 @@
-"""Frame encoding: keyframes every 50 frames, structural JSON deltas in between (engine spec §5.1)."""
+"""Frame encoding: keyframes every 50 frames, structural JSON deltas in between.
+
+See docs/engine.md#frames-snapshots-and-history.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Reading a run's history: frames with deltas expanded, the latest snapshot, and snapshot diffs (engine spec §5)."""
+"""Reading a run's history: frames with deltas expanded, the latest snapshot, and snapshot diffs.
+
+See docs/engine.md#frames-snapshots-and-history.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def _node_key(node: dict[str, Any]) -> str:
 
 
 def diff_snapshots(left: Row, right: Row) -> dict[str, Any]:
-    """``SnapshotDiff`` of two snapshot rows (gateway spec §7.10, engine spec §5.3)."""
+    """``SnapshotDiff`` of two snapshot rows (docs/engine.md#frames-snapshots-and-history)."""
     ln = {_node_key(n): n for n in json.loads(left["nodes_json"])}
     rn = {_node_key(n): n for n in json.loads(right["nodes_json"])}
     changed = [

@@ -1,4 +1,7 @@
-"""Who executes a run: owner ids, liveness, and the rules for taking a run over (engine spec §1.9)."""
+"""Who executes a run: owner ids, liveness, and the rules for taking a run over.
+
+See docs/engine.md#durability-and-ownership.
+"""
 
 from __future__ import annotations
 

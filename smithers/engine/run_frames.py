@@ -108,7 +108,7 @@ class RunFrames(RunCore):
             tx.emit(self.run_id, kind, {"nodeId": row["node_id"], "iteration": row["iteration"]})
 
     def _cancel_unmounted(self, graph: Graph) -> None:
-        """A re-render that no longer mounts an in-flight task cancels it (engine spec §1.3)."""
+        """A re-render that no longer mounts an in-flight task cancels it (docs/engine.md#the-run-loop)."""
         for key in [k for k in self.in_flight if k not in graph.by_key]:
             self.in_flight.pop(key).cancel()
             d = self.in_flight_desc.pop(key)

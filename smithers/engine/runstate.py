@@ -1,4 +1,4 @@
-"""The run-state view (engine spec §4.3, gateway spec §18.6): what is this run doing right now?
+"""The run-state view (docs/protocol.md#data-shapes): what is this run doing right now?
 
 Computed from the run row and a few store lookups; it never probes processes.
 """

@@ -1,6 +1,6 @@
 """The scheduler: a pure function from (plan, node states, clock) to what may run now.
 
-No I/O and no clock reads: everything it needs comes in as arguments (engine spec §1.3, §1.6).
+No I/O and no clock reads: everything it needs comes in as arguments (docs/engine.md#the-run-loop).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run statuses, node states and attempt states (engine spec §3.4): the wire strings."""
+"""Run statuses, node states and attempt states (docs/engine.md#statuses-and-states): the wire strings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Suspension points of a run: approvals, waits for events, and timers (engine spec §1.8).
+"""Suspension points of a run: approvals, waits for events, and timers (docs/engine.md#approvals-waits-and-timers).
 
 They hold no in-memory promises: each is only database rows (an approval row, a signal row, an
 attempt whose meta holds the timer or wait), re-checked on every pass of the run loop, so a run
@@ -44,7 +44,7 @@ TIMER_KIND = "timer"
 
 
 def approval_request(d: Descriptor) -> dict[str, Any]:
-    """The ``request_json`` of an approval (engine spec §6.1), plus our ``onDeny``."""
+    """The ``request_json`` of an approval (docs/engine.md#approvals-waits-and-timers), plus our ``onDeny``."""
     node = d.node
     if isinstance(node, Approval):
         mode = "decision" if node.mode == "approve" else node.mode
@@ -154,7 +154,7 @@ class WaitHandler:
             return True
 
     def _apply_decision(self, tx: Tx, d: Descriptor, row: dict[str, Any]) -> None:
-        """Turn a decided approval into the node's outcome (engine spec §6.1 denial table)."""
+        """Turn a decided approval into the node's outcome (docs/engine.md#approvals-waits-and-timers)."""
         approved = row["status"] == APPROVAL_APPROVED
         node = d.node
         if approved:
@@ -319,7 +319,7 @@ class WaitHandler:
         return deadline
 
     def _time_out_approval(self, tx: Tx, d: Descriptor, now: int) -> dict[str, Any]:
-        """An approval nobody decided in time counts as denied (engine spec §8 #10)."""
+        """An approval nobody decided in time counts as denied (docs/engine.md#departures-from-the-engine-model)."""
         run_id = self.loop.run_id
         tx.update_approval(
             run_id,
