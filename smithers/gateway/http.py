@@ -282,6 +282,10 @@ class UvicornServer(uvicorn.Server):
             ws_ping_timeout=None,
             ws_per_message_deflate=False,
             lifespan="off",
+            # The peer address is the socket's own: uvicorn would replace it with X-Forwarded-For for
+            # loopback peers, and trustedProxies must judge the proxy, not what it forwards
+            # (docs/protocol.md#authentication).
+            proxy_headers=False,
             log_config=None,
             log_level="warning",
             access_log=False,

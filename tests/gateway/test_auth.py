@@ -754,6 +754,9 @@ def test_a_direct_client_cannot_claim_an_identity_with_headers(start_gateway: An
     )
     assert response.status_code == 401
     assert response.json()["error"]["message"] == "Request did not come through a trusted proxy"
+    # X-Forwarded-For naming a trusted address does not make the sender one
+    spoofed = live.http.post("/rpc", json={"method": "health"}, headers={**forged, "x-forwarded-for": "10.1.2.3"})
+    assert spoofed.status_code == 401
     assert live.gateway.store.get_run("x") is None
     with live.gateway.store.read() as tx:
         assert tx.list_crons() == []
@@ -766,3 +769,6 @@ def test_a_direct_client_cannot_claim_an_identity_with_headers(start_gateway: An
     # from a trusted address (loopback by default) the same headers are believed
     trusting = start_gateway(auth={"mode": "trusted-proxy"})
     assert trusting.http.post("/rpc", json={"method": "health"}, headers=forged).status_code == 200
+    # ... also when the proxy says whom it forwards for (the peer is still the proxy)
+    forwarded = {**forged, "x-forwarded-for": "203.0.113.9"}
+    assert trusting.http.post("/rpc", json={"method": "health"}, headers=forwarded).status_code == 200
