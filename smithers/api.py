@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from smithers.engine.ownership import CANCEL_POLL_MS
 from smithers.engine.runner import DEFAULT_MAX_CONCURRENCY, RunResult
 from smithers.engine.runner import run_async as _run_loop
 from smithers.engine.states import WAITING_TIMER
@@ -57,12 +58,7 @@ async def run_async(
             on_event=on_event,
         )
         while wait_timers and result.status == WAITING_TIMER and result.wake_at_ms is not None:
-            delay = max(0.0, (result.wake_at_ms - now_ms()) / 1000)
-            if cancel is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cancel.wait(), timeout=delay)
-            else:
-                await asyncio.sleep(delay)
+            await _sleep_until_due(store, result.run_id, result.wake_at_ms, cancel)
             result = await _run_loop(
                 workflow,
                 None,
@@ -78,6 +74,25 @@ async def run_async(
     finally:
         if not isinstance(db, Store):
             store.close()
+
+
+async def _sleep_until_due(store: Store, run_id: str, wake_at_ms: int, cancel: asyncio.Event | None) -> None:
+    """Sleep until a suspended run's timer is due, or less: until ``cancel`` is set, or until the run
+    leaves ``waiting-timer`` elsewhere (cancelled by another process: the resume that follows then
+    writes nothing). The run row is read every 250 ms, as an owner polls for cancel requests.
+    """
+    while (remaining_ms := wake_at_ms - now_ms()) > 0:
+        step = min(remaining_ms, CANCEL_POLL_MS) / 1000
+        if cancel is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cancel.wait(), timeout=step)
+            if cancel.is_set():
+                return
+        else:
+            await asyncio.sleep(step)
+        row = store.get_run(run_id)
+        if row is None or row["status"] != WAITING_TIMER:
+            return
 
 
 def run(workflow: Workflow, input: Any = None, **options: Any) -> RunResult:

@@ -253,6 +253,12 @@ class RunCancelled(BaseException):
     """Raised inside a run or task when it is cancelled; derives from BaseException on purpose."""
 
 
+class AttemptStopped(BaseException):
+    """Raised by ``heartbeat()`` in a sync body whose attempt has already ended (timed out, cancelled,
+    or its run stopped): the body should stop. A BaseException, so ``except Exception`` lets it through.
+    """
+
+
 MAX_STACK_CHARS: Final = 16_384
 
 

@@ -28,7 +28,13 @@ from smithers.engine import control
 from smithers.engine.loader import load_workflow
 from smithers.engine.runner import RunResult
 from smithers.engine.signal_check import check_signal
-from smithers.engine.states import CANCELLED, FAILED, statuses_matching
+from smithers.engine.states import (
+    CANCELLED,
+    FAILED,
+    TERMINAL_RUN_STATUSES,
+    WAITING_RUN_STATUSES,
+    statuses_matching,
+)
 from smithers.engine.workflow import Workflow
 from smithers.errors import SmithersError
 from smithers.store.store import Store
@@ -163,19 +169,27 @@ def events(
     if store.get_run(run_id) is None:
         fail(f"Run not found: {run_id} [RUN_NOT_FOUND]")
     after = since
-    while True:
-        with store.read() as tx:
-            batch = tx.list_events(run_id, after_seq=after, limit=1000)
-            row = tx.get_run(run_id)
-        for event in batch:
-            typer.echo(json.dumps(event.payload | {"seq": event.seq}) if as_json else format_event(event))
-            after = event.seq
-        if not follow:
-            return
-        if not batch and row is not None and row["status"] not in ("running",):
-            return
-        if not batch:
-            time.sleep(0.2)
+    told: str | None = None
+    try:
+        while True:
+            with store.read() as tx:
+                batch = tx.list_events(run_id, after_seq=after, limit=1000)
+                row = tx.get_run(run_id)
+            for event in batch:
+                typer.echo(json.dumps(event.payload | {"seq": event.seq}) if as_json else format_event(event))
+                after = event.seq
+            if not follow:
+                return
+            status = row["status"] if row is not None else None
+            if not batch and (status is None or status in TERMINAL_RUN_STATUSES):
+                return  # every event of an ended run is printed
+            if status in WAITING_RUN_STATUSES and status != told:
+                told = status
+                typer.echo(f"run {run_id} is {status}; following until it ends (Ctrl-C to stop)", err=True)
+            if not batch:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def _decide(

@@ -11,11 +11,13 @@ import json
 import random
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from smithers.engine.bodies import BODY_THREADS
 from smithers.engine.context import Ctx
 from smithers.engine.dsl import RetryPolicy, Task
 from smithers.errors import (
@@ -24,6 +26,7 @@ from smithers.errors import (
     HEARTBEAT_PAYLOAD_TOO_LARGE,
     INVALID_OUTPUT,
     TASK_HEARTBEAT_TIMEOUT,
+    AttemptStopped,
     InvalidOutputError,
     SmithersError,
     TaskTimeoutError,
@@ -46,6 +49,14 @@ class TaskRuntime:
     attempt: int
     on_heartbeat: Callable[[Any, int], None]
     last_beat_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    body: Future[Any] | None = None
+    """The thread running a sync body, which may outlive the attempt (Python cannot stop a thread)."""
+    ended: bool = False
+    """The attempt is over (finished, failed, timed out or cancelled); a body still running should stop."""
+
+    def body_running(self) -> bool:
+        """A sync body of this attempt is still running (after a timeout or cancel)."""
+        return self.body is not None and not self.body.done()
 
 
 _runtime: contextvars.ContextVar[TaskRuntime | None] = contextvars.ContextVar("smithers_task", default=None)
@@ -55,11 +66,14 @@ def heartbeat(data: Any = None) -> None:
     """Record progress of the current task (a JSON checkpoint, ≤ 1 MB), throttled to one write per 500 ms.
 
     The latest checkpoint of a failed or interrupted attempt is handed to the next one as
-    ``ctx.last_heartbeat``.
+    ``ctx.last_heartbeat``. In a sync body whose attempt has ended (timed out, cancelled) it raises
+    :class:`~smithers.errors.AttemptStopped`: calling it regularly is how a sync body can be stopped.
     """
     runtime = _runtime.get()
     if runtime is None:
         raise RuntimeError("heartbeat() called outside a running task")
+    if runtime.ended:
+        raise AttemptStopped(f"attempt {runtime.attempt} of {runtime.node_id} has ended; stop this body")
     try:
         size = len(json.dumps(data).encode()) if data is not None else 0
     except (TypeError, ValueError) as exc:
@@ -115,12 +129,18 @@ async def run_attempt(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
     try:
         async with asyncio.timeout(task.timeout_ms / 1000 if task.timeout_ms else None):
             if task.heartbeat_timeout_ms:
-                value = await _watch_heartbeats(_invoke(task, ctx), runtime, task.heartbeat_timeout_ms)
+                value = await _watch_heartbeats(_invoke(task, ctx, runtime), runtime, task.heartbeat_timeout_ms)
             else:
-                value = await _invoke(task, ctx)
+                value = await _invoke(task, ctx, runtime)
     except TimeoutError as exc:
-        raise TaskTimeoutError(f"task {task.id!r} timed out after {task.timeout_ms} ms") from exc
+        still = runtime.body_running()
+        raise TaskTimeoutError(
+            f"task {task.id!r} timed out after {task.timeout_ms} ms"
+            + ("; its sync body is still running and holds the node until it returns" if still else ""),
+            details={"bodyStillRunning": True} if still else None,
+        ) from exc
     finally:
+        runtime.ended = True
         _runtime.reset(token)
     return to_payload(value, task.output)
 
@@ -144,7 +164,7 @@ async def _watch_heartbeats(work: Coroutine[Any, Any, Any], runtime: TaskRuntime
         inner.cancel()
 
 
-async def _invoke(task: Task, ctx: Ctx) -> Any:
+async def _invoke(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
     fn = task.run
     if fn is None:
         return task.value
@@ -152,7 +172,8 @@ async def _invoke(task: Task, ctx: Ctx) -> Any:
     if inspect.iscoroutinefunction(fn):
         return await fn(*args)
     context = contextvars.copy_context()
-    result = await asyncio.get_running_loop().run_in_executor(None, lambda: context.run(fn, *args))
+    runtime.body = BODY_THREADS.submit(lambda: context.run(fn, *args))
+    result = await asyncio.wrap_future(runtime.body)
     if inspect.isawaitable(result):
         return await result
     return result

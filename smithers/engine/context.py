@@ -38,8 +38,9 @@ class ReadLog:
 class Ctx:
     """Durable state of a run, handed to the render function on every frame and to compute tasks.
 
-    ``output``/``output_maybe`` default to the current loop iteration for nodes inside a loop and
-    to iteration 0 for nodes outside any loop, so a loop body can read a node that ran before it.
+    ``output``/``output_maybe`` default to the current iteration of the node's own loop for nodes
+    inside a loop and to iteration 0 for nodes outside any loop, so a loop body can read a node
+    that ran before it, and an inner loop a node of its outer loop.
     """
 
     input: dict[str, Any]
@@ -48,7 +49,7 @@ class Ctx:
     iterations: dict[str, int] = field(default_factory=dict)
     auth: dict[str, Any] | None = None
     outputs_by_key: Mapping[tuple[str, int], StoredOutput] = field(default_factory=dict)
-    loop_node_ids: frozenset[str] = frozenset()
+    loop_of: Mapping[str, str] = field(default_factory=dict)
     attempt: int = 0
     last_heartbeat: Any = None
     reads: ReadLog | None = None
@@ -66,7 +67,8 @@ class Ctx:
         if self.reads is not None:
             self.reads.node_ids.add(node_id)
         if iteration is None:
-            iteration = self.iteration if node_id in self.loop_node_ids else 0
+            ralph_id = self.loop_of.get(node_id)
+            iteration = 0 if ralph_id is None else self.iterations.get(ralph_id, self.iteration)
         return self.outputs_by_key.get((node_id, iteration))
 
     @overload
@@ -78,7 +80,7 @@ class Ctx:
         """The output of ``node_id`` (as ``Model`` when given one), or None if it has none yet."""
         model, nid = self._resolve(model_or_node, node_id)
         row = self._find(nid, iteration)
-        if row is None:
+        if row is None or row.payload is None:  # None: a task that returned nothing, a wait that timed out
             return None
         return model.model_validate(row.payload) if model is not None else row.payload
 
@@ -88,7 +90,8 @@ class Ctx:
     def output(self, model_or_node: str, node_id: str | None = None, iteration: int | None = None) -> Any: ...
 
     def output(self, model_or_node: Any, node_id: str | None = None, iteration: int | None = None) -> Any:
-        """The output of ``node_id``; raises ``MISSING_OUTPUT`` if it has none yet."""
+        """The output of ``node_id``; raises ``MISSING_OUTPUT`` if it has none (yet, or at all: a task
+        that returned None, a wait that timed out with ``on_timeout="continue"``)."""
         value = self.output_maybe(model_or_node, node_id, iteration)
         if value is None:
             _, nid = self._resolve(model_or_node, node_id)
@@ -104,6 +107,8 @@ class Ctx:
         if not rows:
             return None
         row = max(rows, key=lambda r: r.iteration)
+        if row.payload is None:
+            return None
         return model.model_validate(row.payload) if model is not None else row.payload
 
     def iteration_count(self, model_or_node: Any, node_id: str | None = None) -> int:

@@ -14,6 +14,8 @@ from typing import Any
 from smithers.engine import events as ev
 from smithers.engine.ownership import owner_gone
 from smithers.engine.states import (
+    ABORTED,
+    ACTIVE_RUN_STATUS_LIST,
     ACTIVE_RUN_STATUSES,
     APPROVAL_APPROVED,
     APPROVAL_DENIED,
@@ -22,11 +24,13 @@ from smithers.engine.states import (
     FAILED,
     IN_PROGRESS,
     PENDING,
+    RUN_CANCELLED_REASON,
     RUNNING,
     WAITING_APPROVAL,
     WAITING_EVENT,
     WAITING_TIMER,
 )
+from smithers.engine.waits import timer_event
 from smithers.errors import (
     AMBIGUOUS_APPROVAL,
     INVALID_INPUT,
@@ -51,8 +55,10 @@ def _require_run(tx: Tx, run_id: str) -> Row:
 def pending_approval_node(store: Store, run_id: str, node_id: str | None) -> tuple[str, int]:
     """The (node id, iteration) to decide: the given node, or the only pending approval of the run."""
     with store.read() as tx:
-        _require_run(tx, run_id)
-        pending = tx.list_pending_approvals(run_id)
+        run = _require_run(tx, run_id)
+        if run["status"] not in ACTIVE_RUN_STATUSES:
+            raise RunNotActiveError(f"run {run_id} is {run['status']}; it waits for no approval")
+        pending = tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, run_id)
     if node_id is not None:
         for row in pending:
             if row["node_id"] == node_id:
@@ -107,7 +113,7 @@ def _decide(
         run = _require_run(tx, run_id)
         if run["status"] in (WAITING_APPROVAL, WAITING_EVENT):
             # With no other approval pending the run reads waiting-event until resumed
-            others = [r for r in tx.list_pending_approvals(run_id) if r["node_id"] != node_id]
+            others = [r for r in tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, run_id) if r["node_id"] != node_id]
             tx.update_run(run_id, status=WAITING_APPROVAL if others else WAITING_EVENT)
         kind = ev.APPROVAL_GRANTED if approved else ev.APPROVAL_DENIED
         tx.emit(run_id, kind, {"nodeId": node_id, "iteration": iteration, "note": note, "decidedBy": decided_by})
@@ -181,24 +187,7 @@ def cancel_run(store: Store, run_id: str) -> dict[str, Any]:
         live = run["status"] == RUNNING and not owner_gone(run["runtime_owner_id"], run["heartbeat_at_ms"], now)
         if live:
             return {"runId": run_id, "status": "cancelling"}
-        for attempt in tx.list_attempts(run_id):
-            if attempt["state"] in (IN_PROGRESS, WAITING_TIMER, WAITING_EVENT):
-                tx.update_attempt(
-                    run_id,
-                    attempt["node_id"],
-                    attempt["iteration"],
-                    attempt["attempt"],
-                    state=CANCELLED,
-                    finished_at_ms=now,
-                )
-        for node in tx.list_nodes(run_id):
-            if node["state"] in (IN_PROGRESS, WAITING_TIMER, WAITING_EVENT, WAITING_APPROVAL):
-                tx.update_node(run_id, node["node_id"], node["iteration"], state=CANCELLED, updated_at_ms=now)
-                tx.emit(
-                    run_id,
-                    ev.NODE_CANCELLED,
-                    {"nodeId": node["node_id"], "iteration": node["iteration"], "reason": "run-cancelled"},
-                )
+        _cancel_nodes(tx, run_id, now)
         tx.update_run(
             run_id,
             status=CANCELLED,
@@ -209,3 +198,24 @@ def cancel_run(store: Store, run_id: str) -> dict[str, Any]:
         )
         tx.emit(run_id, ev.RUN_CANCELLED)
     return {"runId": run_id, "status": "cancelled"}
+
+
+def _cancel_nodes(tx: Tx, run_id: str, now: int) -> None:
+    """What a run nobody executes leaves open, cancelled as its owner would (docs/engine.md#cancellation):
+    attempts cut short by a crash are aborted; timers (``TimerCancelled`` first), waits and approvals
+    are cancelled with the run.
+    """
+    for node in tx.list_nodes(run_id):
+        state = node["state"]
+        if state not in (IN_PROGRESS, WAITING_TIMER, WAITING_EVENT, WAITING_APPROVAL):
+            continue
+        node_id, iteration, attempt = node["node_id"], node["iteration"], node["last_attempt"]
+        payload: dict[str, Any] = {"nodeId": node_id, "iteration": iteration}
+        if attempt and state != WAITING_APPROVAL:
+            tx.update_attempt(run_id, node_id, iteration, attempt, state=CANCELLED, finished_at_ms=now)
+            payload["attempt"] = attempt
+        if state == WAITING_TIMER:
+            tx.emit(run_id, ev.TIMER_CANCELLED, timer_event(node_id, iteration))
+        payload["reason"] = ABORTED if state == IN_PROGRESS else RUN_CANCELLED_REASON
+        tx.update_node(run_id, node_id, iteration, state=CANCELLED, updated_at_ms=now)
+        tx.emit(run_id, ev.NODE_CANCELLED, payload)

@@ -91,11 +91,12 @@ class Graph:
     plan: PlanNode
     loops: dict[str, LoopInfo]
     by_key: dict[str, Descriptor] = field(default_factory=dict)
-    loop_node_ids: frozenset[str] = frozenset()
+    loop_of: dict[str, str] = field(default_factory=dict)
+    """Node id → ralph id of the loop it is in (nodes outside loops are absent)."""
 
     def __post_init__(self) -> None:
         self.by_key = {d.key: d for d in self.descriptors}
-        self.loop_node_ids = frozenset(d.node_id for d in self.descriptors if d.ralph_id)
+        self.loop_of = {d.node_id: d.ralph_id for d in self.descriptors if d.ralph_id}
 
 
 def _props(**values: Any) -> dict[str, str]:

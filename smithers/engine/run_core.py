@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from smithers.engine import events as ev
 from smithers.engine import frames
+from smithers.engine.attempt import TaskRuntime
 from smithers.engine.context import Ctx, ReadLog, StoredOutput
-from smithers.engine.extract import Descriptor, Graph
+from smithers.engine.extract import Descriptor, Graph, LoopInfo, extract
 from smithers.engine.ownership import new_owner_id
 from smithers.engine.states import (
     WAITING_NODE_STATES,
@@ -84,6 +86,9 @@ class RunCore:
         self.last_heartbeat_data: dict[str, Any] = {}
         self.in_flight: dict[str, asyncio.Task[Any]] = {}
         self.in_flight_desc: dict[str, Descriptor] = {}
+        self.in_flight_runtime: dict[str, TaskRuntime] = {}
+        self.lingering: dict[str, Future[Any]] = {}
+        """Sync bodies of ended attempts still running, by node key: each holds its node and a slot."""
         self.frame_no = 0
         self.prev_doc: Any = None
         self.prev_hash: str | None = None
@@ -105,20 +110,50 @@ class RunCore:
         self.waits = WaitHandler(self)
         self._wake = asyncio.Event()
 
-    def _ctx(self, attempt: int = 0, last_heartbeat: Any = None, reads: ReadLog | None = None) -> Ctx:
-        active = [it for it, done in self.loop_state.values() if not done]
+    def _ctx(
+        self,
+        attempt: int = 0,
+        last_heartbeat: Any = None,
+        reads: ReadLog | None = None,
+        node: Descriptor | None = None,
+    ) -> Ctx:
+        """The ``ctx`` of a render (``node`` None) or of one node's attempt (docs/engine.md#ctx)."""
+        loops = self.graph.loops if self.graph is not None else {}
+        iterations = {ralph_id: it for ralph_id, (it, _) in self.loop_state.items()}
+        for info in loops.values():  # logical ids name the loops of the current scope
+            iterations[info.logical_id] = iterations.get(info.ralph_id, info.iteration)
         return Ctx(
             input=self.input,
             run_id=self.run_id,
-            iteration=active[0] if active else 0,
-            iterations={k: v[0] for k, v in self.loop_state.items()},
+            iteration=node.iteration if node is not None else self._render_iteration(loops),
+            iterations=iterations,
             auth=self.auth,
             outputs_by_key=self.outputs,
-            loop_node_ids=self.graph.loop_node_ids if self.graph else frozenset(),
+            loop_of=self.graph.loop_of if self.graph is not None else {},
             attempt=attempt,
             last_heartbeat=last_heartbeat,
             reads=reads,
         )
+
+    def _render_iteration(self, loops: dict[str, LoopInfo]) -> int:
+        """``ctx.iteration`` of a render: the innermost loop still running; once every loop is done,
+        the last one's final iteration (so ids built from it stay the same after the loop ends)."""
+        ralph_ids = list(loops) or list(self.loop_state)
+        if not ralph_ids:
+            return 0
+        active = [r for r in ralph_ids if not self.loop_state.get(r, (0, loops[r].until if r in loops else False))[1]]
+        chosen = active[-1] if active else ralph_ids[-1]
+        if chosen in self.loop_state:
+            return self.loop_state[chosen][0]
+        return loops[chosen].iteration
+
+    def _render_graph(self, reads: ReadLog) -> Graph:
+        """Render and extract the tree of the current state."""
+        if self.graph is None and self.loop_state:
+            # Resumed inside a loop: a first pass learns which nodes belong to which loop, so reads
+            # of loop nodes default to their loop's iteration in the render that counts.
+            self.graph = extract(self.workflow.render(self._ctx()), self.workflow.key, self.loop_state)
+        return extract(self.workflow.render(self._ctx(reads=reads)), self.workflow.key, self.loop_state)
 
     def set_state(self, tx: Tx, d: Descriptor, state: str, event: str | None = None, **payload: Any) -> None:
         """Record a node's new state (and optionally an event about it) in ``tx``."""
@@ -185,6 +220,7 @@ class RunCore:
             )
         ralph = [{"ralphId": k, "iteration": v[0], "done": v[1]} for k, v in sorted(self.loop_state.items())]
         body = {"nodes": nodes, "outputs": outputs, "ralph": ralph, "input": self.input}
+        content_hash = frames.sha256_hex(frames.canonical(body))
         tx.upsert_snapshot(
             run_id=self.run_id,
             frame_no=self.frame_no,
@@ -193,7 +229,7 @@ class RunCore:
             ralph_json=dumps(ralph),
             input_json=dumps(self.input),
             workflow_hash=None,
-            content_hash=frames.sha256_hex(frames.canonical(body)),
+            content_hash=content_hash,
             created_at_ms=now,
         )
-        tx.emit(self.run_id, ev.SNAPSHOT_CAPTURED, {"frameNo": self.frame_no})
+        tx.emit(self.run_id, ev.SNAPSHOT_CAPTURED, {"frameNo": self.frame_no, "contentHash": content_hash})

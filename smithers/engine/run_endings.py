@@ -11,10 +11,16 @@ from smithers.engine.extract import Graph
 from smithers.engine.run_core import CANCEL_SETTLE_S, RunCore, RunResult
 from smithers.engine.scheduler import Schedule
 from smithers.engine.states import (
+    ABORTED,
     CANCELLED,
     FAILED,
     FINISHED,
+    PENDING,
+    RUN_CANCELLED_REASON,
+    RUN_FAILED_REASON,
+    SKIPPED,
     TERMINAL_RUN_STATUSES,
+    UNMOUNTED,
     WAITING_APPROVAL,
     WAITING_EVENT,
     WAITING_TIMER,
@@ -52,15 +58,36 @@ class RunEndings(RunCore):
                 raise RunOwnershipError(
                     f"run {self.run_id} was taken over by another process", code=RUN_RESUME_CLAIM_FAILED
                 )
+            self._snapshot(tx, now)  # the settled state, before the event that says the run settled
             if event:
                 tx.emit(self.run_id, event, extra or {})
-            self._snapshot(tx, now)
 
     def _finish_run(self) -> RunResult:
+        self._skip_unmounted()
         self._settle(FINISHED, ev.RUN_FINISHED)
         return self._result(FINISHED)
 
+    def _skip_unmounted(self) -> None:
+        """Pending rows of nodes the finished tree no longer mounts (the side a Branch did not take
+        after all) become ``skipped``: a finished run has nothing pending."""
+        mounted = self.graph.by_key if self.graph is not None else {}
+        stale = [key for key, state in self.states.items() if state == PENDING and key not in mounted]
+        if not stale:
+            return
+        now = now_ms()
+        with self.store.write() as tx:
+            for key in stale:
+                node_id, _, iteration = key.rpartition("::")
+                self.states[key] = SKIPPED
+                tx.update_node(self.run_id, node_id, int(iteration), state=SKIPPED, updated_at_ms=now)
+                tx.emit(
+                    self.run_id, ev.NODE_SKIPPED, {"nodeId": node_id, "iteration": int(iteration), "reason": UNMOUNTED}
+                )
+
     async def _abort_in_flight(self, reason: str) -> None:
+        """Stop everything of the ending run: attempts in flight are aborted (``reason:"aborted"``),
+        timers, waits and approvals are cancelled with the run's ``reason`` (docs/engine.md#cancellation).
+        """
         tasks = list(self.in_flight.items())
         for _, task in tasks:
             task.cancel()
@@ -70,19 +97,20 @@ class RunEndings(RunCore):
         with self.store.write() as tx:
             for key, _ in tasks:
                 d = self.in_flight_desc.pop(key)
+                self.in_flight_runtime.pop(key, None)
                 attempt = self.last_attempt[key]
                 tx.update_attempt(self.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now)
-                self.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason=reason)
-            self.waits.cancel_timers(tx, reason)
+                self.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason=ABORTED)
+            self.waits.cancel_waiting(tx, reason)
         self.in_flight.clear()
 
     async def _fail_run(self, error: SmithersError) -> RunResult:
-        await self._abort_in_flight("run-failed")
+        await self._abort_in_flight(RUN_FAILED_REASON)
         self._settle(FAILED, ev.RUN_FAILED, error, {"error": error.to_dict()})
         return self._result(FAILED, error)
 
     async def _cancel_run(self) -> RunResult:
-        await self._abort_in_flight("run-cancelled")
+        await self._abort_in_flight(RUN_CANCELLED_REASON)
         self._settle(CANCELLED, ev.RUN_CANCELLED)
         return self._result(CANCELLED)
 

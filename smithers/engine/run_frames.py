@@ -5,7 +5,7 @@ from __future__ import annotations
 from smithers.engine import events as ev
 from smithers.engine import frames
 from smithers.engine.context import ReadLog
-from smithers.engine.extract import Descriptor, Graph, extract
+from smithers.engine.extract import Descriptor, Graph
 from smithers.engine.run_core import RunCore
 from smithers.engine.states import (
     CANCELLED,
@@ -24,7 +24,7 @@ class RunFrames(RunCore):
             (graph, reads), self._first_render = self._first_render, None
         else:
             reads = ReadLog()
-            graph = extract(self.workflow.render(self._ctx(reads=reads)), self.workflow.key, self.loop_state)
+            graph = self._render_graph(reads)
         self.graph, self.render_reads, self.needs_render = graph, reads, False
         if self.in_flight:
             self._cancel_unmounted(graph)

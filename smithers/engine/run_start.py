@@ -7,8 +7,8 @@ from typing import Any
 
 from smithers.engine import events as ev
 from smithers.engine import frames
-from smithers.engine.context import Ctx, ReadLog, StoredOutput
-from smithers.engine.extract import extract
+from smithers.engine.context import ReadLog, StoredOutput
+from smithers.engine.extract import Graph, extract
 from smithers.engine.ownership import owner_gone
 from smithers.engine.run_core import MAX_INPUT_BYTES, RunCore, RunResult
 from smithers.engine.states import (
@@ -133,8 +133,11 @@ class RunStart(RunCore):
                         "reason": "aborted",
                     },
                 )
+            # Cancelled nodes run again; failed ones only when a failed or cancelled run is retried
+            # (a failure the run went on from, under continue_on_fail, stays as it is).
+            again = (FAILED, CANCELLED) if status in (FAILED, CANCELLED) else (CANCELLED,)
             for node in tx.list_nodes(self.run_id):
-                if node["state"] in (FAILED, CANCELLED):  # resuming retries what failed or was cancelled
+                if node["state"] in again:
                     tx.update_node(self.run_id, node["node_id"], node["iteration"], state=PENDING, updated_at_ms=now)
                     tx.emit(self.run_id, ev.NODE_PENDING, {"nodeId": node["node_id"], "iteration": node["iteration"]})
             tx.emit(self.run_id, ev.RUN_STARTED, {"resumed": True})
@@ -184,9 +187,9 @@ class RunStart(RunCore):
         for loop in tx.list_ralph(self.run_id):
             self.loop_state[loop["ralph_id"]] = (loop["iteration"], bool(loop["done"]))
 
-    def view_ctx(self) -> Ctx:
-        """The ``ctx`` a render of the loaded state sees (for reading a stored run's tree)."""
-        return self._ctx()
+    def render_view(self) -> Graph:
+        """The tree of the loaded state, as the run would render it now (read only: renders are pure)."""
+        return self._render_graph(ReadLog())
 
     def _load(self, tx: Tx, resumed_failed: bool) -> None:
         self.load_state(tx)

@@ -146,7 +146,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 continue
             if sched.runnable and not self.in_flight:
                 continue  # what started now waits: schedule again to see it
-            if self.in_flight:
+            if self.in_flight or self.lingering:
                 return ("wait", self.waits.next_wake_ms(graph, sched))
             if sched.backoff_until_ms is not None:
                 return ("sleep", sched.backoff_until_ms)
@@ -181,7 +181,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             self.retry_ready_at,
             self.max_concurrency,
             self._memo,
-            self.in_flight.keys(),
+            self.in_flight.keys() | self.lingering.keys() if self.lingering else self.in_flight.keys(),
         )
 
     def _mark_skipped(self, descriptors: list[Descriptor]) -> None:
@@ -213,16 +213,17 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             attempt = self.open_attempt(tx, d, IN_PROGRESS, meta)
             self.set_state(tx, d, IN_PROGRESS, ev.NODE_STARTED, attempt=attempt)
         runtime = TaskRuntime(d.node_id, d.iteration, attempt, self._heartbeat_callback(d, attempt))
-        ctx = self._ctx(attempt, self.last_heartbeat_data.get(d.key))
+        ctx = self._ctx(attempt, self.last_heartbeat_data.get(d.key), node=d)
         task = asyncio.create_task(run_attempt(d.node, ctx, runtime), name=f"smithers:{d.key}")
         task.add_done_callback(lambda _t: self._wake.set())
         self.in_flight[d.key] = task
         self.in_flight_desc[d.key] = d
+        self.in_flight_runtime[d.key] = runtime
         return False
 
     async def _await_progress(self, wake_at_ms: int | None) -> None:
         """Wait until a task finishes, the run is cancelled, or ``wake_at_ms`` (a timer) is reached."""
-        if any(t.done() for t in self.in_flight.values()):
+        if any(t.done() for t in self.in_flight.values()) or any(b.done() for b in self.lingering.values()):
             return
         self._wake.clear()
         timeout = None if wake_at_ms is None else max(0.0, (wake_at_ms - now_ms()) / 1000)
@@ -235,14 +236,39 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             wake_wait.cancel()
 
     def _collect_completions(self) -> None:
+        for key in [k for k, b in self.lingering.items() if b.done()]:
+            del self.lingering[key]  # its result belongs to an attempt that has ended: discarded
         for key in [k for k, t in self.in_flight.items() if t.done()]:
             task = self.in_flight.pop(key)
+            runtime = self.in_flight_runtime.pop(key)
             self._complete(self.in_flight_desc.pop(key), task)
+            self._linger(key, runtime)
+
+    def _linger(self, key: str, runtime: TaskRuntime) -> None:
+        """Keep the node (and a concurrency slot) held while a sync body of an ended attempt still runs."""
+        body = runtime.body
+        if body is None or body.done():
+            return
+        self.lingering[key] = body
+        loop = asyncio.get_running_loop()
+        body.add_done_callback(lambda _b: loop.call_soon_threadsafe(self._wake.set))
+        log.warning(
+            "run %s: the sync body of %s attempt %d outlived its attempt; the node waits for it to return",
+            self.run_id,
+            key,
+            runtime.attempt,
+        )
 
     def _complete(self, d: Descriptor, task: asyncio.Task[Any]) -> None:
         attempt = self.last_attempt[d.key]
         now = now_ms()
-        exc = task.exception() if not task.cancelled() else RunCancelled()
+        # Only _abort_in_flight cancels attempts (and records them itself): a body that raised a
+        # cancellation of its own failed, so it is retried per policy rather than restarted forever.
+        exc: BaseException | None = (
+            SmithersError("the task body raised CancelledError", code=TASK_FAILED)
+            if task.cancelled()
+            else task.exception()
+        )
         with self.store.write() as tx:
             if exc is None:
                 payload = task.result()
@@ -254,10 +280,6 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                     self.needs_render = True
                 else:
                     self._unchanged_frame(tx)
-                return
-            if isinstance(exc, RunCancelled | asyncio.CancelledError):
-                tx.update_attempt(self.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now)
-                self.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason="aborted")
                 return
             error = error_from_exception(exc)
             if error.code == TASK_HEARTBEAT_TIMEOUT:
@@ -286,6 +308,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                     {"nodeId": d.node_id, "iteration": d.iteration, "attempt": attempt, "error": error.to_dict()},
                 )
                 self.set_state(tx, d, PENDING, ev.NODE_RETRYING, attempt=attempt + 1)
+                tx.emit(self.run_id, ev.NODE_PENDING, {"nodeId": d.node_id, "iteration": d.iteration})
             else:
                 self.set_state(tx, d, FAILED, ev.NODE_FAILED, attempt=attempt, error=error.to_dict())
 

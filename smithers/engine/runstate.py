@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from smithers.engine.states import (
+    ACTIVE_RUN_STATUS_LIST,
     CANCELLED,
     CONTINUED,
     FAILED,
@@ -66,7 +67,9 @@ def _dig(meta: Mapping[str, Any], *path: str) -> Any:
 
 
 def _approval_block(tx: Tx, run_id: str) -> dict[str, Any] | None:
-    pending = [row for row in tx.list_pending_approvals(run_id) if row["requested_at_ms"] is not None]
+    pending = [
+        row for row in tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, run_id) if row["requested_at_ms"] is not None
+    ]
     if not pending:
         return None
     first = min(pending, key=lambda row: row["requested_at_ms"])

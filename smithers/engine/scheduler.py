@@ -5,7 +5,7 @@ No I/O and no clock reads: everything it needs comes in as arguments (docs/engin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from smithers.engine.extract import Descriptor, LoopInfo, PlanNode
@@ -61,9 +61,12 @@ def schedule(
     retry_ready_at: Mapping[str, int] | None = None,
     max_concurrency: int = 4,
     memo: dict[int, int] | None = None,
-    in_progress_keys: Iterable[str] | None = None,
+    in_progress_keys: Collection[str] | None = None,
 ) -> Schedule:
     """One scheduling pass over the plan tree.
+
+    ``in_progress_keys`` are the leaves that hold a concurrency slot: attempts in flight, and sync
+    bodies of ended attempts that still run (such a leaf is not started again until its body returns).
 
     ``memo`` (optional) remembers, per sequence, how many leading children were terminal. It is
     only valid while terminal states stay terminal, which holds within one execution of a run
@@ -74,7 +77,7 @@ def schedule(
     ready_at = retry_ready_at or {}
     group_busy: dict[str, int] = {}
     by_node_id: dict[str, Descriptor] = {}
-    running = in_progress_keys if in_progress_keys is not None else [k for k, s in states.items() if s == IN_PROGRESS]
+    running = in_progress_keys if in_progress_keys is not None else {k for k, s in states.items() if s == IN_PROGRESS}
     for key in running:
         d = descriptors.get(key)
         if d is not None:
@@ -111,6 +114,8 @@ def schedule(
             out.waiting.append(d)
             return False
         if state in (PENDING, CANCELLED):
+            if key in running:
+                return False  # a body of its last attempt still runs
             ready = deps_ready(d)
             if ready is None:
                 out.blocked.append(d)

@@ -14,7 +14,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from smithers.engine.dsl import WaitForEvent
-from smithers.engine.extract import extract
 from smithers.engine.pending import pending_waits
 from smithers.engine.runner import RunLoop
 from smithers.engine.states import WAITING_EVENT
@@ -46,7 +45,7 @@ def check_signal(
         loop.auth = (loads(row["config_json"]) or {}).get("auth") if row is not None else None
         loop.load_state(tx)
     try:
-        graph = extract(workflow.render(loop.view_ctx()), workflow.key, loop.loop_state)
+        graph = loop.render_view()
     except Exception:
         log.debug("cannot render run %s to check a signal; the run will check it", run_id, exc_info=True)
         return

@@ -16,6 +16,7 @@ RUN_STATUSES = (RUNNING, WAITING_APPROVAL, WAITING_EVENT, WAITING_TIMER, FINISHE
 TERMINAL_RUN_STATUSES = frozenset({FINISHED, FAILED, CANCELLED, CONTINUED})
 WAITING_RUN_STATUSES = frozenset({WAITING_APPROVAL, WAITING_EVENT, WAITING_TIMER})
 ACTIVE_RUN_STATUSES = frozenset({RUNNING, *WAITING_RUN_STATUSES})
+ACTIVE_RUN_STATUS_LIST = tuple(sorted(ACTIVE_RUN_STATUSES))
 
 # Node states (FINISHED, FAILED, CANCELLED and the WAITING_* strings are shared with run statuses).
 PENDING = "pending"
@@ -44,3 +45,10 @@ APPROVAL_DENIED = "denied"
 def statuses_matching(status: str) -> list[str]:
     """The run statuses a status filter selects: ``running`` also selects ``continued`` (JavaScript parity)."""
     return [RUNNING, CONTINUED] if status == RUNNING else [status]
+
+
+# NodeCancelled reasons: an attempt stopped mid-flight, or a wait ended with its run.
+ABORTED = "aborted"
+RUN_CANCELLED_REASON = "run-cancelled"
+RUN_FAILED_REASON = "run-failed"
+UNMOUNTED = "unmounted"

@@ -26,6 +26,7 @@ from smithers.engine.states import (
     SKIPPED,
     WAITING_APPROVAL,
     WAITING_EVENT,
+    WAITING_NODE_STATES,
     WAITING_TIMER,
 )
 from smithers.errors import APPROVAL_DENIED as APPROVAL_DENIED_CODE
@@ -41,6 +42,11 @@ WAIT_KIND = "wait-for-event"
 TIMEOUT_NOTE = "approval timed out"
 TIMEOUT_DECIDER = "smithers:timeout"
 TIMER_KIND = "timer"
+
+
+def timer_event(node_id: str, iteration: int) -> dict[str, Any]:
+    """The payload of ``TimerCancelled`` (the timer's id is its node's id)."""
+    return {"nodeId": node_id, "iteration": iteration, "timerId": node_id}
 
 
 def approval_request(d: Descriptor) -> dict[str, Any]:
@@ -174,12 +180,14 @@ class WaitHandler:
                 details={"nodeId": d.node_id, "note": row["note"]},
             )
             self._record_failure(tx, d, error)
-        elif policy == "skip":
-            self.loop.set_state(tx, d, SKIPPED, ev.NODE_SKIPPED)
-        else:
-            self._write_decision(tx, d, row, approved=False)
+        elif policy == "skip" and not isinstance(node, Approval):
+            self.loop.set_state(tx, d, SKIPPED, ev.NODE_SKIPPED)  # a gate has no decision to record
+        else:  # "continue", and "skip" (the node reads skipped, its decision is still readable)
+            self._write_decision(tx, d, row, approved=False, state=SKIPPED if policy == "skip" else FINISHED)
 
-    def _write_decision(self, tx: Tx, d: Descriptor, row: dict[str, Any], approved: bool) -> None:
+    def _write_decision(
+        self, tx: Tx, d: Descriptor, row: dict[str, Any], approved: bool, state: str = FINISHED
+    ) -> None:
         decision = json.loads(row["decision_json"]) if row["decision_json"] else None
         payload: dict[str, Any] = {
             "approved": approved,
@@ -189,7 +197,7 @@ class WaitHandler:
         }
         if isinstance(decision, dict):
             payload.update({k: v for k, v in decision.items() if k in ("selected", "ranked", "notes", "value")})
-        self._finish_with_output(tx, d, payload)
+        self._finish_with_output(tx, d, payload, state=state)
 
     def _close_attempt(
         self, tx: Tx, d: Descriptor, state: str, meta: dict[str, Any] | None = None, error: SmithersError | None = None
@@ -200,19 +208,28 @@ class WaitHandler:
         if error is not None:
             values["error_json"] = dumps(error.to_dict())
         attempt = self.loop.last_attempt.get(d.key, 0)
-        if attempt == 0:
-            return self.loop.open_attempt(tx, d, state, meta or {"kind": "approval"}, now, **values)
+        if attempt == 0:  # an approval's one step: it starts and ends as its decision is applied
+            attempt = self.loop.open_attempt(tx, d, state, meta or {"kind": "approval"}, now, **values)
+            tx.emit(
+                self.loop.run_id, ev.NODE_STARTED, {"nodeId": d.node_id, "iteration": d.iteration, "attempt": attempt}
+            )
+            return attempt
         if meta is not None:
             values["meta_json"] = dumps(meta)
         tx.update_attempt(self.loop.run_id, d.node_id, d.iteration, attempt, state=state, **values)
         return attempt
 
-    def _finish_with_output(self, tx: Tx, d: Descriptor, payload: Any, meta: dict[str, Any] | None = None) -> None:
+    def _finish_with_output(
+        self, tx: Tx, d: Descriptor, payload: Any, meta: dict[str, Any] | None = None, state: str = FINISHED
+    ) -> None:
         attempt = self._close_attempt(tx, d, FINISHED, meta)
         if payload is not None or d.kind == "wait":
             tx.upsert_output(self.loop.run_id, d.node_id, d.iteration, d.output_table, payload)
             self.loop.outputs[(d.node_id, d.iteration)] = StoredOutput(d.node_id, d.iteration, d.output_table, payload)
-        self.loop.set_state(tx, d, FINISHED, ev.NODE_FINISHED, attempt=attempt)
+        if state == SKIPPED:
+            self.loop.set_state(tx, d, SKIPPED, ev.NODE_SKIPPED, attempt=attempt)
+        else:
+            self.loop.set_state(tx, d, FINISHED, ev.NODE_FINISHED, attempt=attempt)
 
     def _record_failure(self, tx: Tx, d: Descriptor, error: SmithersError, meta: dict[str, Any] | None = None) -> None:
         attempt = self._close_attempt(tx, d, FAILED, meta, error)
@@ -222,16 +239,17 @@ class WaitHandler:
         node = d.node
         assert isinstance(node, WaitForEvent)
         now = now_ms()
-        wait = {
-            "signalName": node.event,
-            "correlationId": node.correlation_id,
-            "onTimeout": node.on_timeout,
-            "timeoutMs": node.timeout_ms,
-            "waitAsync": False,
-            "startedAtMs": now,
-        }
-        self.wait_meta[d.key] = wait
         with self.loop.store.write() as tx:
+            wait = {
+                "signalName": node.event,
+                "correlationId": node.correlation_id,
+                "onTimeout": node.on_timeout,
+                "timeoutMs": node.timeout_ms,
+                "waitAsync": False,
+                "startedAtMs": now,
+                "openedAfterSignalSeq": tx.last_signal_seq(self.loop.run_id),
+            }
+            self.wait_meta[d.key] = wait
             attempt = self.loop.open_attempt(tx, d, WAITING_EVENT, {"kind": WAIT_KIND, "waitForEvent": wait}, now)
             self.loop.set_state(tx, d, WAITING_EVENT, ev.NODE_WAITING_EVENT, attempt=attempt)
             return self._resolve_wait(tx, d, now)
@@ -361,8 +379,7 @@ class WaitHandler:
         if wait is None:
             return False
         while True:
-            excluded = self.consumed_signals | set(wait.get("rejectedSignalSeqs") or ())
-            signal = tx.find_signal(self.loop.run_id, node.event, node.correlation_id, excluded)
+            signal = tx.find_signal(self.loop.run_id, node.event, node.correlation_id, self._unusable(wait))
             if signal is None:
                 break
             payload = json.loads(signal["payload_json"])
@@ -392,6 +409,19 @@ class WaitHandler:
                 self._record_failure(tx, d, error, {"kind": WAIT_KIND, "waitForEvent": wait})
             return True
         return False
+
+    def _unusable(self, wait: dict[str, Any]) -> set[int]:
+        """Signals this wait may not take: those it refused, and those received before it opened that
+        another wait consumed. A signal received while waits are open resolves every one of them
+        (docs/engine.md#approvals-waits-and-timers); one that came before is for the first wait only.
+        """
+        rejected = set(wait.get("rejectedSignalSeqs") or ())
+        if "openedAfterSignalSeq" not in wait:  # opened by an older version: every signal is consumed once
+            return self.consumed_signals | rejected
+        opened_after = wait["openedAfterSignalSeq"]
+        if opened_after is None:
+            return rejected
+        return {seq for seq in self.consumed_signals if seq <= opened_after} | rejected
 
     def _reject_signal(
         self, tx: Tx, d: Descriptor, wait: dict[str, Any], signal: dict[str, Any], model: str, exc: ValidationError
@@ -434,23 +464,26 @@ class WaitHandler:
         )
         self.loop.set_state(tx, d, FINISHED, ev.NODE_FINISHED, attempt=attempt)
 
-    def cancel_timers(self, tx: Tx, reason: str) -> None:
-        """Cancel the run's pending timers (it is ending)."""
+    def cancel_waiting(self, tx: Tx, reason: str) -> None:
+        """Cancel the run's timers, waits and approvals: it is ending (timers emit ``TimerCancelled``)."""
         graph = self.loop.graph
         if graph is None:
             return
+        now = now_ms()
         for d in graph.descriptors:
-            if self.loop.states.get(d.key) == WAITING_TIMER:
-                attempt = self.loop.last_attempt.get(d.key, 1)
+            state = self.loop.states.get(d.key)
+            if state not in WAITING_NODE_STATES:
+                continue
+            attempt = self.loop.last_attempt.get(d.key, 0)
+            numbered: dict[str, Any] = {}
+            if attempt:  # approvals have no attempt while they wait
                 tx.update_attempt(
-                    self.loop.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now_ms()
+                    self.loop.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now
                 )
-                tx.emit(
-                    self.loop.run_id,
-                    ev.TIMER_CANCELLED,
-                    {"nodeId": d.node_id, "iteration": d.iteration, "timerId": d.node_id},
-                )
-                self.loop.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason=reason)
+                numbered["attempt"] = attempt
+            if state == WAITING_TIMER:
+                tx.emit(self.loop.run_id, ev.TIMER_CANCELLED, timer_event(d.node_id, d.iteration))
+            self.loop.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, **numbered, reason=reason)
 
     def next_wake_ms(self, graph: Graph, sched: Schedule) -> int | None:
         """When something suspended becomes due on its own: a timer, a wait timeout, a retry backoff."""

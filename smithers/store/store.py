@@ -368,11 +368,29 @@ class Tx:
     def update_approval(self, run_id: str, node_id: str, iteration: int, **values: Any) -> None:
         self.update(t.approvals, {"run_id": run_id, "node_id": node_id, "iteration": iteration}, values)
 
-    def list_pending_approvals(self, run_id: str | None = None) -> list[Row]:
-        where: dict[str, Any] = {"status": "requested"}
-        if run_id is not None:
-            where["run_id"] = run_id
-        return self.select(t.approvals, where, ("requested_at_ms", "run_id", "node_id"))
+    def list_pending_approvals(self, run_statuses: Sequence[str], run_id: str | None = None) -> list[Row]:
+        """Undecided approvals of runs in ``run_statuses`` (the active ones: an ended run's approval
+        is no longer pending, though its row stays ``requested``), oldest request first."""
+        a, r = t.approvals.c, t.runs.c
+        count = len(statuses := list(run_statuses))
+        one_run = run_id is not None
+
+        def build() -> ClauseElement:
+            query = (
+                select(t.approvals)
+                .join(t.runs, r.run_id == a.run_id)
+                .where(a.status == bindparam("requested"))
+                .where(r.status.in_([bindparam(f"w_status_{i}") for i in range(count)]))
+            )
+            if one_run:
+                query = query.where(a.run_id == bindparam("w_run_id"))
+            return query.order_by(a.requested_at_ms, a.run_id, a.node_id)
+
+        params: dict[str, Any] = {f"w_status_{i}": status for i, status in enumerate(statuses)}
+        params["requested"] = "requested"
+        if one_run:
+            params["w_run_id"] = run_id
+        return self.rows(("pending_approvals", count, one_run), build, params)
 
     # ---- signals ----------------------------------------------------------------------------
     def insert_signal(
@@ -385,11 +403,8 @@ class Tx:
         received_by: str | None,
     ) -> int:
         self.store.lock_run(self, run_id)
-        c = t.signals.c
-        last = self.scalar(
-            "last_signal", lambda: select(func.max(c.seq)).where(c.run_id == bindparam("r")), {"r": run_id}
-        )
-        seq = 0 if last is None else int(last) + 1
+        last = self.last_signal_seq(run_id)
+        seq = 0 if last is None else last + 1
         self.insert(
             t.signals,
             {
@@ -403,6 +418,14 @@ class Tx:
             },
         )
         return seq
+
+    def last_signal_seq(self, run_id: str) -> int | None:
+        """The seq of the run's latest signal (None: it has none)."""
+        c = t.signals.c
+        last = self.scalar(
+            "last_signal", lambda: select(func.max(c.seq)).where(c.run_id == bindparam("r")), {"r": run_id}
+        )
+        return None if last is None else int(last)
 
     def find_signal(
         self, run_id: str, signal_name: str, correlation_id: str | None, exclude_seqs: set[int]

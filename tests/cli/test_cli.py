@@ -275,7 +275,7 @@ def test_events_follow_streams_a_live_run_until_it_ends(cli: Cli, tmp_path: Path
                 proc.wait(timeout=10)
     streamed = [json.loads(line) for line in follow_out.read_text().splitlines()]
     assert streamed == cli.events("live")
-    assert [e["type"] for e in streamed][-2:] == ["RunFinished", "SnapshotCaptured"]
+    assert [e["type"] for e in streamed][-2:] == ["SnapshotCaptured", "RunFinished"]
 
 
 # ---- approve, deny, signal, cancel ------------------------------------------------------------------
@@ -374,7 +374,7 @@ BAD_INPUT = [
     ("signal-unknown", ["signal", "ghost", "go", "--data", "{}"], "RUN_NOT_FOUND"),
     ("cancel-unknown", ["cancel", "ghost"], "RUN_NOT_FOUND"),
     ("cancel-finished", ["cancel", "seed"], "RUN_NOT_ACTIVE"),
-    ("approve-nothing-pending", ["approve", "seed"], "NO_PENDING_APPROVALS"),
+    ("approve-finished", ["approve", "seed"], "RUN_NOT_ACTIVE"),
 ]
 
 

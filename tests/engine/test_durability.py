@@ -180,6 +180,10 @@ def test_sigkill_mid_task_then_resume_reruns_only_the_interrupted_task(h: Harnes
     assert left["status"] == "running" and left["runtime_owner_id"] == owner  # nobody cleaned up
     assert h.attempts("crash", "slow") == [(1, "in-progress")]
     h.hold.unlink()
+    # a heartbeat a minute ahead can never look stale: only seeing that the owner's process is
+    # gone lets the resume take the run over
+    with h.store.write() as tx:
+        tx.update_run("crash", heartbeat_at_ms=now_ms() + 60_000)
 
     resumed = h.cli("resume", "crash")
     assert resumed.returncode == 0, resumed.stderr
@@ -202,8 +206,6 @@ def test_sigkill_mid_task_then_resume_reruns_only_the_interrupted_task(h: Harnes
     assert abandoned == [{"nodeId": "slow", "iteration": 0, "attempt": 1, "reason": "aborted"}]
     restarts = [e for e in events if e.type == "RunStarted" and e.payload.get("resumed")]
     assert len(restarts) == 1
-    # the owner's heartbeat was still fresh when the resume took over: it saw the process was gone
-    assert restarts[0].timestamp_ms - left["heartbeat_at_ms"] < OWNER_STALE_MS
     started = [e.payload["nodeId"] for e in events if e.type == "NodeStarted"]
     assert started == ["first", "slow", "slow", "last"]
 

@@ -62,7 +62,7 @@ def test_sequence_passes_outputs_and_persists_everything(store: Store) -> None:
     assert result.outputs == {"a": {"n": 4}, "b": {"n": 5}, "c": {"n": 50}}
     assert node_states(store, result.run_id) == {"a::0": "finished", "b::0": "finished", "c::0": "finished"}
     types = types_of(store, result.run_id)
-    assert types[0] == ev.RUN_STARTED and types[-2:] == [ev.RUN_FINISHED, ev.SNAPSHOT_CAPTURED]
+    assert types[0] == ev.RUN_STARTED and types[-2:] == [ev.SNAPSHOT_CAPTURED, ev.RUN_FINISHED]
     started = [e.payload["nodeId"] for e in events_of(store, result.run_id) if e.type == ev.NODE_STARTED]
     assert started == ["a", "b", "c"]
     seqs = [e.seq for e in events_of(store, result.run_id)]
@@ -195,7 +195,7 @@ def test_retries_exhausted_fail_the_run_with_the_error(store: Store) -> None:
     assert result.status == "failed" and result.error is not None
     assert "division by zero" in result.error["message"]
     assert node_states(store, result.run_id)["never::0"] == "pending"
-    assert types_of(store, result.run_id)[-2] == ev.RUN_FAILED
+    assert types_of(store, result.run_id)[-1] == ev.RUN_FAILED
 
 
 def test_invalid_output_is_a_failed_attempt_not_retried(store: Store) -> None:
@@ -267,7 +267,7 @@ def test_depends_on_orders_parallel_children(store: Store) -> None:
     [
         ("fail", "failed", "failed", None),
         ("continue", "finished", "finished", False),
-        ("skip", "finished", "skipped", None),
+        ("skip", "finished", "skipped", False),
         (None, "finished", "finished", False),
     ],
 )
@@ -302,7 +302,7 @@ def test_approval_granted_records_decision_and_continues(store: Store) -> None:
 
     first = smithers.run(appr, {}, db=store)
     with store.read() as tx:
-        pending = tx.list_pending_approvals(first.run_id)
+        pending = tx.list_pending_approvals(("waiting-approval",), first.run_id)
     assert [p["node_id"] for p in pending] == ["gate"]
     assert json.loads(pending[0]["request_json"])["title"] == "Go?"
     smithers.approve_node(store, first.run_id, "gate", note="ship it", decided_by="bob")
@@ -411,7 +411,7 @@ def test_cancel_stops_a_running_run(store: Store) -> None:
     result = asyncio.run(main())
     assert result.status == "cancelled"
     assert node_states(store, "c1") == {"sleep::0": "cancelled", "never::0": "pending"}
-    assert types_of(store, "c1")[-2] == ev.RUN_CANCELLED
+    assert types_of(store, "c1")[-1] == ev.RUN_CANCELLED
 
 
 def test_durable_cancel_request_reaches_the_owner(store: Store) -> None:

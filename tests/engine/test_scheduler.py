@@ -817,7 +817,7 @@ def test_loop_iteration_comes_from_loop_state() -> None:
         False,
     )
     assert info.node_keys == ["a::3", "b::3"]
-    assert g.loop_node_ids == frozenset({"a", "b"})
+    assert g.loop_of == {"a": "l", "b": "l"}
 
 
 def test_loop_defaults_to_iteration_zero_and_takes_done_from_loop_state() -> None:

@@ -479,7 +479,8 @@ def test_on_deny_policies(start_humans: Start) -> None:
         assert value["approved"] is False and value["note"] == "no" and value["decidedBy"] == "user:op", key
     assert live.wait_status(runs["deny_skip"], {"failed", "finished"})["status"] == "finished"
     assert node_states(live, runs["deny_skip"]) == {"ok": "skipped", "after": "finished"}
-    assert seen_value(live, runs["deny_skip"]) == {"value": None}
+    skipped = seen_value(live, runs["deny_skip"])["value"]  # skipped, and its decision still readable
+    assert skipped["approved"] is False and skipped["note"] == "no" and skipped["decidedBy"] == "user:op"
     assert 'smithers_gateway_approval_decisions_total{outcome="denied"} 4.0' in live.http.get("/metrics").text
 
 
