@@ -50,6 +50,8 @@ RPC_PATH: Final = re.compile(r"/v1/rpc/([^/]+)")
 _PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 REQUEST_TIMEOUT_RESPONSE: Final = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n"
 FORCE_EXIT_AFTER_S: Final = 0.25
+MAX_PIPELINED_REQUESTS: Final = 32
+"""Requests a connection may send ahead of the answers it has not received yet; more and it is dropped."""
 """After the gateway closed its sockets, uvicorn gets this long before it is forced to stop."""
 
 
@@ -187,6 +189,10 @@ class GatewayApp:
                 return
 
 
+class PipelineOverrun(Exception):
+    """Raised inside the HTTP parser to stop parsing a client's requests (see ``MAX_PIPELINED_REQUESTS``)."""
+
+
 def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol plus Node's ``headersTimeout``/``requestTimeout`` (docs/protocol.md#http-routes).
 
@@ -198,6 +204,7 @@ def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asy
     class GatewayHttpProtocol(HttpToolsProtocol):
         _headers_timer: asyncio.TimerHandle | None = None
         _request_timer: asyncio.TimerHandle | None = None
+        _overrun = False  # the client sent more than MAX_PIPELINED_REQUESTS ahead: it is being dropped
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -226,9 +233,26 @@ def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asy
                 self.transport.write(REQUEST_TIMEOUT_RESPONSE)
             self.transport.close()
 
+        def data_received(self, data: bytes) -> None:
+            if not self._overrun:
+                super().data_received(data)
+
         def on_message_begin(self) -> None:
+            # Requests sent ahead of their answers wait in memory: a client that keeps sending
+            # without reading is dropped rather than queued without end (docs/protocol.md#http-routes).
+            if len(self.pipeline) >= MAX_PIPELINED_REQUESTS:
+                self._overrun = True
+                raise PipelineOverrun
             super().on_message_begin()
             self._arm()
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._overrun:
+                super().send_400_response(msg)
+                return
+            log.warning("dropping an HTTP client that sent %d requests ahead of its answers", MAX_PIPELINED_REQUESTS)
+            self._disarm()
+            self.transport.abort()  # its unread answers are dropped with it
 
         def on_headers_complete(self) -> None:
             self._disarm(request=False)
@@ -249,6 +273,9 @@ def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asy
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._disarm()  # idle keep-alive is uvicorn's timeout_keep_alive; the next request re-arms
+            if self.pipeline:
+                # uvicorn reads on after each answer; parse no more while requests already wait
+                self.flow.pause_reading()
 
     return GatewayHttpProtocol
 

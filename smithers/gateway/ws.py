@@ -231,6 +231,12 @@ class Connection:
         elif self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
+    def _check_backlog(self, unread: int) -> None:
+        """Bytes the protocol wrote on its own (pongs) count against the same budget."""
+        buffered = unread + self._queued_bytes
+        if self.is_open and buffered > self._buffer_limit():
+            self._slow_consumer(buffered)
+
     def _buffer_limit(self) -> int:
         """Bytes this client may leave unread: ``maxBufferedBytes``, much less before it connects."""
         limit = self.host.options.max_buffered_bytes
@@ -438,7 +444,7 @@ class Connection:
         self._start_connect_timer()
         if direct is not None:
             self._direct = direct["protocol"]
-            self._direct.attach(self.on_message, self.ended)
+            self._direct.attach(self.on_message, self.ended, self._check_backlog)
             self.websocket = None  # the protocol carries the socket from here on
             self.send_event("connect.challenge", {"nonce": str(uuid.uuid4()), "ts": now_ms()})
             return True

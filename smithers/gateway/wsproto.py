@@ -37,6 +37,7 @@ _MASKED: Final = 0x80
 
 MessageSink = Callable[[str | bytes], None]
 LostHook = Callable[[], None]
+BacklogHook = Callable[[int], None]
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -54,6 +55,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     sink: MessageSink | None = None
     on_lost: LostHook | None = None
+    on_backlog: BacklogHook | None = None
     _direct = False  # frames are parsed here (see data_received)
     _partial: bytearray | None = None  # the start of a frame whose rest has not arrived
 
@@ -62,8 +64,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.handshake_initiated and getattr(self, "scope", None) is not None:
             self.scope["extensions"][SCOPE_EXTENSION] = {"protocol": self}  # type: ignore[index]
 
-    def attach(self, sink: MessageSink, on_lost: LostHook) -> None:
-        """From now on, deliver each complete message to ``sink``; call ``on_lost`` when the socket goes.
+    def attach(self, sink: MessageSink, on_lost: LostHook, on_backlog: BacklogHook | None = None) -> None:
+        """From now on, deliver each complete message to ``sink``; call ``on_lost`` when the socket goes,
+        and ``on_backlog`` with the bytes the peer has not taken whenever a frame the library answers
+        itself (a pong) has added to them: a client that pings without reading is a slow consumer too.
 
         The application may then return: the connection lives on in this protocol (an idle socket
         keeps no task, coroutine frames or ASGI queue entries). Frames are parsed here only if the
@@ -71,6 +75,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         """
         self.sink = sink
         self.on_lost = on_lost
+        self.on_backlog = on_backlog
         conn = self.conn
         self._direct = not conn.reader.buffer and not conn.extensions and conn.state is State.OPEN
         # What uvicorn kept of the handshake is not needed any more.
@@ -97,7 +102,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        hook, self.on_lost, self.sink = self.on_lost, None, None
+        hook, self.on_lost, self.sink, self.on_backlog = self.on_lost, None, None, None
         if hook is not None:
             hook()
 
@@ -118,6 +123,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         if not self._direct:
             super().data_received(data)
+            self._report_backlog()
             return
         partial = self._partial
         if partial:
@@ -157,6 +163,9 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                 if self.conn.state is not State.OPEN:
                     self._to_library(buf[pos:])
                     return
+                self._report_backlog()
+                if self.transport.is_closing():
+                    return
                 continue
             mask = buf[pos + head : pos + head + 4]
             payload = apply_mask(buf[pos + head + 4 : frame_end], mask)
@@ -170,6 +179,13 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             del partial[:pos]
         else:
             self._partial = bytearray(buf[pos:])
+
+    def _report_backlog(self) -> None:
+        hook = self.on_backlog
+        if hook is not None and not self.transport.is_closing():
+            waiting = self.transport.get_write_buffer_size()
+            if waiting:
+                hook(waiting)
 
     def _to_library(self, rest: bytes | bytearray) -> None:
         """Hand the rest of the stream to the ``websockets`` parser for good."""

@@ -235,3 +235,47 @@ def test_slow_headers_are_cut_off(start_gateway: Any) -> None:
     with socket.create_connection(("127.0.0.1", live.gateway.port), timeout=10) as idle:
         assert idle.recv(1024).startswith(b"HTTP/1.1 408")  # a silent client too
     assert live.http.get("/health").status_code == 200
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[bytes]:
+    """Read ``count`` HTTP responses (each with a Content-Length) off ``sock``, in order."""
+    buffer, answers = b"", []
+    try:
+        return _read_into(sock, count, buffer, answers)
+    except ConnectionResetError:
+        return answers
+
+
+def _read_into(sock: socket.socket, count: int, buffer: bytes, answers: list[bytes]) -> list[bytes]:
+    while len(answers) < count:
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return answers
+            buffer += chunk
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        answers.append(head.split(b"\r\n")[0])
+        buffer = rest[length:]
+    return answers
+
+
+def test_pipelined_requests_are_answered_in_order_and_a_flood_of_them_is_dropped(live: Live) -> None:
+    """Up to 32 requests may be sent ahead of their answers; a client that sends far more without
+    reading is disconnected instead of having its requests queued without end (see
+    tests/gateway/test_memory_bounds.py for what that cost)."""
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", live.gateway.port), timeout=10) as sock:
+        sock.sendall(request * 20)
+        assert _read_answers(sock, 20) == [b"HTTP/1.1 200 OK"] * 20
+        sock.sendall(request)  # the connection is still good
+        assert _read_answers(sock, 1) == [b"HTTP/1.1 200 OK"]
+    with socket.create_connection(("127.0.0.1", live.gateway.port), timeout=10) as flood:
+        flood.sendall(request * 2000)  # one write, far more than 32 ahead
+        answers = _read_answers(flood, 2000)
+    assert len(answers) < 2000  # dropped part way
+    assert live.http.get("/health").status_code == 200
