@@ -81,12 +81,16 @@ def resume(
     failed or cancelled nodes of a failed or cancelled run again.
     """
     store = open_store(db)
-    result = resume_run(store, run_id, force, quiet, retry=retry)
+    report_resumed(resume_run(store, run_id, force, quiet, retry=retry))
+
+
+def report_resumed(result: RunResult) -> None:
+    """Report a resume; one that found the run ended says it did nothing (exit 0)."""
     if result.unchanged:
         hint = (
             " (use --retry to run its failed or cancelled nodes again)" if result.status in (FAILED, CANCELLED) else ""
         )
-        typer.echo(f"run {run_id} is already {result.status}; nothing to do{hint}", err=True)
+        typer.echo(f"run {result.run_id} is already {result.status}; nothing to do{hint}", err=True)
         raise typer.Exit(EXIT_OK)
     report(result)
 
@@ -212,7 +216,7 @@ def _decide(
     result = guarded(act)
     typer.echo(f"{'approved' if approved else 'denied'} {result['nodeId']} of run {run_id}")
     if then_resume:
-        report(resume_run(store, run_id, force=False, quiet=False))
+        report_resumed(resume_run(store, run_id, force=False, quiet=False))
 
 
 NodeOpt = Annotated[str | None, typer.Option("--node", "-n", help="Node to decide (needed if several wait).")]
@@ -265,7 +269,7 @@ def signal(
     )
     typer.echo(f"signal {result['signalName']} stored for run {run_id} (seq {result['seq']})")
     if then_resume:
-        report(resume_run(store, run_id, force=False, quiet=False))
+        report_resumed(resume_run(store, run_id, force=False, quiet=False))
 
 
 @app.command()

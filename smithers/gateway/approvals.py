@@ -9,8 +9,10 @@ from smithers.engine import control
 from smithers.engine.states import APPROVAL_REQUESTED
 from smithers.errors import (
     FORBIDDEN,
+    INVALID_INPUT,
     INVALID_REQUEST,
     NOT_FOUND,
+    RUN_NOT_FOUND,
     AlreadyDecided,
     GatewayError,
     SmithersError,
@@ -119,6 +121,10 @@ async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             decision=value if value_given else None,
         )
     except SmithersError as exc:
+        if exc.code == AlreadyDecided:  # another caller decided it between the check and the write
+            raise GatewayError(AlreadyDecided, f"Approval for {node_id} has already been decided", exc.details) from exc
+        if exc.code not in (INVALID_INPUT, RUN_NOT_FOUND):
+            raise
         # The node is not waiting for a decision. The reference answers SERVER_ERROR with the
         # engine's message; there is simply no pending approval to decide (404).
         raise GatewayError(NOT_FOUND, exc.message, exc.details) from exc

@@ -19,7 +19,17 @@ from smithers.engine import events as ev
 from smithers.engine.ownership import owner_gone
 from smithers.engine.runner import RunLoop, prepare_run
 from smithers.engine.states import CANCELLED, FAILED, FINISHED, RUNNING, TERMINAL_RUN_STATUSES, WAITING_TIMER
-from smithers.errors import RunActiveError, ServerError, SmithersError
+from smithers.errors import (
+    INVALID_INPUT,
+    INVALID_REQUEST,
+    RENDER_FAILED,
+    GatewayError,
+    GraphError,
+    RunActiveError,
+    RunExistsError,
+    ServerError,
+    SmithersError,
+)
 from smithers.gateway.broadcast import map_event
 from smithers.gateway.context import ClientConnection
 from smithers.gateway.launches import LaunchBatcher
@@ -160,6 +170,9 @@ class RunSupervisor:
         entry = self._register(run_id, key)
         try:
             loop = prepare_run(reg.workflow, input, **self._run_options(run_id, entry, auth))
+        except SmithersError as exc:
+            self._unregister(run_id, entry)
+            raise _cannot_start(exc, key, run_id) from exc
         except BaseException:
             self._unregister(run_id, entry)
             raise
@@ -170,7 +183,10 @@ class RunSupervisor:
             else:
                 self._begin(run_id, entry, loop, auth, resume=False, subscriber=subscriber)
 
-        await self.launches.commit(loop, settled)
+        try:
+            await self.launches.commit(loop, settled)
+        except SmithersError as exc:
+            raise _cannot_start(exc, key, run_id) from exc
         return {"runId": run_id, "workflow": key}
 
     def _resume(
@@ -319,3 +335,19 @@ class RunSupervisor:
                 self.spawn(self.resume_if_needed(run_id, None))
 
         self._wakes[run_id] = loop.call_later(max(0.0, (wake_at_ms - now_ms()) / 1000), wake)
+
+
+def _cannot_start(exc: SmithersError, key: str, run_id: str) -> SmithersError:
+    """How a caller hears that a new run cannot start (docs/protocol.md#starting).
+
+    A first frame that cannot render, or a tree the engine refuses (a duplicate id, …), usually
+    comes from this input meeting the workflow's code: 400 ``INVALID_INPUT`` with the engine's code
+    in the details, answered with the request id, not a server error. An id another launch took
+    meanwhile reads as the check before the launch does. Anything else is the engine's own error.
+    """
+    if isinstance(exc, RunExistsError):
+        return GatewayError(INVALID_REQUEST, f"Run already exists: {run_id}")
+    if exc.code == RENDER_FAILED or isinstance(exc, GraphError):
+        details = {**(exc.details or {}), "engineCode": exc.code}
+        return GatewayError(INVALID_INPUT, f"Workflow {key} cannot start: {exc.message}", details)
+    return exc

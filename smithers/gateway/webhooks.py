@@ -30,6 +30,7 @@ from smithers.errors import (
     SERVER_ERROR,
     UNAUTHORIZED,
     GatewayError,
+    InvalidInputError,
     SmithersError,
 )
 from smithers.gateway.context import GatewayContext
@@ -177,7 +178,7 @@ async def handle_webhook(ctx: GatewayContext, key: str, headers: Mapping[str, st
         for run_id in matched:  # nothing is stored unless every matched wait takes the payload
             try:
                 check_signal(ctx.store, reg.workflow, run_id, config.signal_name, correlation, signal_payload)
-            except SmithersError as exc:
+            except InvalidInputError as exc:
                 raise _reject(INVALID_INPUT, exc.message, "invalid_payload") from exc
         for run_id in matched:
             record = control.signal_run(
@@ -198,7 +199,7 @@ async def handle_webhook(ctx: GatewayContext, key: str, headers: Mapping[str, st
             run_input = reg.workflow.validate_input(validate_run_input(run_input))
         except GatewayError as exc:
             raise WebhookRejected(exc, "invalid_payload") from exc
-        except SmithersError as exc:
+        except InvalidInputError as exc:
             raise _reject(INVALID_INPUT, exc.message, "invalid_payload") from exc
         started = await ctx.start_run(key, run_input, auth=auth)
     return {
@@ -231,8 +232,9 @@ async def handle(ctx: GatewayContext, request: Request, key: str) -> Response:
     except WebhookRejected as exc:
         ctx.metrics.webhooks_rejected.labels(label, exc.reason).inc()
         return json_response(webhook_error_body(exc.error), exc.error.http_status)
-    except SmithersError as exc:
-        ctx.metrics.webhooks_rejected.labels(label, "server_error").inc()
+    except SmithersError as exc:  # a run that cannot start (400), or the engine's own failure (500)
+        reason = "invalid_payload" if exc.http_status < 500 else "server_error"
+        ctx.metrics.webhooks_rejected.labels(label, reason).inc()
         return json_response(webhook_error_body(wire_error(exc)), exc.http_status)
     except Exception as exc:
         ctx.metrics.webhooks_rejected.labels(label, "server_error").inc()

@@ -456,6 +456,11 @@ def test_resuming_a_finished_run_is_a_no_op_that_says_so(cli: Cli) -> None:
     assert cli.events("done-1") == before  # nothing written: no second RunStarted or RunFinished
     [row] = [r for r in runs_in(cli.db) if r["run_id"] == "done-1"]
     assert row["status"] == "finished"
+    # a signal to an ended run is stored; its --resume says the run did nothing with it
+    signalled = cli("signal", "done-1", "late", "--resume")
+    assert signalled.returncode == 0, signalled.stderr
+    assert "run done-1 is already finished; nothing to do" in signalled.stderr
+    assert [e["type"] for e in cli.events("done-1")] == [e["type"] for e in before] + ["SignalReceived"]
 
 
 def test_resuming_a_finished_run_from_python_writes_nothing(sqlite_url: str) -> None:

@@ -69,6 +69,28 @@ def test_launch_run_id_options(live: Live) -> None:
     assert too_long.status_code == 400 and error_of(too_long)["code"] == "INVALID_INPUT"
 
 
+def test_a_run_whose_tree_cannot_be_made_from_its_input_is_refused_as_bad_input(live: Live) -> None:
+    """The first frame is rendered before the answer: a render that fails, or a tree the engine
+    refuses, comes back as 400 INVALID_INPUT with the engine's code, and no run exists."""
+    missing = live.rpc("launchRun", {"workflow": "picky", "runId": "p1", "input": {}})
+    assert missing.status_code == 400
+    error = error_of(missing)
+    assert error["code"] == "INVALID_INPUT" and error["engineCode"] == "RENDER_FAILED"
+    assert error["message"].startswith("Workflow picky cannot start: render failed: KeyError")
+    repeated = live.rpc("launchRun", {"workflow": "picky", "runId": "p2", "input": {"items": [1, 1]}})
+    assert repeated.status_code == 400 and error_of(repeated)["engineCode"] == "DUPLICATE_ID"
+    ws = live.ws(connect_now=True)
+    try:
+        params = {"workflow": "picky", "runId": "p3", "input": {"items": None}}
+        answer = ws.request("launchRun", params, frame_id="mine")
+        assert answer["id"] == "mine" and answer["ok"] is False and answer["error"]["code"] == "INVALID_INPUT"
+    finally:
+        ws.close()
+    assert [live.gateway.store.get_run(r) for r in ("p1", "p2", "p3")] == [None, None, None]
+    assert live.ok("launchRun", {"workflow": "picky", "runId": "p4", "input": {"items": [1, 2]}})["runId"] == "p4"
+    assert live.wait_status("p4", {"finished"})["status"] == "finished"
+
+
 def test_launch_with_the_id_of_an_active_run_is_a_conflict(live: Live) -> None:
     live.ok("launchRun", {"workflow": "slow", "runId": "busy"})
     live.wait_status("busy", {"running"})

@@ -89,7 +89,13 @@ def sleeper(ctx: Any) -> Any:
     return Sequence(Timer("nap", duration_ms=300), Task("after", output=Greeting, value=Greeting(message="awake")))
 
 
-WORKFLOWS = [hello, typed, slow, failing, chatty, gate, waiter, sleeper]
+@workflow("picky")
+def picky(ctx: Any) -> Any:
+    """A tree made from the input: without ``items`` it cannot render; a repeated item is a duplicate id."""
+    return Sequence(*[Task(f"item-{item}", value={"item": item}) for item in ctx.input["items"]])
+
+
+WORKFLOWS = [hello, typed, slow, failing, chatty, gate, waiter, sleeper, picky]
 
 
 class Echo(BaseModel):
