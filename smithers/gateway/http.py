@@ -13,7 +13,7 @@ import logging
 import re
 import socket
 import uuid
-from typing import Final
+from typing import Any, Final
 
 import uvicorn
 from starlette.requests import Request
@@ -50,9 +50,9 @@ RPC_PATH: Final = re.compile(r"/v1/rpc/([^/]+)")
 _PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 REQUEST_TIMEOUT_RESPONSE: Final = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n"
 FORCE_EXIT_AFTER_S: Final = 0.25
+"""After the gateway closed its sockets, uvicorn gets this long before it is forced to stop."""
 MAX_PIPELINED_REQUESTS: Final = 32
 """Requests a connection may send ahead of the answers it has not received yet; more and it is dropped."""
-"""After the gateway closed its sockets, uvicorn gets this long before it is forced to stop."""
 
 
 def decode_segment(segment: str) -> str:
@@ -205,6 +205,7 @@ def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asy
         _headers_timer: asyncio.TimerHandle | None = None
         _request_timer: asyncio.TimerHandle | None = None
         _overrun = False  # the client sent more than MAX_PIPELINED_REQUESTS ahead: it is being dropped
+        _serving: Any = None  # the request-response cycle being answered
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -266,8 +267,20 @@ def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asy
             self._disarm()
             super().handle_websocket_upgrade()
 
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            self._serving = cycle
+            super()._start_asgi_task(cycle, app)
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            # uvicorn tells only the newest request that the client left; the one being answered
+            # (with pipelining, an older one) and those waiting their turn must know it too, or the
+            # answer is written to a closed transport.
+            for cycle in [self._serving, *(queued for queued, _ in self.pipeline)]:
+                if cycle is not None and not cycle.response_complete:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+            self.pipeline.clear()
             super().connection_lost(exc)
 
         def on_response_complete(self) -> None:

@@ -6,17 +6,24 @@ import base64
 import hashlib
 import hmac
 import json
+import re
+import shutil
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from smithers.errors import ALL_CODES, http_status_for
 from smithers.gateway.tokens import issue_token, revoke_token
-from tests.gateway.support import Live
+from smithers.store.store import Store
+from tests.gateway.support import Live, wait_for
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MUTATING = {"runs.create", "launchRun", "resumeRun", "runs.cancel", "cancelRun", "runs.rerun"}
@@ -279,3 +286,47 @@ def test_pipelined_requests_are_answered_in_order_and_a_flood_of_them_is_dropped
         answers = _read_answers(flood, 2000)
     assert len(answers) < 2000  # dropped part way
     assert live.http.get("/health").status_code == 200
+
+
+SERVE_UVLOOP = (
+    "import sys; from smithers.gateway.server import Gateway; from smithers.cli.gateway_cmds import event_loop_runner; "
+    "event_loop_runner()(Gateway(sys.argv[1]).serve('127.0.0.1', 0))"
+)
+
+
+def test_a_pipelining_client_that_leaves_unread_causes_no_error(tmp_path: Path, migrated_db: Path) -> None:
+    """The request being answered when the client goes (an older one than the newest it sent) is
+    told the client left, so its answer is not written to a closed connection (under uvloop, as
+    ``smithers serve`` runs, that write raised and logged a traceback)."""
+    db = tmp_path / "g.db"
+    shutil.copyfile(migrated_db, db)
+    store = Store(str(db))
+    with store.write() as tx:  # listRuns answers of ~150 KB that a 4 KiB window cannot take
+        for index in range(60):
+            tx.insert_run(
+                run_id=f"pad-{index}",
+                workflow_name="hello",
+                status="finished",
+                created_at_ms=index,
+                config_json=json.dumps({"pad": "x" * 2000}),
+            )
+    store.close()
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        server = subprocess.Popen([sys.executable, "-c", SERVE_UVLOOP, str(db)], stderr=err)
+    try:
+        port = int(wait_for(lambda: re.search(r"127\.0\.0\.1:(\d+)", log.read_text()), "the gateway").group(1))
+        body = json.dumps({"method": "listRuns", "params": {"limit": 100}}).encode()
+        head = f"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall((head.encode() + body) * 30)
+        time.sleep(1)
+        sock.close()
+        time.sleep(1)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "Traceback" not in log.read_text(), log.read_text()
