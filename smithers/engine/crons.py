@@ -51,7 +51,7 @@ def validate_timezone(name: object) -> str | None:
         raise InvalidInputError("timezone must be an IANA time-zone name such as 'Europe/Paris'")
     try:
         ZoneInfo(name.strip())
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: "America" is a directory
         raise InvalidInputError(f"unknown time zone: {name!r}", details={"timezone": name}) from exc
     return name.strip()
 

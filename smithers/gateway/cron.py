@@ -96,19 +96,20 @@ async def trigger_cron(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     key = (workflow_of(row) if row is not None else None) or as_string(params.get("workflow"))
     if not key:
         raise GatewayError(INVALID_REQUEST, "cronId or workflow is required")
-    if row is not None:
-        now = now_ms()
-        following = next_fire_ms(row["pattern"], now, row["timezone"])
-        with ctx.store.write() as tx:
-            tx.update_cron_fields(row["cron_id"], last_run_at_ms=now, next_run_at_ms=following, error_json=None)
     run_input = validate_run_input(params.get("input") if params.get("input") is not None else {})
     if key not in ctx.workflows:
         # The reference answers SERVER_ERROR; an unknown workflow is the caller's mistake, as for launchRun.
         raise GatewayError(NOT_FOUND, f"Unknown workflow: {key}")
     with returning():  # checked against the workflow's input model, as launchRun does
         run_input = ctx.workflows[key].workflow.validate_input(run_input)
+    started_at = now_ms()
+    started = await ctx.start_run(key, run_input, auth=caller_auth(call.principal), subscriber=call.connection)
     ctx.metrics.cron_triggers.labels(TRIGGER_MANUAL).inc()
-    return await ctx.start_run(key, run_input, auth=caller_auth(call.principal), subscriber=call.connection)
+    if row is not None:  # only a trigger that started a run counts as the schedule's last run
+        following = next_fire_ms(row["pattern"], started_at, row["timezone"])
+        with ctx.store.write() as tx:
+            tx.update_cron_fields(row["cron_id"], last_run_at_ms=started_at, next_run_at_ms=following, error_json=None)
+    return started
 
 
 HANDLERS: Final[dict[str, Handler]] = {

@@ -494,6 +494,11 @@ def test_cli_cron_add_with_seconds_alias_and_time_zone(start_humans: Start) -> N
     assert proc.returncode == 4 and "invalid cron pattern" in proc.stderr
     proc = cli("cron", "add", "@daily", "adhoc", "--timezone", "Nowhere/Else", "--db", db, cwd=cwd)
     assert proc.returncode == 4 and "unknown time zone" in proc.stderr
+    for folder in ("America", "x" * 300):  # a folder of the zone database, a name too long for a file
+        proc = cli("cron", "add", "@daily", "adhoc", "--timezone", folder, "--db", db, cwd=cwd)
+        assert proc.returncode == 4 and "unknown time zone" in proc.stderr and "Traceback" not in proc.stderr
+        refused = live.rpc("cron.add", {"workflow": "adhoc", "pattern": "@daily", "timezone": folder}, token="op-token")
+        assert refused.status_code == 400 and error_of(refused)["code"] == "INVALID_INPUT"
 
 
 def test_cron_trigger_checks_the_input_model(start_gateway: Start) -> None:
@@ -503,5 +508,14 @@ def test_cron_trigger_checks_the_input_model(start_gateway: Start) -> None:
     error = error_of(response)
     assert error["code"] == "INVALID_INPUT" and "name" in error["message"]
     assert live.ok("listRuns") == []
+    # a refused trigger of a stored schedule leaves the schedule as it was
+    live.ok("cron.add", {"cronId": "typed-c", "workflow": "typed", "pattern": "0 0 1 1 *"})
+    [before] = [c for c in live.ok("cron.list") if c["cronId"] == "typed-c"]
+    assert live.rpc("cron.trigger", {"cronId": "typed-c", "input": {"nom": "x"}}).status_code == 400
+    assert [c for c in live.ok("cron.list") if c["cronId"] == "typed-c"] == [before]
+    triggered = live.ok("cron.trigger", {"cronId": "typed-c", "input": {"name": "ada"}})["runId"]
+    live.wait_status(triggered, {"finished"})
+    [after] = [c for c in live.ok("cron.list") if c["cronId"] == "typed-c"]
+    assert after["lastRunAtMs"] is not None and before["lastRunAtMs"] is None
     run_id = live.ok("cronRun", {"workflow": "typed", "input": {"name": "ada"}})["runId"]
     live.wait_status(run_id, {"finished"})
