@@ -173,7 +173,7 @@ def test_events_follow_waits_with_a_waiting_run_and_says_so(cli: Cli) -> None:
     notice = "run f2 is waiting-event; following until it ends (Ctrl-C to stop)"
     wait_for(lambda: notice in log.read_text(), "the follower to say it keeps following", TIMEOUT_S)
     assert follow.poll() is None
-    assert cli("signal", "f2", "go", "--data", "{\"n\": 2}", "--resume").returncode == 0
+    assert cli("signal", "f2", "go", "--data", '{"n": 2}', "--resume").returncode == 0
     code, out, _ = finish(follow, within_s=TIMEOUT_S)
     assert code == 0
     types = [json.loads(line)["type"] for line in out.splitlines()]
