@@ -17,6 +17,7 @@ from typing import Any
 
 from smithers.engine.workflow import Workflow
 from smithers.gateway import approvals, cron, history, runs, signals, streams
+from smithers.gateway.allocator import return_large_buffers
 from smithers.gateway.auth import MODE_TOKEN, Authenticator
 from smithers.gateway.broadcast import Broadcaster
 from smithers.gateway.context import ClientConnection
@@ -175,6 +176,7 @@ class Gateway:
         """Start HTTP + WebSocket on ``host:port`` (all interfaces by default) and return once bound."""
         if self._server is not None:
             return
+        return_large_buffers()  # what clients left unread goes back to the system once freed
         await self.start()
         register_schedules(self)  # an invalid schedule makes listen() fail
         self.cron.start()
