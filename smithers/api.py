@@ -70,6 +70,9 @@ async def run_async(
                 cancel=cancel,
                 on_event=on_event,
             )
+            # This call did run the run: a run found ended after the sleep (cancelled elsewhere)
+            # is reported as it is, not as a resume that did nothing.
+            result.unchanged = False
         return result
     finally:
         if not isinstance(db, Store):

@@ -58,7 +58,7 @@ def pending_approval_node(store: Store, run_id: str, node_id: str | None) -> tup
         run = _require_run(tx, run_id)
         if run["status"] not in ACTIVE_RUN_STATUSES:
             raise RunNotActiveError(f"run {run_id} is {run['status']}; it waits for no approval")
-        pending = tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, run_id)
+        pending = tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, WAITING_APPROVAL, run_id)
     if node_id is not None:
         for row in pending:
             if row["node_id"] == node_id:
@@ -86,7 +86,9 @@ def _decide(
 ) -> dict[str, Any]:
     now = now_ms()
     with store.write() as tx:
-        _require_run(tx, run_id)
+        run = _require_run(tx, run_id)
+        if run["status"] not in ACTIVE_RUN_STATUSES:
+            raise RunNotActiveError(f"run {run_id} is {run['status']}; it waits for no approval")
         node = tx.get_node(run_id, node_id, iteration)
         approval = tx.get_approval(run_id, node_id, iteration)
         if node is None or node["state"] != WAITING_APPROVAL or approval is None:
@@ -113,7 +115,11 @@ def _decide(
         run = _require_run(tx, run_id)
         if run["status"] in (WAITING_APPROVAL, WAITING_EVENT):
             # With no other approval pending the run reads waiting-event until resumed
-            others = [r for r in tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, run_id) if r["node_id"] != node_id]
+            others = [
+                r
+                for r in tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, WAITING_APPROVAL, run_id)
+                if r["node_id"] != node_id
+            ]
             tx.update_run(run_id, status=WAITING_APPROVAL if others else WAITING_EVENT)
         kind = ev.APPROVAL_GRANTED if approved else ev.APPROVAL_DENIED
         tx.emit(run_id, kind, {"nodeId": node_id, "iteration": iteration, "note": note, "decidedBy": decided_by})

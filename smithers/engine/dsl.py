@@ -86,7 +86,7 @@ class Approval(Node):
     """A durable human decision. Its output is the decision: ``{approved, note, decidedBy, decidedAt}``.
 
     ``on_deny``: ``"fail"`` fails the node (and the run); ``"continue"`` records
-    ``approved: false`` and carries on; ``"skip"`` marks the node skipped with no output.
+    ``approved: false`` and carries on; ``"skip"`` records it too but marks the node skipped.
     Left unset it behaves as ``"continue"``, as the JavaScript engine does
     (docs/engine.md#departures-from-the-engine-model).
     """

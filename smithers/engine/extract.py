@@ -82,6 +82,8 @@ class LoopInfo:
     until: bool
     node_keys: list[str] = field(default_factory=list)
     logical_id: str = ""
+    parent: str | None = None
+    """Ralph id of the loop this one is nested in."""
 
 
 @dataclass(eq=False)
@@ -158,7 +160,13 @@ class _Extractor:
             ralph_id = f"{node.id}@@{scope}" if scope else node.id
             iteration, done = self.loop_state.get(ralph_id, (0, False))
             info = LoopInfo(
-                ralph_id, iteration, node.max_iterations, node.on_max_reached, node.until or done, logical_id=node.id
+                ralph_id,
+                iteration,
+                node.max_iterations,
+                node.on_max_reached,
+                node.until or done,
+                logical_id=node.id,
+                parent=loops[-1].ralph_id if loops else None,
             )
             self.loops[ralph_id] = info
             props = _props(id=node.id, maxIterations=node.max_iterations, until=node.until)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,8 @@ from smithers.engine.waits import WaitHandler
 from smithers.engine.workflow import Workflow
 from smithers.store.rows import dumps, iso_ms, now_ms
 from smithers.store.store import Store, Tx
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENCY = 4
 CANCEL_SETTLE_S = 5.0
@@ -136,16 +140,23 @@ class RunCore:
         )
 
     def _render_iteration(self, loops: dict[str, LoopInfo]) -> int:
-        """``ctx.iteration`` of a render: the innermost loop still running; once every loop is done,
+        """``ctx.iteration`` of a render (docs/engine.md#ctx): the loop that is running, and if it has
+        loops nested in it, the one of those that is running, and so on down; once every loop is done,
         the last one's final iteration (so ids built from it stay the same after the loop ends)."""
-        ralph_ids = list(loops) or list(self.loop_state)
-        if not ralph_ids:
-            return 0
-        active = [r for r in ralph_ids if not self.loop_state.get(r, (0, loops[r].until if r in loops else False))[1]]
-        chosen = active[-1] if active else ralph_ids[-1]
-        if chosen in self.loop_state:
-            return self.loop_state[chosen][0]
-        return loops[chosen].iteration
+        if not loops:  # the first render of a resumed run: the stored loops, in no nesting order
+            running = [it for it, done in self.loop_state.values() if not done]
+            return running[0] if running else 0
+
+        def done(info: LoopInfo) -> bool:
+            return self.loop_state.get(info.ralph_id, (info.iteration, info.until))[1] or info.until
+
+        chosen: LoopInfo | None = None
+        for info in loops.values():  # document order: a loop comes before the loops nested in it
+            if info.parent == (chosen.ralph_id if chosen else None) and not done(info):
+                chosen = info
+        if chosen is None:
+            chosen = list(loops.values())[-1]
+        return self.loop_state.get(chosen.ralph_id, (chosen.iteration, False))[0]
 
     def _render_graph(self, reads: ReadLog) -> Graph:
         """Render and extract the tree of the current state."""
@@ -154,6 +165,26 @@ class RunCore:
             # of loop nodes default to their loop's iteration in the render that counts.
             self.graph = extract(self.workflow.render(self._ctx()), self.workflow.key, self.loop_state)
         return extract(self.workflow.render(self._ctx(reads=reads)), self.workflow.key, self.loop_state)
+
+    def linger(self, key: str, runtime: TaskRuntime) -> None:
+        """Keep the node (and a concurrency slot) held while a sync body of an ended attempt still runs."""
+        body = runtime.body
+        if body is None or body.done():
+            return
+        self.lingering[key] = body
+        loop = asyncio.get_running_loop()
+
+        def returned(_body: Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the run's loop is gone (the call returned): nobody to wake
+                loop.call_soon_threadsafe(self._wake.set)
+
+        body.add_done_callback(returned)
+        log.warning(
+            "run %s: the sync body of %s attempt %d outlived its attempt; the node waits for it to return",
+            self.run_id,
+            key,
+            runtime.attempt,
+        )
 
     def set_state(self, tx: Tx, d: Descriptor, state: str, event: str | None = None, **payload: Any) -> None:
         """Record a node's new state (and optionally an event about it) in ``tx``."""

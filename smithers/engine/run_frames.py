@@ -11,6 +11,7 @@ from smithers.engine.states import (
     CANCELLED,
     PENDING,
     SKIPPED,
+    UNMOUNTED,
 )
 from smithers.store.rows import dumps, now_ms
 from smithers.store.store import Tx
@@ -28,6 +29,10 @@ class RunFrames(RunCore):
         self.graph, self.render_reads, self.needs_render = graph, reads, False
         if self.in_flight:
             self._cancel_unmounted(graph)
+        dropped = [key for key in self.waiting if key not in graph.by_key]
+        if dropped:  # a wait, timer or approval the tree no longer mounts waits for nothing
+            with self.store.write() as tx:
+                self.waits.cancel_waiting(tx, UNMOUNTED, dropped)
         doc = graph.xml
         text = frames.canonical(doc)
         self.frame_no += 1
@@ -112,9 +117,10 @@ class RunFrames(RunCore):
         for key in [k for k in self.in_flight if k not in graph.by_key]:
             self.in_flight.pop(key).cancel()
             d = self.in_flight_desc.pop(key)
+            self.linger(key, self.in_flight_runtime.pop(key))
             attempt = self.last_attempt[key]
             with self.store.write() as tx:
                 tx.update_attempt(
                     self.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now_ms()
                 )
-                self.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason="unmounted")
+                self.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason=UNMOUNTED)

@@ -116,11 +116,11 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         if self._create_row is not None:
             with self.store.write() as tx:
                 self.write_new_run(tx)
-        self._collect_completions()
-        if self.lost_ownership:
+        if self.lost_ownership:  # before completions: a run taken over (or cancelled) is not written to
             raise RunOwnershipError(
                 f"run {self.run_id} was taken over by another process", code=RUN_RESUME_CLAIM_FAILED
             )
+        self._collect_completions()
         if self.cancel_event.is_set():
             return ("cancel", None)
         while True:
@@ -241,25 +241,10 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         for key in [k for k, t in self.in_flight.items() if t.done()]:
             task = self.in_flight.pop(key)
             runtime = self.in_flight_runtime.pop(key)
-            self._complete(self.in_flight_desc.pop(key), task)
-            self._linger(key, runtime)
+            self._complete(self.in_flight_desc.pop(key), task, runtime)
+            self.linger(key, runtime)
 
-    def _linger(self, key: str, runtime: TaskRuntime) -> None:
-        """Keep the node (and a concurrency slot) held while a sync body of an ended attempt still runs."""
-        body = runtime.body
-        if body is None or body.done():
-            return
-        self.lingering[key] = body
-        loop = asyncio.get_running_loop()
-        body.add_done_callback(lambda _b: loop.call_soon_threadsafe(self._wake.set))
-        log.warning(
-            "run %s: the sync body of %s attempt %d outlived its attempt; the node waits for it to return",
-            self.run_id,
-            key,
-            runtime.attempt,
-        )
-
-    def _complete(self, d: Descriptor, task: asyncio.Task[Any]) -> None:
+    def _complete(self, d: Descriptor, task: asyncio.Task[Any], runtime: TaskRuntime) -> None:
         attempt = self.last_attempt[d.key]
         now = now_ms()
         # Only _abort_in_flight cancels attempts (and records them itself): a body that raised a
@@ -282,6 +267,8 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                     self._unchanged_frame(tx)
                 return
             error = error_from_exception(exc)
+            if runtime.body_running():  # say so where the operator looks: the attempt's error
+                error.details = {**(error.details or {}), "bodyStillRunning": True}
             if error.code == TASK_HEARTBEAT_TIMEOUT:
                 tx.emit(
                     self.run_id,

@@ -68,7 +68,9 @@ def _dig(meta: Mapping[str, Any], *path: str) -> Any:
 
 def _approval_block(tx: Tx, run_id: str) -> dict[str, Any] | None:
     pending = [
-        row for row in tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, run_id) if row["requested_at_ms"] is not None
+        row
+        for row in tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, WAITING_APPROVAL, run_id)
+        if row["requested_at_ms"] is not None
     ]
     if not pending:
         return None

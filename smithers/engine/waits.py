@@ -464,26 +464,30 @@ class WaitHandler:
         )
         self.loop.set_state(tx, d, FINISHED, ev.NODE_FINISHED, attempt=attempt)
 
-    def cancel_waiting(self, tx: Tx, reason: str) -> None:
-        """Cancel the run's timers, waits and approvals: it is ending (timers emit ``TimerCancelled``)."""
-        graph = self.loop.graph
-        if graph is None:
-            return
+    def cancel_waiting(self, tx: Tx, reason: str, keys: list[str] | None = None) -> None:
+        """Cancel suspended nodes (all of them, or ``keys``): the run is ending, or its tree no longer
+        mounts them. Timers emit ``TimerCancelled`` first (docs/engine.md#cancellation)."""
+        loop = self.loop
+        graph = loop.graph
+        by_key = graph.by_key if graph is not None else {}
+        chosen = [k for k in (loop.waiting if keys is None else keys) if loop.states.get(k) in WAITING_NODE_STATES]
+        chosen.sort(key=lambda k: (by_key[k].ordinal if k in by_key else len(by_key), k))
         now = now_ms()
-        for d in graph.descriptors:
-            state = self.loop.states.get(d.key)
-            if state not in WAITING_NODE_STATES:
-                continue
-            attempt = self.loop.last_attempt.get(d.key, 0)
-            numbered: dict[str, Any] = {}
+        for key in chosen:
+            state = loop.states[key]
+            node_id, _, number = key.rpartition("::")
+            iteration = int(number)
+            attempt = loop.last_attempt.get(key, 0)
+            payload: dict[str, Any] = {"nodeId": node_id, "iteration": iteration}
             if attempt:  # approvals have no attempt while they wait
-                tx.update_attempt(
-                    self.loop.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now
-                )
-                numbered["attempt"] = attempt
+                tx.update_attempt(loop.run_id, node_id, iteration, attempt, state=CANCELLED, finished_at_ms=now)
+                payload["attempt"] = attempt
             if state == WAITING_TIMER:
-                tx.emit(self.loop.run_id, ev.TIMER_CANCELLED, timer_event(d.node_id, d.iteration))
-            self.loop.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, **numbered, reason=reason)
+                tx.emit(loop.run_id, ev.TIMER_CANCELLED, timer_event(node_id, iteration))
+            loop.states[key] = CANCELLED
+            loop.waiting.discard(key)
+            tx.update_node(loop.run_id, node_id, iteration, state=CANCELLED, updated_at_ms=now)
+            tx.emit(loop.run_id, ev.NODE_CANCELLED, {**payload, "reason": reason})
 
     def next_wake_ms(self, graph: Graph, sched: Schedule) -> int | None:
         """When something suspended becomes due on its own: a timer, a wait timeout, a retry backoff."""

@@ -12,6 +12,7 @@ from smithers.errors import (
     INVALID_INPUT,
     INVALID_REQUEST,
     NOT_FOUND,
+    RUN_NOT_ACTIVE,
     RUN_NOT_FOUND,
     AlreadyDecided,
     GatewayError,
@@ -123,7 +124,7 @@ async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     except SmithersError as exc:
         if exc.code == AlreadyDecided:  # another caller decided it between the check and the write
             raise GatewayError(AlreadyDecided, f"Approval for {node_id} has already been decided", exc.details) from exc
-        if exc.code not in (INVALID_INPUT, RUN_NOT_FOUND):
+        if exc.code not in (INVALID_INPUT, RUN_NOT_FOUND, RUN_NOT_ACTIVE):
             raise
         # The node is not waiting for a decision. The reference answers SERVER_ERROR with the
         # engine's message; there is simply no pending approval to decide (404).

@@ -13,7 +13,7 @@ import orjson
 
 from smithers.engine.runner import auth_context
 from smithers.engine.runstate import compute_run_state
-from smithers.engine.states import ACTIVE_RUN_STATUS_LIST, FAILED, statuses_matching
+from smithers.engine.states import ACTIVE_RUN_STATUS_LIST, FAILED, WAITING_APPROVAL, statuses_matching
 from smithers.errors import SmithersError, format_stack
 from smithers.gateway.auth import Principal
 from smithers.gateway.context import GatewayContext
@@ -115,7 +115,7 @@ def pending_approvals(store: Store) -> list[dict[str, Any]]:
     out = []
     with store.read() as tx:
         keys: dict[str, str] = {}
-        for row in tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST):
+        for row in tx.list_pending_approvals(ACTIVE_RUN_STATUS_LIST, WAITING_APPROVAL):
             run_id = row["run_id"]
             if run_id not in keys:
                 run = tx.get_run(run_id)

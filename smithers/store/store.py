@@ -368,10 +368,13 @@ class Tx:
     def update_approval(self, run_id: str, node_id: str, iteration: int, **values: Any) -> None:
         self.update(t.approvals, {"run_id": run_id, "node_id": node_id, "iteration": iteration}, values)
 
-    def list_pending_approvals(self, run_statuses: Sequence[str], run_id: str | None = None) -> list[Row]:
-        """Undecided approvals of runs in ``run_statuses`` (the active ones: an ended run's approval
-        is no longer pending, though its row stays ``requested``), oldest request first."""
-        a, r = t.approvals.c, t.runs.c
+    def list_pending_approvals(
+        self, run_statuses: Sequence[str], node_state: str, run_id: str | None = None
+    ) -> list[Row]:
+        """Undecided approvals whose node is in ``node_state`` (waiting) and whose run is in
+        ``run_statuses`` (active), oldest request first. An approval of an ended run, or one its tree
+        no longer mounts, is no longer pending, though its row stays ``requested``."""
+        a, r, n = t.approvals.c, t.runs.c, t.nodes.c
         count = len(statuses := list(run_statuses))
         one_run = run_id is not None
 
@@ -379,7 +382,9 @@ class Tx:
             query = (
                 select(t.approvals)
                 .join(t.runs, r.run_id == a.run_id)
+                .join(t.nodes, (n.run_id == a.run_id) & (n.node_id == a.node_id) & (n.iteration == a.iteration))
                 .where(a.status == bindparam("requested"))
+                .where(n.state == bindparam("node_state"))
                 .where(r.status.in_([bindparam(f"w_status_{i}") for i in range(count)]))
             )
             if one_run:
@@ -388,6 +393,7 @@ class Tx:
 
         params: dict[str, Any] = {f"w_status_{i}": status for i, status in enumerate(statuses)}
         params["requested"] = "requested"
+        params["node_state"] = node_state
         if one_run:
             params["w_run_id"] = run_id
         return self.rows(("pending_approvals", count, one_run), build, params)

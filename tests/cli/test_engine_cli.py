@@ -179,3 +179,19 @@ def test_events_follow_waits_with_a_waiting_run_and_says_so(cli: Cli) -> None:
     types = [json.loads(line)["type"] for line in out.splitlines()]
     assert types.count("NodeFinished") == 3 and types[-1] == "RunFinished"
     assert log.read_text().strip() == notice
+
+
+def test_a_resume_sleeping_on_a_timer_reports_a_cancel_from_elsewhere(cli: Cli) -> None:
+    """``smithers resume`` takes a timer run over and sleeps; cancelled from another process, it
+    exits as ``smithers run`` does (2, cancelled), not as a resume that found nothing to do."""
+    first = cli.run("nap", "n2")
+    wait_for(lambda: cli.status("n2") == "waiting-timer", "the run to sleep on its timer", TIMEOUT_S)
+    first.kill()  # the sleeper is gone; the run waits on its timer with nobody sleeping on it
+    first.communicate(timeout=TIMEOUT_S)
+    resumed = cli.start("resume", "n2")
+    wait_for(lambda: any(e.type == "RunStarted" and e.payload.get("resumed") for e in cli.events("n2")), "the resume")
+    wait_for(lambda: cli.status("n2") == "waiting-timer", "the resume to sleep on the timer", TIMEOUT_S)
+    assert cli("cancel", "n2").returncode == 2
+    code, _, err = finish(resumed, within_s=20)
+    assert code == 2, err
+    assert "nothing to do" not in err and cli.lines() == []

@@ -302,7 +302,7 @@ def test_approval_granted_records_decision_and_continues(store: Store) -> None:
 
     first = smithers.run(appr, {}, db=store)
     with store.read() as tx:
-        pending = tx.list_pending_approvals(("waiting-approval",), first.run_id)
+        pending = tx.list_pending_approvals(("waiting-approval",), "waiting-approval", first.run_id)
     assert [p["node_id"] for p in pending] == ["gate"]
     assert json.loads(pending[0]["request_json"])["title"] == "Go?"
     smithers.approve_node(store, first.run_id, "gate", note="ship it", decided_by="bob")

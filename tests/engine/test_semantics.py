@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 import smithers
@@ -138,7 +139,55 @@ def test_cancelling_a_running_run_aborts_attempts_and_cancels_its_waits(store: S
     types = types_of(store, "busy")
     assert types.index(ev.TIMER_CANCELLED) < types.index(ev.RUN_CANCELLED) and types[-1] == ev.RUN_CANCELLED
     with store.read() as tx:
-        assert tx.list_pending_approvals(("running", "waiting-approval", "waiting-event", "waiting-timer")) == []
+        active = ("running", "waiting-approval", "waiting-event", "waiting-timer")
+        assert tx.list_pending_approvals(active, "waiting-approval") == []
+
+
+def test_an_in_process_cancel_while_sleeping_on_a_timer_cancels_the_timer(store: Store) -> None:
+    @workflow("nap2")
+    def nap2(ctx: Any) -> Any:
+        return Sequence(Timer("nap", duration_ms=30_000), Task("after", value=1))
+
+    async def main() -> Any:
+        cancel = asyncio.Event()
+        task = asyncio.create_task(smithers.run_async(nap2, {}, db=store, run_id="nap2", cancel=cancel))
+        while (store.get_run("nap2") or {}).get("status") != "waiting-timer":
+            await asyncio.sleep(0.02)
+        cancel.set()
+        return await asyncio.wait_for(task, 10)
+
+    assert asyncio.run(main()).status == "cancelled"
+    assert node_states(store, "nap2") == {"nap::0": "cancelled", "after::0": "pending"}
+    types = types_of(store, "nap2")
+    assert types.index(ev.TIMER_CANCELLED) < types.index(ev.RUN_CANCELLED) == len(types) - 1
+    with store.read() as tx:
+        [attempt] = tx.list_attempts("nap2", "nap", 0)
+    assert attempt["state"] == "cancelled"
+
+
+def test_waits_the_tree_stops_mounting_are_cancelled(store: Store) -> None:
+    """A wait and an approval mounted beside a task, dropped by the render once the task says so:
+    they are cancelled (``unmounted``), the run finishes, and the approval is no longer pending."""
+
+    async def decide(ctx: Any) -> dict[str, bool]:
+        await asyncio.sleep(0.3)
+        return {"drop": True}
+
+    @workflow("drops")
+    def drops(ctx: Any) -> Any:
+        dropped = bool((ctx.output_maybe("decide") or {}).get("drop"))
+        return Parallel(
+            Task("decide", run=decide),
+            Branch(not dropped, then=Parallel(WaitForEvent("hear", event="go"), Approval("ask", title="Go?"))),
+        )
+
+    result = smithers.run(drops, {}, db=store, run_id="drops")
+    assert result.status == "finished"
+    assert node_states(store, "drops") == {"decide::0": "finished", "hear::0": "cancelled", "ask::0": "cancelled"}
+    reasons = [e.payload["reason"] for e in events_of(store, "drops") if e.type == ev.NODE_CANCELLED]
+    assert reasons == ["unmounted", "unmounted"]
+    with store.read() as tx:
+        assert tx.list_pending_approvals(("finished",), "waiting-approval") == []
 
 
 # ---- 2. one signal, every open wait -------------------------------------------------------------
@@ -287,6 +336,36 @@ def test_ids_made_from_the_iteration_stay_the_same_after_the_loop_ends(store: St
         "end::0": "finished",
     }
     assert ev.NODE_SKIPPED not in types_of(store, "steps")
+
+
+def test_sibling_loops_each_see_their_own_iteration_while_they_run(store: Store) -> None:
+    @workflow("siblings")
+    def siblings(ctx: Any) -> Any:
+        return Sequence(
+            Loop("L1", Task(f"a-{ctx.iteration}", value=1), max_iterations=3),
+            Loop("L2", Task(f"b-{ctx.iteration}", value=2), max_iterations=2),
+        )
+
+    assert smithers.run(siblings, {}, db=store, run_id="siblings").status == "finished"
+    finished = sorted(k for k, v in node_states(store, "siblings").items() if v == "finished")
+    assert finished == ["a-0::0", "a-1::1", "a-2::2", "b-0::0", "b-1::1"]
+    # (once L1 is done, a render's ctx.iteration is L2's: ids of L1 made from it would change;
+    # with several loops, ctx.iterations["L1"] names the loop; docs/engine.md#ctx)
+
+
+def test_a_sync_body_returning_after_the_call_returned_is_quiet(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    bodies = Bodies(seconds=0.5)
+
+    @workflow("late")
+    def late(ctx: Any) -> Any:
+        return Task("t", run=bodies, timeout_ms=100)
+
+    result = smithers.run(late, {}, db=store, run_id="late")
+    assert result.status == "failed" and result.error is not None
+    assert result.error["details"]["bodyStillRunning"] is True
+    wait_for(lambda: bodies.returned == 1, "the body to return", timeout=5)
+    time.sleep(0.1)
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
 
 
 # ---- 6. event details ----------------------------------------------------------------------------
