@@ -389,3 +389,15 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def waiting_node(run_id: str, node_id: str) -> dict[str, Any]:
+    """A node row waiting for approval (an approval is pending only while its node waits)."""
+    return {
+        "run_id": run_id,
+        "node_id": node_id,
+        "iteration": 0,
+        "state": "waiting-approval",
+        "updated_at_ms": 0,
+        "output_table": "approval",
+    }

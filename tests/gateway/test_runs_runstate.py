@@ -11,6 +11,7 @@ import pytest
 from smithers.engine.runstate import compute_run_state
 from smithers.store.rows import iso_ms
 from smithers.store.store import Store
+from tests.gateway.support import waiting_node
 
 NOW = 1_800_000_000_000
 
@@ -108,6 +109,7 @@ def test_waiting_approval_blocked_by_earliest_request(store: Store) -> None:
             tx.insert_approval(
                 run_id="r", node_id=node, iteration=0, status="requested", requested_at_ms=at, auto_approved=0
             )
+            tx.insert_nodes([waiting_node("r", node)])
     assert view(store, row)["blocked"] == {"kind": "approval", "nodeId": "a", "requestedAt": iso_ms(NOW - 500)}
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from smithers.engine.states import WAITING_APPROVAL
 from smithers.store.rows import dumps, now_ms
-from tests.gateway.support import OP_CLOSE, TOKEN_AUTH, Live, RawClient, frame, request, wait_for
+from tests.gateway.support import OP_CLOSE, TOKEN_AUTH, Live, RawClient, frame, request, wait_for, waiting_node
 
 OPERATOR = "operator-token"
 
@@ -118,6 +118,7 @@ def test_the_hello_snapshot_fits_a_client_frame_limit(start_gateway: Any) -> Non
                 request_json=dumps({"title": title}),
                 auto_approved=0,
             )
+            tx.insert_nodes([waiting_node(run_id, "ok")])
     client = RawClient(live)
     try:
         params = {"minProtocol": 1, "maxProtocol": 1, "client": {"id": "raw"}, "auth": {"token": OPERATOR}}
