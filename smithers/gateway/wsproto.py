@@ -156,8 +156,9 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                 break
             opcode = first & 0x0F
             simple = (first & 0xF0) == _FIN and second & _MASKED and opcode in (OP_TEXT, OP_BINARY)
-            if not simple or self.conn.expect_continuation_frame:
-                # Control frames, fragments, reserved bits, unmasked frames: the library's answer.
+            if not simple or self.conn.current_size is not None:
+                # Control frames, fragments (and any frame while a fragmented message is being
+                # received), reserved bits, unmasked frames: the library's answer.
                 super().data_received(bytes(buf[pos:frame_end]))
                 pos = frame_end
                 if self.conn.state is not State.OPEN:

@@ -109,3 +109,12 @@ def test_a_frame_over_the_size_limit_closes_with_1009(raw: RawClient) -> None:
 def test_client_close_is_answered(raw: RawClient) -> None:
     raw.send(frame(struct.pack("!H", 1000) + b"bye", OP_CLOSE))
     assert raw.close_code() == 1000
+
+
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY], ids=["text", "binary"])
+def test_a_data_frame_inside_a_fragmented_message_closes_with_1002(raw: RawClient, opcode: int) -> None:
+    """RFC 6455 §5.4: a new data frame before the final continuation fails the connection; neither
+    message is answered."""
+    first, second = request("health", frame_id="a"), request("health", frame_id="b")
+    raw.send(frame(first[:10], opcode, fin=False) + frame(second, opcode) + frame(first[10:], OP_CONT))
+    assert raw.close_code() == 1002
