@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/ensure-tools.sh
 SMITHERS_TEST_PG_URL="$(bash scripts/ensure-postgres.sh)"
 export SMITHERS_TEST_PG_URL
 echo "== ruff" && .venv/bin/ruff check smithers tests bench examples

@@ -87,6 +87,29 @@ SeqOutOfRange: Final = "SeqOutOfRange"
 AlreadyDecided: Final = "AlreadyDecided"
 PayloadTooLarge: Final = "PayloadTooLarge"
 Internal: Final = "Internal"
+# DevTools, node output and node diff (docs/protocol.md#devtools)
+InvalidNodeId: Final = "InvalidNodeId"
+InvalidIteration: Final = "InvalidIteration"
+InvalidDelta: Final = "InvalidDelta"
+NodeNotFound: Final = "NodeNotFound"
+IterationNotFound: Final = "IterationNotFound"
+NodeHasNoOutput: Final = "NodeHasNoOutput"
+MalformedOutputRow: Final = "MalformedOutputRow"
+FrameOutOfRange: Final = "FrameOutOfRange"
+Unauthorized: Final = "Unauthorized"
+BackpressureDisconnect: Final = "BackpressureDisconnect"
+AttemptNotFound: Final = "AttemptNotFound"
+AttemptNotFinished: Final = "AttemptNotFinished"
+VcsError: Final = "VcsError"
+WorkingTreeDirty: Final = "WorkingTreeDirty"
+DiffTooLarge: Final = "DiffTooLarge"
+# Rewind (docs/protocol.md#rewind)
+InvalidFrameNo: Final = "InvalidFrameNo"
+ConfirmationRequired: Final = "ConfirmationRequired"
+Busy: Final = "Busy"
+RateLimited: Final = "RateLimited"
+UnsupportedSandbox: Final = "UnsupportedSandbox"
+RewindFailed: Final = "RewindFailed"
 
 _STATUS_BY_CODE: Final[dict[str, int]] = {
     INVALID_REQUEST: 400,
@@ -94,11 +117,28 @@ _STATUS_BY_CODE: Final[dict[str, int]] = {
     PROTOCOL_UNSUPPORTED: 400,
     InvalidRunId: 400,
     SeqOutOfRange: 400,
+    InvalidNodeId: 400,
+    InvalidIteration: 400,
+    InvalidDelta: 400,
+    InvalidFrameNo: 400,
+    ConfirmationRequired: 400,
+    FrameOutOfRange: 400,
     UNAUTHORIZED: 401,
+    Unauthorized: 401,
     FORBIDDEN: 403,
     NOT_FOUND: 404,
     METHOD_NOT_FOUND: 404,
     RunNotFound: 404,
+    NodeNotFound: 404,
+    AttemptNotFound: 404,
+    IterationNotFound: 404,
+    NodeHasNoOutput: 404,
+    AttemptNotFinished: 409,
+    Busy: 409,
+    DiffTooLarge: 413,
+    RateLimited: 429,
+    BackpressureDisconnect: 429,
+    UnsupportedSandbox: 501,
     # RUN_NOT_ACTIVE is 500 in 0.18.0, and CONFLICT has no status there (so 500): both are
     # conflicts, not server faults (docs/protocol.md#departures-from-0180).
     RUN_NOT_ACTIVE: 409,

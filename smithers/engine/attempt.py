@@ -8,6 +8,7 @@ import asyncio
 import contextvars
 import inspect
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from smithers.engine.bodies import BODY_THREADS
 from smithers.engine.context import Ctx
 from smithers.engine.dsl import RetryPolicy, Task
+from smithers.engine.vcs import Vcs
 from smithers.errors import (
     AGENT_NOT_AVAILABLE,
     HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE,
@@ -31,6 +33,8 @@ from smithers.errors import (
     SmithersError,
     TaskTimeoutError,
 )
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_THROTTLE_MS = 500
 HEARTBEAT_MAX_BYTES = 1_000_000
@@ -53,6 +57,10 @@ class TaskRuntime:
     """The thread running a sync body, which may outlive the attempt (Python cannot stop a thread)."""
     ended: bool = False
     """The attempt is over (finished, failed, timed out or cancelled); a body still running should stop."""
+    vcs: Vcs | None = None
+    """The run's working directory under version control, snapshotted when a compute attempt ends."""
+    pointer: str | None = None
+    """That snapshot, once taken."""
 
     def body_running(self) -> bool:
         """A sync body of this attempt is still running (after a timeout or cancel)."""
@@ -122,9 +130,35 @@ def _call_arity(fn: Callable[..., Any]) -> int:
 
 
 async def run_attempt(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
-    """Run one attempt of ``task`` and return its validated JSON output."""
+    """Run one attempt of ``task`` and return its validated JSON output.
+
+    With a working directory under version control, a compute attempt that ends (well or not)
+    records a snapshot of it (``runtime.pointer``; docs/engine.md#working-directory-snapshots).
+    """
     if task.agent is not None:
         raise SmithersError("agent tasks are not available yet in this version", code=AGENT_NOT_AVAILABLE)
+    if runtime.vcs is None or task.run is None:
+        return await _attempt(task, ctx, runtime)
+    try:
+        value = await _attempt(task, ctx, runtime)
+    except Exception:
+        await _record_pointer(task, runtime)
+        raise
+    await _record_pointer(task, runtime)
+    return value
+
+
+async def _record_pointer(task: Task, runtime: TaskRuntime) -> None:
+    vcs = runtime.vcs
+    assert vcs is not None
+    label = f"smithers: {task.id} iteration {runtime.iteration} attempt {runtime.attempt}"
+    try:
+        runtime.pointer = await asyncio.to_thread(vcs.snapshot, label)
+    except Exception:  # the attempt's outcome stands; it only has no pointer
+        log.warning("could not snapshot %s after %s attempt %d", vcs.root, task.id, runtime.attempt, exc_info=True)
+
+
+async def _attempt(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
     token = _runtime.set(runtime)
     try:
         async with asyncio.timeout(task.timeout_ms / 1000 if task.timeout_ms else None):

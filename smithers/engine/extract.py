@@ -169,7 +169,16 @@ class _Extractor:
                 parent=loops[-1].ralph_id if loops else None,
             )
             self.loops[ralph_id] = info
-            props = _props(id=node.id, maxIterations=node.max_iterations, until=node.until)
+            # The loop's position is in the frame, so a frame alone says where every loop stood
+            # (a rewind or fork restores loops from it; docs/engine.md#frames-snapshots-and-history).
+            props = _props(
+                id=node.id,
+                maxIterations=node.max_iterations,
+                until=node.until,
+                iteration=iteration,
+                done=True if done else None,
+                ralphId=ralph_id if ralph_id != node.id else None,
+            )
             out = self.container(node, "ralph", props, path, [*loops, info], group, is_loop=True)
             assert out is not None
             out[1].key = ralph_id

@@ -18,6 +18,7 @@ from smithers.engine.ownership import new_owner_id
 from smithers.engine.states import (
     WAITING_NODE_STATES,
 )
+from smithers.engine.vcs import Vcs
 from smithers.engine.waits import WaitHandler
 from smithers.engine.workflow import Workflow
 from smithers.store.rows import dumps, iso_ms, now_ms
@@ -91,6 +92,8 @@ class RunCore:
         self.in_flight: dict[str, asyncio.Task[Any]] = {}
         self.in_flight_desc: dict[str, Descriptor] = {}
         self.in_flight_runtime: dict[str, TaskRuntime] = {}
+        self.vcs: Vcs | None = None
+        """The run's working directory under version control (docs/engine.md#working-directory-snapshots)."""
         self.lingering: dict[str, Future[Any]] = {}
         """Sync bodies of ended attempts still running, by node key: each holds its node and a slot."""
         self.frame_no = 0
@@ -218,7 +221,9 @@ class RunCore:
             state=state,
             started_at_ms=now_ms() if now is None else now,
             cached=0,
-            meta_json=dumps(meta),
+            # the frame the attempt started after: a rewind to frame N drops attempts of frame N on
+            # (docs/engine.md#frames-snapshots-and-history)
+            meta_json=dumps({**meta, "frameNo": self.frame_no}),
             **values,
         )
         return attempt

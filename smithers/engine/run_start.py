@@ -19,6 +19,7 @@ from smithers.engine.states import (
     RUNNING,
     WAITING_NODE_STATES,
 )
+from smithers.engine.vcs import detect, vcs_of
 from smithers.errors import (
     ATTEMPT_ABANDONED,
     RENDER_FAILED,
@@ -55,7 +56,14 @@ class RunStart(RunCore):
         cfg = {"maxConcurrency": self.max_concurrency, "workflowKey": self.workflow.key, **config}
         if auth is not None:
             cfg["auth"] = auth
+        vcs_columns: dict[str, Any] = {}
+        if self.workflow.workdir is not None:
+            self.vcs = detect(self.workflow.workdir)
+            if self.vcs is not None:  # the state the run starts from: a rewind to before any task restores it
+                start = self.vcs.snapshot(f"smithers: run {self.run_id} starts")
+                vcs_columns = {"vcs_type": self.vcs.kind, "vcs_root": self.vcs.root, "vcs_revision": start}
         self._create_row = {
+            **vcs_columns,
             "run_id": self.run_id,
             "workflow_name": self.workflow.key,
             "workflow_path": self.workflow.path,
@@ -143,6 +151,7 @@ class RunStart(RunCore):
             tx.emit(self.run_id, ev.RUN_STARTED, {"resumed": True})
             self.input = json.loads(tx.get_input_json(self.run_id) or "{}")
             self.auth = cfg.get("auth")
+            self.vcs = vcs_of(row)
             self._load(tx, resumed_failed=status == FAILED)
         return True
 

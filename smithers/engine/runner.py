@@ -49,7 +49,7 @@ from smithers.errors import (
     error_from_exception,
 )
 from smithers.store.events_bus import StoredEvent
-from smithers.store.rows import dumps, now_ms
+from smithers.store.rows import dumps, loads, now_ms
 from smithers.store.store import Store, Tx
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "commit_new_runs",
     "prepare_run",
     "run_async",
+    "view_stored",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         with self.store.write() as tx:
             attempt = self.open_attempt(tx, d, IN_PROGRESS, meta)
             self.set_state(tx, d, IN_PROGRESS, ev.NODE_STARTED, attempt=attempt)
-        runtime = TaskRuntime(d.node_id, d.iteration, attempt, self._heartbeat_callback(d, attempt))
+        runtime = TaskRuntime(d.node_id, d.iteration, attempt, self._heartbeat_callback(d, attempt), vcs=self.vcs)
         ctx = self._ctx(attempt, self.last_heartbeat_data.get(d.key), node=d)
         task = asyncio.create_task(run_attempt(d.node, ctx, runtime), name=f"smithers:{d.key}")
         task.add_done_callback(lambda _t: self._wake.set())
@@ -255,10 +256,17 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             else task.exception()
         )
         with self.store.write() as tx:
+            pointer = (
+                {}
+                if runtime.pointer is None or self.vcs is None
+                else {"jj_pointer": runtime.pointer, "jj_cwd": self.vcs.root}
+            )
             if exc is None:
                 payload = task.result()
                 tx.upsert_output(self.run_id, d.node_id, d.iteration, d.output_table, payload)
-                tx.update_attempt(self.run_id, d.node_id, d.iteration, attempt, state=FINISHED, finished_at_ms=now)
+                tx.update_attempt(
+                    self.run_id, d.node_id, d.iteration, attempt, state=FINISHED, finished_at_ms=now, **pointer
+                )
                 self.outputs[(d.node_id, d.iteration)] = StoredOutput(d.node_id, d.iteration, d.output_table, payload)
                 self.set_state(tx, d, FINISHED, ev.NODE_FINISHED, attempt=attempt)
                 if self.render_reads.depends_on(d.node_id, d.output_table):
@@ -284,6 +292,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 state=FAILED,
                 finished_at_ms=now,
                 error_json=dumps(error.to_dict()),
+                **pointer,
             )
             failures = self.failures.get(d.key, 0) + 1
             self.failures[d.key] = failures
@@ -405,6 +414,17 @@ class RunLoop(RunStart, RunFrames, RunEndings):
     async def _sleep_until(self, when_ms: int) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.cancel_event.wait(), timeout=max(0.0, (when_ms - now_ms()) / 1000))
+
+
+def view_stored(store: Store, workflow: Workflow, run_id: str) -> tuple[RunLoop, Graph]:
+    """A stored run's state and its tree as it would render now (read only: renders are pure)."""
+    loop = RunLoop(store, workflow, run_id, max_concurrency=1, cancel=None)
+    with store.read() as tx:
+        loop.input = loads(tx.get_input_json(run_id)) or {}
+        row = tx.get_run(run_id)
+        loop.auth = (loads(row["config_json"]) or {}).get("auth") if row is not None else None
+        loop.load_state(tx)
+    return loop, loop.render_view()
 
 
 def prepare_run(

@@ -15,11 +15,10 @@ from pydantic import ValidationError
 
 from smithers.engine.dsl import WaitForEvent
 from smithers.engine.pending import pending_waits
-from smithers.engine.runner import RunLoop
+from smithers.engine.runner import view_stored
 from smithers.engine.states import WAITING_EVENT
 from smithers.engine.workflow import Workflow
 from smithers.errors import InvalidInputError
-from smithers.store.rows import loads
 from smithers.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,13 +38,8 @@ def check_signal(
         waits = [w for w in pending_waits(tx, run_id) if w.accepts(name, correlation)]
         if not waits:
             return
-        loop = RunLoop(store, workflow, run_id, max_concurrency=1, cancel=None)
-        loop.input = loads(tx.get_input_json(run_id)) or {}
-        row = tx.get_run(run_id)
-        loop.auth = (loads(row["config_json"]) or {}).get("auth") if row is not None else None
-        loop.load_state(tx)
     try:
-        graph = loop.render_view()
+        loop, graph = view_stored(store, workflow, run_id)
     except Exception:
         log.debug("cannot render run %s to check a signal; the run will check it", run_id, exc_info=True)
         return

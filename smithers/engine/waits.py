@@ -85,6 +85,7 @@ class RunAccess(Protocol):
 
     run_id: str
     store: Store
+    frame_no: int
     states: dict[str, str]
     waiting: set[str]
     last_attempt: dict[str, int]
@@ -109,10 +110,14 @@ class WaitHandler:
         self.approval_deadlines: dict[str, int] = {}
         self._approval_graph: Graph | None = None
         self._approval_keys: list[str] = []
+        self._started_after: dict[str, int] = {}
+        """Per node key, the frame its current attempt started after (kept in every meta rewrite)."""
 
     def load_attempt(self, attempt: dict[str, Any]) -> None:
         meta = json.loads(attempt["meta_json"]) if attempt["meta_json"] else {}
         key = f"{attempt['node_id']}::{attempt['iteration']}"
+        if isinstance(meta.get("frameNo"), int):
+            self._started_after[key] = meta["frameNo"]
         if meta.get("kind") == TIMER_KIND:
             self.timer_fires_at[key] = int(meta["timer"]["firesAtMs"])
         elif meta.get("kind") == WAIT_KIND:
@@ -215,7 +220,7 @@ class WaitHandler:
             )
             return attempt
         if meta is not None:
-            values["meta_json"] = dumps(meta)
+            values["meta_json"] = self._meta_json(d.key, meta)
         tx.update_attempt(self.loop.run_id, d.node_id, d.iteration, attempt, state=state, **values)
         return attempt
 
@@ -251,6 +256,7 @@ class WaitHandler:
             }
             self.wait_meta[d.key] = wait
             attempt = self.loop.open_attempt(tx, d, WAITING_EVENT, {"kind": WAIT_KIND, "waitForEvent": wait}, now)
+            self._started_after[d.key] = self.loop.frame_no
             self.loop.set_state(tx, d, WAITING_EVENT, ev.NODE_WAITING_EVENT, attempt=attempt)
             return self._resolve_wait(tx, d, now)
 
@@ -271,6 +277,7 @@ class WaitHandler:
         self.timer_fires_at[d.key] = fires_at
         with self.loop.store.write() as tx:
             self.loop.open_attempt(tx, d, WAITING_TIMER, {"kind": TIMER_KIND, "timer": timer}, now)
+            self._started_after[d.key] = self.loop.frame_no
             tx.emit(
                 self.loop.run_id,
                 ev.TIMER_CREATED,
@@ -423,6 +430,11 @@ class WaitHandler:
             return rejected
         return {seq for seq in self.consumed_signals if seq <= opened_after} | rejected
 
+    def _meta_json(self, key: str, meta: dict[str, Any]) -> str:
+        """``meta`` for the node's current attempt, still naming the frame the attempt started after."""
+        started = self._started_after.get(key)
+        return dumps(meta if started is None else {**meta, "frameNo": started})
+
     def _reject_signal(
         self, tx: Tx, d: Descriptor, wait: dict[str, Any], signal: dict[str, Any], model: str, exc: ValidationError
     ) -> dict[str, Any]:
@@ -431,7 +443,7 @@ class WaitHandler:
         wait = {**wait, "rejectedSignalSeqs": [*(wait.get("rejectedSignalSeqs") or ()), seq]}
         self.wait_meta[d.key] = wait
         attempt = self.loop.last_attempt.get(d.key, 0)
-        meta = dumps({"kind": WAIT_KIND, "waitForEvent": wait})
+        meta = self._meta_json(d.key, {"kind": WAIT_KIND, "waitForEvent": wait})
         tx.update_attempt(self.loop.run_id, d.node_id, d.iteration, attempt, meta_json=meta)
         tx.emit(
             self.loop.run_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, overload
@@ -28,6 +29,7 @@ class Workflow:
         input: type[BaseModel] | None = None,
         name: str | None = None,
         description: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
     ):
         if not key or not isinstance(key, str):
             raise ValueError("a workflow needs a non-empty string key")
@@ -38,6 +40,10 @@ class Workflow:
         self.description = description or (inspect.getdoc(render) or "").split("\n\n")[0] or None
         self.path = _source_path(render)
         self._source_hash: str | None = None
+        self.workdir = None if workdir is None else str(workdir)
+        """The directory its tasks change. When it is a git repository, every compute attempt records a
+        snapshot of it, so node diffs can be shown and a rewind restores it
+        (docs/engine.md#working-directory-snapshots)."""
 
     def validate_input(self, data: Any) -> dict[str, Any]:
         """The run input as a plain dict, checked against the input model if there is one."""
@@ -89,18 +95,28 @@ def _first_error(exc: ValidationError) -> str:
 def workflow(key: RenderFn) -> Workflow: ...
 @overload
 def workflow(
-    key: str, *, input: type[BaseModel] | None = None, name: str | None = None, description: str | None = None
+    key: str,
+    *,
+    input: type[BaseModel] | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    workdir: str | os.PathLike[str] | None = None,
 ) -> Callable[[RenderFn], Workflow]: ...
 
 
 def workflow(
-    key: Any, *, input: type[BaseModel] | None = None, name: str | None = None, description: str | None = None
+    key: Any,
+    *,
+    input: type[BaseModel] | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    workdir: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Declare a workflow: ``@workflow("hello")`` (or bare ``@workflow``, keyed by function name)."""
     if callable(key) and not isinstance(key, str):
         return Workflow(key.__name__, key)
 
     def decorate(fn: RenderFn) -> Workflow:
-        return Workflow(key, fn, input=input, name=name, description=description)
+        return Workflow(key, fn, input=input, name=name, description=description, workdir=workdir)
 
     return decorate

@@ -215,6 +215,19 @@ branches = Table(
     Column("created_at_ms", BigInteger, nullable=False),
 )
 
+node_diffs = Table(
+    "_smithers_node_diffs",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("node_id", Text, primary_key=True),
+    Column("iteration", Integer, primary_key=True),
+    Column("base_ref", Text, primary_key=True),
+    Column("diff_json", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
 time_travel_audit = Table(
     "_smithers_time_travel_audit",
     metadata,
