@@ -33,5 +33,6 @@ TIMER_CREATED = "TimerCreated"
 TIMER_FIRED = "TimerFired"
 TIMER_CANCELLED = "TimerCancelled"
 TIME_TRAVEL_JUMPED = "TimeTravelJumped"
+RUN_FORKED = "RunForked"
 
 RUN_TERMINAL_EVENTS = frozenset({RUN_FINISHED, RUN_FAILED, RUN_CANCELLED})

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from smithers.engine.timetravel import Rewinder
     from smithers.gateway.metrics import GatewayMetrics
     from smithers.gateway.options import GatewayOptions, Registration
     from smithers.gateway.windows import RunWindows
@@ -43,6 +44,34 @@ class ClientConnection(Protocol):
 
     def send_event(self, event: str, payload: Any) -> bool: ...
 
+    def follows(self, run_id: str) -> bool:
+        """Whether the subscription filter lets this run's events through (no filter: every run)."""
+        ...
+
+    def queued_frames(self) -> int:
+        """Frames queued for this client and not yet written to its socket."""
+        ...
+
+
+class DevToolsStreams(Protocol):
+    """The DevTools streams of the gateway (``streamDevTools``)."""
+
+    def latest(self, run_id: str) -> int:
+        """The run's latest frame number (0 without frames)."""
+        ...
+
+    def open(self, conn: ClientConnection, run_id: str) -> RunStream:
+        """A new stream of ``run_id`` for ``conn`` (not started)."""
+        ...
+
+    def add(self, stream: Any, seq: int | None) -> None:
+        """Start a stream: its first snapshot, catching up from ``seq``, then one event per frame."""
+        ...
+
+    def rebaseline(self, run_id: str) -> None:
+        """The run was rewound: its streams send a full snapshot next."""
+        ...
+
 
 class GatewayContext(Protocol):
     """The running gateway as handlers see it."""
@@ -61,6 +90,16 @@ class GatewayContext(Protocol):
 
     @property
     def windows(self) -> RunWindows: ...
+
+    @property
+    def rewinder(self) -> Rewinder:
+        """Rewinds of this gateway's runs (one at a time per run)."""
+        ...
+
+    @property
+    def devtools(self) -> DevToolsStreams:
+        """The DevTools streams and their frame pollers."""
+        ...
 
     @property
     def state_version(self) -> int:

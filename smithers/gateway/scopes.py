@@ -106,7 +106,9 @@ METHOD_SCOPES: Final[Mapping[str, str]] = {
         ),
         RUN_READ,
     ),
-    **dict.fromkeys(("runs.create", "launchRun", "resumeRun", "runs.cancel", "cancelRun", "runs.rerun"), RUN_WRITE),
+    **dict.fromkeys(
+        ("runs.create", "launchRun", "resumeRun", "runs.cancel", "cancelRun", "runs.rerun", "runs.fork"), RUN_WRITE
+    ),
     **dict.fromkeys(("jumpToFrame", "devtools.jumpToFrame", "rewindRun", "hijackRun"), RUN_ADMIN),
     **dict.fromkeys(("approvals.decide", "submitApproval", APPROVE_PSEUDO_METHOD), APPROVAL_SUBMIT),
     **dict.fromkeys(("signals.send", "submitSignal"), SIGNAL_SUBMIT),

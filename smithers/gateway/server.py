@@ -15,12 +15,14 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
+from smithers.engine.timetravel import Rewinder, recover_rewinds
 from smithers.engine.workflow import Workflow
-from smithers.gateway import approvals, cron, history, runs, signals, streams
+from smithers.gateway import approvals, cron, devstreams, devtools, history, runs, signals, streams
 from smithers.gateway.allocator import return_large_buffers
 from smithers.gateway.auth import MODE_TOKEN, Authenticator
 from smithers.gateway.broadcast import Broadcaster
 from smithers.gateway.context import ClientConnection
+from smithers.gateway.devstreams import DevToolsHub
 from smithers.gateway.dispatch import Dispatcher
 from smithers.gateway.host import OpenConnection
 from smithers.gateway.http import UvicornServer, bind_socket
@@ -36,7 +38,7 @@ from smithers.store.store import Store
 
 log = logging.getLogger("smithers.gateway")
 
-RPC_MODULES = (runs, streams, approvals, signals, cron, history)
+RPC_MODULES = (runs, streams, approvals, signals, cron, history, devtools, devstreams)
 
 
 class Gateway:
@@ -56,6 +58,8 @@ class Gateway:
         self.ui = resolve_ui(self.options.ui, "/")
         self.connections: set[OpenConnection] = set()
         self.windows = RunWindows(self.options.event_window_size)
+        self.rewinder = Rewinder(self.store)
+        self.devtools = DevToolsHub(self.store, self.metrics)
         self.broadcaster = Broadcaster(self.connections, self.windows, self.metrics.event_sent)
         self.supervisor = RunSupervisor(self.store, self.workflows, self.options, self.metrics, self.broadcast)
         auth = self.options.auth
@@ -167,6 +171,10 @@ class Gateway:
             return
         self._started = True
         self.supervisor.attach()
+        try:  # a rewind cut short by a crash leaves its run needing attention, not half rewound
+            recover_rewinds(self.store)
+        except Exception:
+            log.exception("recovering interrupted rewinds failed")
         try:
             self.supervisor.recover()
         except Exception:
@@ -220,6 +228,7 @@ class Gateway:
         self._stopped = True
         await self.cron.stop()
         await self.sweeper.stop()
+        await self.devtools.close()
         await self.supervisor.stop(abort_runs)
         closing = []
         for conn in list(self.connections):

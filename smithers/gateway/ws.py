@@ -155,6 +155,12 @@ class Connection:
         run_id = payload.get("runId")
         return not isinstance(run_id, str) or not self.subscribed or run_id in self.subscribed
 
+    def follows(self, run_id: str) -> bool:
+        return not self.subscribed or run_id in self.subscribed
+
+    def queued_frames(self) -> int:
+        return len(self._outbox) if self._outbox is not None else 0
+
     def auto_subscribe(self, run_id: str) -> None:
         """Add a run this connection started or resumed to its filter (creating the filter)."""
         if self.subscribed is None:

@@ -349,6 +349,98 @@ class Tx:
     def upsert_snapshot(self, **values: Any) -> None:
         self.upsert(t.snapshots, values)
 
+    def delete_frames_after(self, run_id: str, frame_no: int) -> int:
+        """Drop frames and snapshots past ``frame_no`` (a rewind); returns the frames dropped."""
+        dropped = 0
+        for table in (t.frames, t.snapshots):
+            c = table.c
+
+            def build(table: Table = table, c: Any = c) -> ClauseElement:
+                return table.delete().where(c.run_id == bindparam("r"), c.frame_no > bindparam("n"))
+
+            count = int(self.execute(("del_after", table.name), build, {"r": run_id, "n": frame_no}).rowcount)
+            if table is t.frames:
+                dropped = count
+        return dropped
+
+    def copy_frames(self, run_id: str, to_run_id: str, up_to: int) -> None:
+        """Frames ``1..up_to`` of a run, stored again under another run (a fork)."""
+        rows = self.list_frame_rows(run_id, up_to=up_to)
+        self.insert_many(t.frames, [{**row, "run_id": to_run_id} for row in rows])
+
+    # ---- time travel ------------------------------------------------------------------------
+    def delete_attempt(self, run_id: str, node_id: str, iteration: int, attempt: int) -> None:
+        self.delete(t.attempts, {"run_id": run_id, "node_id": node_id, "iteration": iteration, "attempt": attempt})
+
+    def delete_output(self, run_id: str, node_id: str, iteration: int) -> None:
+        self.delete(t.outputs, {"run_id": run_id, "node_id": node_id, "iteration": iteration})
+
+    def delete_node(self, run_id: str, node_id: str, iteration: int) -> None:
+        self.delete(t.nodes, {"run_id": run_id, "node_id": node_id, "iteration": iteration})
+
+    def delete_node_diffs(self, run_id: str, node_id: str, iteration: int) -> int:
+        return self.delete(t.node_diffs, {"run_id": run_id, "node_id": node_id, "iteration": iteration})
+
+    def get_node_diff(self, run_id: str, node_id: str, iteration: int, base_ref: str) -> Row | None:
+        return self.first(
+            t.node_diffs, {"run_id": run_id, "node_id": node_id, "iteration": iteration, "base_ref": base_ref}
+        )
+
+    def upsert_node_diff(self, **values: Any) -> None:
+        self.upsert(t.node_diffs, values)
+
+    def list_approvals(self, run_id: str) -> list[Row]:
+        return self.select(t.approvals, {"run_id": run_id}, ("node_id", "iteration"))
+
+    def delete_approval(self, run_id: str, node_id: str, iteration: int) -> None:
+        self.delete(t.approvals, {"run_id": run_id, "node_id": node_id, "iteration": iteration})
+
+    def delete_ralph(self, run_id: str) -> None:
+        self.delete(t.ralph, {"run_id": run_id})
+
+    def insert_branch(self, **values: Any) -> None:
+        self.insert(t.branches, values)
+
+    def get_branch(self, run_id: str) -> Row | None:
+        return self.first(t.branches, {"run_id": run_id})
+
+    def insert_audit(self, **values: Any) -> int:
+        """Insert a time-travel audit row; returns its id."""
+        cols = tuple(values)
+        table = t.time_travel_audit
+
+        def build() -> ClauseElement:
+            return table.insert().values({c: bindparam("v_" + c) for c in cols}).returning(table.c.id)
+
+        row = self.execute(("audit_insert", cols), build, {"v_" + k: v for k, v in values.items()}).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def update_audit(self, audit_id: int, **values: Any) -> None:
+        self.update(t.time_travel_audit, {"id": audit_id}, values)
+
+    def count_recent_audits(self, run_id: str, caller: str, since_ms: int) -> int:
+        """Rewinds by ``caller`` of ``run_id`` since ``since_ms`` that have ended (the quota)."""
+        c = t.time_travel_audit.c
+
+        def build() -> ClauseElement:
+            return select(func.count()).where(
+                c.run_id == bindparam("r"),
+                c.caller == bindparam("c"),
+                c.timestamp_ms >= bindparam("s"),
+                c.result != "in_progress",
+            )
+
+        return int(self.scalar("audit_recent", build, {"r": run_id, "c": caller, "s": since_ms}) or 0)
+
+    def list_audits(self, run_id: str | None = None, result: str | None = None) -> list[Row]:
+        where: dict[str, Any] = {}
+        if run_id is not None:
+            where["run_id"] = run_id
+        if result is not None:
+            where["result"] = result
+        return self.select(t.time_travel_audit, where, ("id",))
+
     # ---- loops ------------------------------------------------------------------------------
     def list_ralph(self, run_id: str) -> list[Row]:
         return self.select(t.ralph, {"run_id": run_id})

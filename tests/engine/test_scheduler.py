@@ -958,7 +958,7 @@ def test_canonical_xml_of_a_small_tree() -> None:
                     {
                         "kind": "element",
                         "tag": "smithers:ralph",
-                        "props": {"id": "l", "maxIterations": "3", "until": "false"},
+                        "props": {"id": "l", "iteration": "1", "maxIterations": "3", "until": "false"},
                         "children": [
                             {
                                 "kind": "element",
@@ -996,4 +996,4 @@ def test_canonical_xml_props_are_sorted_strings() -> None:
         assert all(isinstance(v, str) for v in el["props"].values()), el["tag"]
     assert seen[2]["props"] == {"condition": "true"}
     assert seen[4]["props"] == {"id": "z", "kind": "static", "output": "output", "retries": "0", "timeoutMs": "1"}
-    assert seen[5]["props"] == {"id": "loop", "maxIterations": "2", "until": "true"}
+    assert seen[5]["props"] == {"id": "loop", "iteration": "0", "maxIterations": "2", "until": "true"}

@@ -41,6 +41,7 @@ METHOD_TABLE = {
     "runs.cancel": "run:write",
     "cancelRun": "run:write",
     "runs.rerun": "run:write",
+    "runs.fork": "run:write",
     "runs.diff": "run:read",
     "frames.list": "run:read",
     "frames.get": "run:read",
