@@ -248,16 +248,19 @@ def _run_label(run_id: str) -> str:
     return hashlib.sha1(run_id.encode(), usedforsecurity=False).hexdigest()[:12]
 
 
-def _seq(params: dict[str, Any]) -> int | None:
-    """The effective seq: ``fromSeq`` when it is a number, else ``afterSeq`` (whatever it is)."""
+def _effective_seq(params: dict[str, Any]) -> tuple[bool, Any]:
+    """(given, value): ``fromSeq`` when it is a number, else ``afterSeq`` whatever it is; both numbers
+    must agree. ``fromSeq: null`` without ``afterSeq`` means no seq."""
     from_seq, after_seq = params.get("fromSeq"), params.get("afterSeq")
     numbers = [isinstance(v, int | float) and not isinstance(v, bool) for v in (from_seq, after_seq)]
     if all(numbers) and from_seq != after_seq:
         raise GatewayError(SeqOutOfRange, "fromSeq and afterSeq must match when both are provided")
-    value = from_seq if numbers[0] else after_seq
-    present = numbers[0] or "afterSeq" in params
-    if not present:
-        return None
+    if numbers[0]:
+        return True, from_seq
+    return "afterSeq" in params, after_seq
+
+
+def _valid_seq(value: Any) -> int:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise GatewayError(SeqOutOfRange, "fromSeq must be a non-negative integer.")
     if value < 0 or value > MAX_SEQ or not float(value).is_integer():
@@ -274,8 +277,9 @@ def stream_devtools(call: Call, params: dict[str, Any]) -> Reply:
     try:
         if not isinstance(params.get("runId"), str) or not params.get("runId"):
             raise GatewayError(InvalidRunId, "runId is required")
-        seq = _seq(params)
+        given, raw_seq = _effective_seq(params)
         run_id = valid_run_id(call, params.get("runId"))
+        seq = _valid_seq(raw_seq) if given else None
         require_subscription(call, run_id)
         if ctx.resolve_run(run_id) is None:
             raise GatewayError(RunNotFound, f"Run not found: {run_id}")
