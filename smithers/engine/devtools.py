@@ -18,10 +18,10 @@ from it on purpose, because the JavaScript delta can be wrong there; both are ma
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Callable
 from typing import Any, Final
 
 Node = dict[str, Any]
@@ -216,12 +216,25 @@ def _serialize(value: Any, state: _SerializeState, depth: int) -> Any:
 
 def stable_node_id(path: str) -> int:
     """32-bit FNV-1a over the path's UTF-16 code units, masked to 31 bits."""
-    data = path.encode("utf-16-le", "surrogatepass")
-    h = FNV_OFFSET_BASIS
+    return fnv_extend(FNV_OFFSET_BASIS, path) & 0x7FFFFFFF
+
+
+@functools.lru_cache(maxsize=16384)  # consecutive frames hash the same paths
+def fnv_extend(state: int, text: str) -> int:
+    """The 32-bit FNV-1a state after hashing ``text``'s UTF-16 code units from ``state``.
+
+    A child's path starts with its parent's, so the tree carries each node's state and hashes only
+    the new part of its children's paths.
+    """
+    h = state
+    if text.isascii():
+        for unit in text.encode():
+            h = ((h ^ unit) * FNV_PRIME) & 0xFFFFFFFF
+        return h
+    data = text.encode("utf-16-le", "surrogatepass")
     for i in range(0, len(data), 2):
-        h ^= data[i] | (data[i + 1] << 8)
-        h = (h * FNV_PRIME) & 0xFFFFFFFF
-    return h & 0x7FFFFFFF
+        h = ((h ^ (data[i] | (data[i + 1] << 8))) * FNV_PRIME) & 0xFFFFFFFF
+    return h
 
 
 def _fragment(element: dict[str, Any]) -> str:
@@ -277,12 +290,22 @@ def _task_info(props: dict[str, Any]) -> dict[str, Any] | None:
     return info
 
 
-def _make_node(element: dict[str, Any], depth: int, path: str, assign_id: Callable[[str], int]) -> Node:
-    tag = element.get("tag")
-    tag = tag if isinstance(tag, str) else "unknown"
-    node_type = TAG_TO_TYPE.get(tag, "unknown")
-    raw_props = element.get("props")
+_Decoded = tuple[str, str, dict[str, Any], dict[str, Any] | None]  # type, name, props, task
+_DECODED: dict[tuple[Any, ...], _Decoded] = {}
+DECODED_CACHE_SIZE: Final = 8192
+"""Elements decoded lately, by tag and raw props: consecutive frames repeat nearly every element."""
+
+
+def _decode_element(tag: str, raw_props: Any) -> _Decoded:
+    """An element's node type, name, decoded props and task sidecar (shared: never mutate them)."""
     raw = {str(k): v for k, v in raw_props.items()} if isinstance(raw_props, dict) else {}
+    key: tuple[Any, ...] | None = None
+    if all(isinstance(v, str) for v in raw.values()):  # frames write props as text
+        key = (tag, *raw.items())
+        known = _DECODED.get(key)
+        if known is not None:
+            return known
+    node_type = TAG_TO_TYPE.get(tag, "unknown")
     props: dict[str, Any] = {}
     for name in _js_key_order(list(raw)):
         value = raw[name]
@@ -291,11 +314,21 @@ def _make_node(element: dict[str, Any], depth: int, path: str, assign_id: Callab
         name = props["name"]
     else:
         name = tag.removeprefix("smithers:") if tag.startswith("smithers:") else tag
-    node: Node = {"id": assign_id(path), "type": node_type, "name": name or "unknown", "props": props}
-    if node_type == "task":
-        task = _task_info(props)
-        if task is not None:
-            node["task"] = task
+    task = _task_info(props) if node_type == "task" else None
+    decoded = (node_type, name or "unknown", props, task)
+    if key is not None:
+        if len(_DECODED) >= DECODED_CACHE_SIZE:
+            _DECODED.clear()
+        _DECODED[key] = decoded
+    return decoded
+
+
+def _make_node(element: dict[str, Any], depth: int, node_id: int) -> Node:
+    tag = element.get("tag")
+    node_type, name, props, task = _decode_element(tag if isinstance(tag, str) else "unknown", element.get("props"))
+    node: Node = {"id": node_id, "type": node_type, "name": name, "props": props}
+    if task is not None:
+        node["task"] = task
     node["children"] = []
     node["depth"] = depth
     return node
@@ -317,34 +350,36 @@ def build_tree(xml: Any) -> Node:
 
     used: set[int] = set()
 
-    def assign_id(path: str) -> int:
-        candidate = stable_node_id(path)
+    def assign_id(state: int) -> int:
+        """The id of the path hashed to ``state``; a taken id is salted (``path + "\\0" + salt``)."""
+        candidate = state & 0x7FFFFFFF
         salt = 0
         while candidate in used and salt < MAX_SALT:
             salt += 1
-            candidate = stable_node_id(f"{path}\u0000{salt}")
+            candidate = fnv_extend(state, f"\u0000{salt}") & 0x7FFFFFFF
         used.add(candidate)
         return candidate
 
-    root_path = _fragment(xml)
-    root = _make_node(xml, 0, root_path, assign_id)
+    root_state = fnv_extend(FNV_OFFSET_BASIS, _fragment(xml))
+    root = _make_node(xml, 0, assign_id(root_state))
     # Ids are assigned root first, then each node's children are created (in document order) before
-    # any of them is descended into: a stack of (element, node, depth, path), children pushed reversed.
-    stack: list[tuple[dict[str, Any], Node, int, str]] = [(xml, root, 0, root_path)]
+    # any of them is descended into: a stack of (element, node, depth, path state), children pushed
+    # reversed. A path is its parent's, "/", the child's fragment and "[n]" from its second occurrence.
+    stack: list[tuple[dict[str, Any], Node, int, int]] = [(xml, root, 0, root_state)]
     while stack:
-        element, node, depth, path = stack.pop()
+        element, node, depth, state = stack.pop()
         raw_children = element.get("children")
-        pending: list[tuple[dict[str, Any], Node, int, str]] = []
+        pending: list[tuple[dict[str, Any], Node, int, int]] = []
         occurrences: dict[str, int] = {}
         for child in raw_children if isinstance(raw_children, list) else []:
             if not _is_element(child):
                 continue
             child_depth = depth + 1
             if child_depth > TREE_MAX_DEPTH:
-                marker_path = f"{path}/__maxdepth__{len(node['children'])}"
+                marker_state = fnv_extend(state, f"/__maxdepth__{len(node['children'])}")
                 node["children"].append(
                     {
-                        "id": assign_id(marker_path),
+                        "id": assign_id(marker_state),
                         "type": "unknown",
                         "name": "[MaxDepth]",
                         "props": {"value": "[MaxDepth]"},
@@ -356,10 +391,10 @@ def build_tree(xml: Any) -> Node:
             fragment = _fragment(child)
             occurrence = occurrences.get(fragment, 0)
             occurrences[fragment] = occurrence + 1
-            child_path = f"{path}/{fragment}" if occurrence == 0 else f"{path}/{fragment}[{occurrence}]"
-            child_node = _make_node(child, child_depth, child_path, assign_id)
+            child_state = fnv_extend(state, f"/{fragment}" if occurrence == 0 else f"/{fragment}[{occurrence}]")
+            child_node = _make_node(child, child_depth, assign_id(child_state))
             node["children"].append(child_node)
-            pending.append((child, child_node, child_depth, child_path))
+            pending.append((child, child_node, child_depth, child_state))
         stack.extend(reversed(pending))
     return root
 
@@ -426,6 +461,8 @@ def _clone(value: Any) -> Any:
 
 def deep_equal(left: Any, right: Any) -> bool:
     """JavaScript ``deepEqual`` of the diff: key order irrelevant; ``true`` is not ``1``."""
+    if left is right:  # snapshots share the props of elements that did not change
+        return True
     if isinstance(left, bool) or isinstance(right, bool):
         return type(left) is type(right) and left == right
     if _is_number(left) and _is_number(right):

@@ -31,8 +31,9 @@ MAX_MESSAGE_CHARS: Final = 512
 _DIRTY: Final = re.compile(r"working copy|dirty|conflict|cannot restore", re.IGNORECASE)
 
 
-def node_diff(store: Store, run_id: str, node_id: str, iteration: int) -> dict[str, Any]:
-    """``{seq, baseRef, patches}`` of the node's latest attempt (cached per base)."""
+def node_diff(store: Store, run_id: str, node_id: str, iteration: int) -> tuple[dict[str, Any], bool]:
+    """``{seq, baseRef, patches}`` of the node's latest attempt (cached per base), and whether the
+    cache answered."""
     with store.read() as tx:
         run = tx.get_run(run_id)
         if run is None:
@@ -56,7 +57,7 @@ def node_diff(store: Store, run_id: str, node_id: str, iteration: int) -> dict[s
         base = _base_ref(run, latest, attempts, tx.list_attempts(run_id))
         cached = tx.get_node_diff(run_id, node_id, iteration, base)
     if cached is not None:
-        return dict(json.loads(cached["diff_json"]))
+        return dict(json.loads(cached["diff_json"])), True
     vcs = vcs_of(run)
     if vcs is None or vcs.root != cwd:
         raise SmithersError(f"Working directory {cwd} is not available here.", code=VcsError)
@@ -75,7 +76,7 @@ def node_diff(store: Store, run_id: str, node_id: str, iteration: int) -> dict[s
             size_bytes=size,
             created_at_ms=now_ms(),
         )
-    return bundle
+    return bundle, False
 
 
 def _base_ref(run: Row, latest: Row, attempts: list[Row], everything: list[Row]) -> str:

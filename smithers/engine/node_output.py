@@ -106,9 +106,10 @@ def _row(payload_json: str) -> Any:
 def _model_of(store: Store, workflow: Workflow | None, run_id: str, node_id: str, table: str) -> type[BaseModel] | None:
     """The output model of ``node_id``, found in the run's tree rendered from its stored state.
 
-    None for a node without one. A node the tree does not mount any more, or a workflow that is
-    not available here, leaves the table unregistered (``NodeHasNoOutput``), as the reference does
-    for a table its schema registry lacks.
+    None for a node without one. A node the tree does not mount any more takes the model of a
+    mounted node writing the same table. A table no mounted node writes, or a workflow that is not
+    available here, is not registered (``NodeHasNoOutput``), as the reference answers for a table
+    its schema registry lacks.
     """
     graph = None
     if workflow is not None:
@@ -116,9 +117,10 @@ def _model_of(store: Store, workflow: Workflow | None, run_id: str, node_id: str
             _, graph = view_stored(store, workflow, run_id)
         except Exception:
             log.debug("cannot render run %s to find the model of %s", run_id, node_id, exc_info=True)
-    for d in graph.descriptors if graph is not None else ():
-        if d.node_id != node_id:
-            continue
+    descriptors = graph.descriptors if graph is not None else ()
+    by_node = [d for d in descriptors if d.node_id == node_id]
+    by_table = [d for d in descriptors if d.output_table == table]
+    for d in (*by_node, *by_table):
         if isinstance(d.node, Approval):
             return ApprovalDecision
         if isinstance(d.node, Task | WaitForEvent):

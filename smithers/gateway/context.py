@@ -42,7 +42,9 @@ class ClientConnection(Protocol):
 
     def add_stream(self, stream: RunStream) -> None: ...
 
-    def send_event(self, event: str, payload: Any) -> bool: ...
+    def send_event(self, event: str, payload: Any, *, payload_json: str | None = None) -> bool:
+        """Queue an event frame; ``payload_json`` is the payload already encoded (then ``payload`` is unused)."""
+        ...
 
     def follows(self, run_id: str) -> bool:
         """Whether the subscription filter lets this run's events through (no filter: every run)."""

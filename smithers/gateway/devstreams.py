@@ -15,6 +15,7 @@ import logging
 import math
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Final
 
 from smithers.engine import devtools
@@ -32,7 +33,7 @@ from smithers.errors import (
 from smithers.gateway.context import ClientConnection
 from smithers.gateway.devtools import require_subscription, valid_run_id
 from smithers.gateway.dispatch import TRANSPORT_WS, Call, Handler, Reply
-from smithers.gateway.jsvalues import js_number_string
+from smithers.gateway.jsvalues import encode_json, js_number_string
 from smithers.gateway.metrics import GatewayMetrics
 from smithers.store.rows import loads
 from smithers.store.store import Store
@@ -47,6 +48,51 @@ POLL_S: Final = 0.025
 MAX_SEQ: Final = 2**53 - 1
 
 Snapshot = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """A ``DevToolsEvent`` as JSON text, and its size in bytes (what the delta-or-snapshot rule compares)."""
+
+    text: str
+    size: int
+
+
+class FrameCache:
+    """What one pass over a run's new frames computes once for all its streams: each snapshot's
+    event, and each delta between a snapshot a client holds and the next one.
+
+    Streams that received the same event hold the same snapshot object, so most deltas are shared.
+    """
+
+    def __init__(self, metrics: GatewayMetrics):
+        self.metrics = metrics
+        self._snapshots: dict[int, EncodedEvent] = {}
+        self._deltas: dict[tuple[int, int], EncodedEvent] = {}
+        self._keep: list[Snapshot] = []  # the snapshots keyed by id() stay alive while cached
+
+    def snapshot_event(self, snap: Snapshot) -> EncodedEvent:
+        known = self._snapshots.get(id(snap))
+        if known is None:
+            known = self._snapshots[id(snap)] = _encoded(devtools.snapshot_event(snap))
+            self._keep.append(snap)
+        return known
+
+    def delta_event(self, held: Snapshot, snap: Snapshot) -> EncodedEvent:
+        key = (id(held), id(snap))
+        known = self._deltas.get(key)
+        if known is None:
+            started = time.perf_counter()
+            event = devtools.delta_event(devtools.diff_snapshots(held, snap))
+            self.metrics.devtools_delta_ms.observe((time.perf_counter() - started) * 1000)
+            known = self._deltas[key] = _encoded(event)
+            self._keep.extend((held, snap))
+        return known
+
+
+def _encoded(event: dict[str, Any]) -> EncodedEvent:
+    text = encode_json(event)
+    return EncodedEvent(text, len(text.encode()))
 
 
 class DevToolsStream:
@@ -72,36 +118,34 @@ class DevToolsStream:
             self.closed = True
             self.hub.remove(self)
 
-    def send_snapshot(self, snap: Snapshot) -> None:
-        self._send(devtools.snapshot_event(snap), "snapshot")
+    def send_snapshot(self, snap: Snapshot, cache: FrameCache) -> None:
+        self._send(cache.snapshot_event(snap), "snapshot")
         self.held, self.seen, self.deltas, self.rebaseline = snap, snap["frameNo"], 0, False
 
-    def send_next(self, snap: Snapshot) -> None:
+    def send_next(self, snap: Snapshot, cache: FrameCache) -> None:
         """Frame ``snap`` follows what the client holds: a delta, or a full snapshot when due."""
         held = self.held
         if held is None or self.rebaseline or self.deltas + 1 >= REBASELINE_EVERY:
-            self.send_snapshot(snap)
+            self.send_snapshot(snap, cache)
             return
-        started = time.perf_counter()
-        delta_event = devtools.delta_event(devtools.diff_snapshots(held, snap))
-        self.hub.metrics.devtools_delta_ms.observe((time.perf_counter() - started) * 1000)
-        if devtools.event_size(delta_event) >= devtools.event_size(devtools.snapshot_event(snap)):
-            self.send_snapshot(snap)
+        delta = cache.delta_event(held, snap)
+        if delta.size >= cache.snapshot_event(snap).size:
+            self.send_snapshot(snap, cache)
             return
-        self._send(delta_event, "delta")
+        self._send(delta, "delta")
         self.held, self.seen, self.deltas = snap, snap["frameNo"], self.deltas + 1
 
-    def _send(self, event: dict[str, Any], kind: str) -> None:
+    def _send(self, event: EncodedEvent, kind: str) -> None:
         if self.closed:
             return
         if self.conn.queued_frames() > MAX_QUEUED_EVENTS:
             self.hub.metrics.devtools_backpressure.inc()
             self.fail(BackpressureDisconnect, f"Subscriber outbound queue exceeded {MAX_QUEUED_EVENTS} events.")
             return
-        payload = {"streamId": self.stream_id, "runId": self.run_id, "event": event}
-        if self.conn.send_event(EV_DEVTOOLS, payload):
+        payload = f'{{"streamId":"{self.stream_id}","runId":{encode_json(self.run_id)},"event":{event.text}}}'
+        if self.conn.send_event(EV_DEVTOOLS, None, payload_json=payload):
             self.hub.metrics.devtools_events.labels(kind).inc()
-            self.hub.metrics.devtools_event_bytes.observe(devtools.event_size(event))
+            self.hub.metrics.devtools_event_bytes.observe(event.size)
 
     def fail(self, code: str, message: str) -> None:
         """End the stream with one ``devtools.error`` (the socket stays open)."""
@@ -184,27 +228,30 @@ class DevToolsHub:
 
     def _start(self, stream: DevToolsStream, seq: int | None) -> None:
         run_id = stream.run_id
+        cache = FrameCache(self.metrics)
         latest = self.latest(run_id)
         if latest == 0:
             if seq:
                 stream.fail(SeqOutOfRange, f"fromSeq {seq} is newer than current seq 0")
                 return
-            stream.send_snapshot(devtools.empty_snapshot(run_id))
+            stream.send_snapshot(devtools.empty_snapshot(run_id), cache)
             return
         if seq is None:
-            stream.send_snapshot(self.snapshots(run_id, latest, latest)[latest])
+            stream.send_snapshot(self.snapshots(run_id, latest, latest)[latest], cache)
             return
         initial = min((seq // REBASELINE_EVERY) * REBASELINE_EVERY, latest)
         built = self.snapshots(run_id, initial, latest)
         first = built.get(initial)
         if first is None:
             log.warning("frame %d of run %s is missing; starting from the latest", initial, run_id)
-            stream.send_snapshot(self.snapshots(run_id, latest, latest)[latest])
+            stream.send_snapshot(self.snapshots(run_id, latest, latest)[latest], cache)
             return
-        stream.send_snapshot(first)
-        self._catch_up(stream, built, initial + 1, latest)
+        stream.send_snapshot(first, cache)
+        self._catch_up(stream, built, initial + 1, latest, cache)
 
-    def _catch_up(self, stream: DevToolsStream, built: dict[int, Snapshot], lo: int, hi: int) -> None:
+    def _catch_up(
+        self, stream: DevToolsStream, built: dict[int, Snapshot], lo: int, hi: int, cache: FrameCache
+    ) -> None:
         for frame_no in range(lo, hi + 1):
             if stream.closed:
                 return
@@ -213,9 +260,9 @@ class DevToolsHub:
                 latest = self.latest(stream.run_id)
                 fresh = self.snapshots(stream.run_id, latest, latest).get(latest)
                 if fresh is not None:
-                    stream.send_snapshot(fresh)
+                    stream.send_snapshot(fresh, cache)
                 return
-            stream.send_next(snap)
+            stream.send_next(snap, cache)
 
     async def _poll(self, run_id: str) -> None:
         while True:
@@ -235,13 +282,14 @@ class DevToolsHub:
             return
         lo = min(min(s.seen + 1, latest) for s in behind)
         built = self.snapshots(run_id, max(lo, 1), latest)
+        cache = FrameCache(self.metrics)
         for stream in behind:
             if latest < stream.seen or stream.rebaseline:  # rewound: the client starts over from here
                 snap = built.get(latest)
                 if snap is not None:
-                    stream.send_snapshot(snap)
+                    stream.send_snapshot(snap, cache)
                 continue
-            self._catch_up(stream, built, stream.seen + 1, latest)
+            self._catch_up(stream, built, stream.seen + 1, latest, cache)
 
 
 def _run_label(run_id: str) -> str:

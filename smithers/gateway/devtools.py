@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import re
 import time
@@ -37,6 +38,7 @@ from smithers.gateway.shapes import caller_auth
 from smithers.store.rows import loads
 
 NODE_ID_PATTERN: Final = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
+ASCII_DIGITS: Final = re.compile(r"[0-9]+")
 RUN_ID_MESSAGE: Final = "runId must match /^[a-z0-9_-]{1,64}$/."
 PAUSE_TIMEOUT_S: Final = 10.0
 ADMIN_ROLE: Final = "admin"
@@ -146,6 +148,8 @@ def get_node_output(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         metrics.node_output_requests.labels("error").inc()
         raise
     metrics.node_output_requests.labels(answer["status"]).inc()
+    if answer["row"] is not None:
+        metrics.node_output_bytes.observe(len(json.dumps(answer["row"], separators=(",", ":")).encode()))
     metrics.node_output_ms.observe((time.perf_counter() - started) * 1000)
     return answer
 
@@ -153,7 +157,7 @@ def get_node_output(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 def _output_iteration(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and ASCII_DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
     number = _integer(value, 0, MAX_FRAME_NO)
     if number is None:
@@ -175,10 +179,14 @@ def get_node_diff(call: Call, params: dict[str, Any]) -> Any:
     if call.ctx.resolve_run(run_id) is None:
         raise GatewayError(RunNotFound, f"Run not found: {run_id}")
     try:
-        bundle = node_diff(call.ctx.store, run_id, node_id, iteration)
+        bundle, cached = node_diff(call.ctx.store, run_id, node_id, iteration)
     except Exception as exc:
         metrics.node_diff_requests.labels("error").inc()
         raise refused(diff_failure(exc)) from exc
+    metrics.node_diff_cache.labels("hit" if cached else "miss").inc()
+    if not cached:
+        with call.ctx.store.read() as tx:
+            metrics.node_diff_cache_rows.set(tx.count_node_diffs())
     metrics.node_diff_requests.labels("ok").inc()
     metrics.node_diff_ms.observe((time.perf_counter() - started) * 1000)
     return bundle
@@ -231,6 +239,7 @@ async def jump_to_frame(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     ctx.metrics.rewinds.labels("success").inc()
     ctx.metrics.rewind_ms.observe(result.duration_ms)
     ctx.metrics.rewind_frames_deleted.observe(result.deleted_frames)
+    ctx.metrics.rewind_sandboxes_reverted.observe(result.reverted_sandboxes)
     ctx.devtools.rebaseline(run_id)
     return result.to_wire()
 

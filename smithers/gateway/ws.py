@@ -159,7 +159,9 @@ class Connection:
         return not self.subscribed or run_id in self.subscribed
 
     def queued_frames(self) -> int:
-        return len(self._outbox) if self._outbox is not None else 0
+        """Frames this client has not been sent yet: queued here, or written and held by the transport."""
+        queued = len(self._outbox) if self._outbox is not None else 0
+        return queued + self._direct.unsent_frames() if self._direct is not None else queued
 
     def auto_subscribe(self, run_id: str) -> None:
         """Add a run this connection started or resumed to its filter (creating the filter)."""

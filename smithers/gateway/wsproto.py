@@ -17,6 +17,7 @@ disconnect stay as uvicorn does them.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -32,6 +33,8 @@ SCOPE_EXTENSION: Final = "smithers.direct"
 """The scope extension under which the protocol offers itself to the application."""
 OP_TEXT: Final = 0x1
 OP_BINARY: Final = 0x2
+FRAME_TRACK_LIMIT: Final = 1024
+"""Frames waiting in the transport that are counted one by one; beyond, the count stays at this."""
 _FIN: Final = 0x80
 _MASKED: Final = 0x80
 
@@ -58,6 +61,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     on_backlog: BacklogHook | None = None
     _direct = False  # frames are parsed here (see data_received)
     _partial: bytearray | None = None  # the start of a frame whose rest has not arrived
+    _written = 0  # bytes handed to the transport by write_texts, ever
+    _frame_ends: deque[int] | None = None  # where each frame still in the transport ends (see unsent_frames)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -226,8 +231,35 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         """Send text frames in one write; False when the socket is closing or gone."""
         if self.close_sent or self.disconnected or self.conn.state is not State.OPEN or self.transport.is_closing():
             return False
-        self.transport.write(b"".join(text_frame(text.encode()) for text in texts))
+        frames = [text_frame(text.encode()) for text in texts]
+        data = b"".join(frames)
+        self.transport.write(data)
+        start, self._written = self._written, self._written + len(data)
+        if self._frame_ends is not None or self.transport.get_write_buffer_size():
+            ends = self._frame_ends if self._frame_ends is not None else deque(maxlen=FRAME_TRACK_LIMIT)
+            for frame in frames:
+                start += len(frame)
+                ends.append(start)
+            self._frame_ends = ends
+            self.unsent_frames()
         return True
+
+    def unsent_frames(self) -> int:
+        """Frames written that still wait in this process for the socket (at most ``FRAME_TRACK_LIMIT``).
+
+        Nothing is tracked while writes go straight to the kernel, the usual case: the frame ends are
+        recorded only once the transport holds bytes back, and forgotten once it has sent them.
+        """
+        ends = self._frame_ends
+        if ends is None:
+            return 0
+        sent = self._written - int(self.transport.get_write_buffer_size())
+        while ends and ends[0] <= sent:
+            ends.popleft()
+        if not ends:
+            self._frame_ends = None
+            return 0
+        return len(ends)
 
     def abort(self, code: int, reason: str) -> None:
         """Close at once, dropping what the peer has not read (a client that stopped reading)."""

@@ -389,6 +389,14 @@ class Tx:
     def upsert_node_diff(self, **values: Any) -> None:
         self.upsert(t.node_diffs, values)
 
+    def count_node_diffs(self) -> int:
+        """Rows in the node-diff cache, every run together."""
+
+        def build() -> ClauseElement:
+            return select(func.count()).select_from(t.node_diffs)
+
+        return int(self.scalar("count_node_diffs", build, {}) or 0)
+
     def list_approvals(self, run_id: str) -> list[Row]:
         return self.select(t.approvals, {"run_id": run_id}, ("node_id", "iteration"))
 
