@@ -25,7 +25,7 @@ from smithers.cli.run_cmds import report_resumed, resume_run, stored_workflow
 from smithers.engine import devtools
 from smithers.engine.history import read_frames
 from smithers.engine.node_output import node_output
-from smithers.engine.timetravel import Rewinder, caller_name, fork_run
+from smithers.engine.timetravel import RUN_ID_PATTERN, Rewinder, caller_name, fork_run
 from smithers.store.rows import iso_ms, loads
 from smithers.store.store import Store
 
@@ -83,8 +83,8 @@ def tree(
     with store.read() as tx:
         last = tx.last_frame_no(run_id)
         target = last if frame is None else frame
-        if last == 0 or target > last:
-            fail(f"run {run_id} has {last} frames; frame {target} does not exist [FrameOutOfRange]")
+        if last == 0 or not 1 <= target <= last:
+            fail(f"run {run_id} has {last} frames (numbered from 1); frame {target} does not exist [FrameOutOfRange]")
         [row] = read_frames(tx, run_id, target, target)
         states = {f"{n['node_id']}::{n['iteration']}": n["state"] for n in tx.list_nodes(run_id)}
     iterations = {entry["nodeId"]: entry["iteration"] for entry in loads(row["task_index_json"]) or []}
@@ -180,6 +180,8 @@ def fork(
     """Start a new run from a run's frame; the source run is left as it is."""
     import uuid
 
+    if new_run_id is not None and not RUN_ID_PATTERN.fullmatch(new_run_id):
+        fail(f"--run-id {new_run_id!r} must match /^[a-z0-9_-]{{1,64}}$/ [InvalidRunId]")
     store = open_store(db)
     _require_run(store, run_id)
     record = guarded(lambda: fork_run(store, run_id, frame, new_run_id=new_run_id or str(uuid.uuid4())))

@@ -1,7 +1,7 @@
 """The DevTools tree, version 1: snapshots built from frames and the deltas between them.
 
-Pure functions, no I/O. The wire shapes are the protocol's (gateway-protocol.md §11.5, §11.6,
-§18.7; engine-model.md §5.7), with keys in the spec's order::
+Pure functions, no I/O. The wire shapes are the protocol's (docs/protocol.md#devtools), with keys
+in the protocol's order::
 
     node     = {id, type, name, props, task?, children, depth}
     task     = {nodeId, kind, agent?, label?, outputTableName?, iteration?}
@@ -149,7 +149,7 @@ def _is_number(value: Any) -> bool:
 
 
 def decode_prop(raw: str) -> Any:
-    """A frame's string prop read back (§11.5): literals, numbers, then JSON objects and arrays."""
+    """A frame's string prop read back (docs/protocol.md#devtools): literals, numbers, then JSON objects and arrays."""
     if raw == "true":
         return True
     if raw == "false":
@@ -262,7 +262,7 @@ def _is_element(value: Any) -> bool:
 
 
 def _task_info(props: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``task`` sidecar of a task node, from its *decoded* props (§11.5)."""
+    """The ``task`` sidecar of a task node, from its *decoded* props."""
     prop_id, prop_node_id = props.get("id"), props.get("nodeId")
     raw = prop_id if isinstance(prop_id, str) else prop_node_id if isinstance(prop_node_id, str) else None
     if not raw:
@@ -335,7 +335,7 @@ def _make_node(element: dict[str, Any], depth: int, node_id: int) -> Node:
 
 
 def build_tree(xml: Any) -> Node:
-    """The DevTools root of a frame document (§11.5).
+    """The DevTools root of a frame document.
 
     ``xml`` is the parsed document, or its JSON text (``str``/``bytes``). Invalid JSON or a root that
     is not an element gives the empty root.
@@ -400,7 +400,7 @@ def build_tree(xml: Any) -> Node:
 
 
 def snapshot(run_id: str, frame_no: int, xml: Any, run_state: dict[str, Any] | None = None) -> Snapshot:
-    """``{version, runId, frameNo, seq: frameNo, root}`` (+ ``runState``) of a frame (§11.2 step 4)."""
+    """``{version, runId, frameNo, seq: frameNo, root}`` (+ ``runState``) of a frame."""
     out: Snapshot = {"version": VERSION, "runId": run_id, "frameNo": frame_no, "seq": frame_no, "root": build_tree(xml)}
     if run_state is not None:
         out["runState"] = run_state
@@ -408,7 +408,7 @@ def snapshot(run_id: str, frame_no: int, xml: Any, run_state: dict[str, Any] | N
 
 
 def empty_snapshot(run_id: str, run_state: dict[str, Any] | None = None) -> Snapshot:
-    """The snapshot of a run without frames: frame 0, seq 0, the empty root (§11.2 step 2)."""
+    """The snapshot of a run without frames: frame 0, seq 0, the empty root."""
     out: Snapshot = {"version": VERSION, "runId": run_id, "frameNo": 0, "seq": 0, "root": empty_root()}
     if run_state is not None:
         out["runState"] = run_state
@@ -500,7 +500,7 @@ def _same_shape(left: Node, right: Node) -> bool:
 
 
 def diff_snapshots(previous: Snapshot, next: Snapshot) -> Delta:
-    """The ops turning ``previous`` into ``next`` (§11.6): ``{version, baseSeq, seq, ops}``."""
+    """The ops turning ``previous`` into ``next``: ``{version, baseSeq, seq, ops}``."""
     if previous["runId"] != next["runId"]:
         raise ValueError("Cannot diff snapshots from different runs.")
     head: Delta = {"version": VERSION, "baseSeq": previous["seq"], "seq": next["seq"]}

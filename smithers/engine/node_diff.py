@@ -31,9 +31,9 @@ MAX_MESSAGE_CHARS: Final = 512
 _DIRTY: Final = re.compile(r"working copy|dirty|conflict|cannot restore", re.IGNORECASE)
 
 
-def node_diff(store: Store, run_id: str, node_id: str, iteration: int) -> tuple[dict[str, Any], bool]:
-    """``{seq, baseRef, patches}`` of the node's latest attempt (cached per base), and whether the
-    cache answered."""
+def node_diff(store: Store, run_id: str, node_id: str, iteration: int) -> tuple[dict[str, Any], int, bool]:
+    """``{seq, baseRef, patches}`` of the node's latest attempt (cached per base), its size as JSON,
+    and whether the cache answered."""
     with store.read() as tx:
         run = tx.get_run(run_id)
         if run is None:
@@ -57,7 +57,7 @@ def node_diff(store: Store, run_id: str, node_id: str, iteration: int) -> tuple[
         base = _base_ref(run, latest, attempts, tx.list_attempts(run_id))
         cached = tx.get_node_diff(run_id, node_id, iteration, base)
     if cached is not None:
-        return dict(json.loads(cached["diff_json"])), True
+        return dict(json.loads(cached["diff_json"])), int(cached["size_bytes"]), True
     vcs = vcs_of(run)
     if vcs is None or vcs.root != cwd:
         raise SmithersError(f"Working directory {cwd} is not available here.", code=VcsError)
@@ -76,7 +76,7 @@ def node_diff(store: Store, run_id: str, node_id: str, iteration: int) -> tuple[
             size_bytes=size,
             created_at_ms=now_ms(),
         )
-    return bundle, False
+    return bundle, size, False
 
 
 def _base_ref(run: Row, latest: Row, attempts: list[Row], everything: list[Row]) -> str:
@@ -115,7 +115,7 @@ def diff_failure(exc: BaseException) -> SmithersError:
     working copy, else ``VcsError``; the message trimmed to 512 characters."""
     if isinstance(exc, SmithersError) and exc.code in _ROUTE_CODES:
         return exc
-    message = (str(exc) or "").strip()
+    message = ((exc.message if isinstance(exc, SmithersError) else str(exc)) or "").strip()
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "…"
     code = WorkingTreeDirty if _DIRTY.search(message) else VcsError
@@ -123,5 +123,6 @@ def diff_failure(exc: BaseException) -> SmithersError:
 
 
 _ROUTE_CODES: Final = frozenset(
-    {RunNotFound, NodeNotFound, AttemptNotFound, AttemptNotFinished, VcsError, DiffTooLarge, WorkingTreeDirty}
+    {RunNotFound, NodeNotFound, AttemptNotFound, AttemptNotFinished, DiffTooLarge, WorkingTreeDirty}
 )
+"""Refusals answered as they are; any other failure (git's own included) is trimmed and classified."""

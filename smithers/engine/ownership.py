@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from typing import Final
 
 HEARTBEAT_INTERVAL_MS = 1000
 CANCEL_POLL_MS = 250
@@ -59,3 +60,13 @@ def owner_gone(owner_id: str | None, heartbeat_at_ms: int | None, now_ms: int) -
     if owner_pid_alive(owner_id) is False:
         return True
     return heartbeat_at_ms is None or now_ms - heartbeat_at_ms > OWNER_STALE_MS
+
+
+HOLD_STALE_MS: Final = 120_000
+"""A rewind that has held its run (or left its audit ``in_progress``) this long is gone: its
+process died. Younger ones may be alive in another process (the CLI, another gateway)."""
+
+
+def held_by_rewind(pause_requested_at_ms: int | None, now_ms: int) -> bool:
+    """Whether a rewind in some process holds the run still (docs/engine.md#time-travel)."""
+    return pause_requested_at_ms is not None and now_ms - int(pause_requested_at_ms) < HOLD_STALE_MS

@@ -79,6 +79,10 @@ class RunCore:
         self.max_concurrency = max(1, max_concurrency)
         self.owner_id = new_owner_id()
         self.cancel_event = cancel or asyncio.Event()
+        self.pause_event = asyncio.Event()
+        """Set to stop executing without ending the run (docs/engine.md#time-travel)."""
+        self.hold_seen: int | None = None
+        """The stored pause request this run has already paused for."""
         self.lost_ownership = False
         self.input: dict[str, Any] = {}
         self.auth: dict[str, Any] | None = None

@@ -18,6 +18,7 @@ from smithers.engine.states import (
     PENDING,
     RUN_CANCELLED_REASON,
     RUN_FAILED_REASON,
+    RUNNING,
     SKIPPED,
     TERMINAL_RUN_STATUSES,
     UNMOUNTED,
@@ -113,6 +114,26 @@ class RunEndings(RunCore):
         await self._abort_in_flight(RUN_CANCELLED_REASON)
         self._settle(CANCELLED, ev.RUN_CANCELLED)
         return self._result(CANCELLED)
+
+    async def _pause_run(self) -> RunResult:
+        """Stop executing without ending the run: attempts in flight are stopped and left
+        ``in-progress`` (the next resume records them interrupted and runs them again), ownership is
+        given up, the status stays ``running`` and no event is written (docs/engine.md#time-travel)."""
+        tasks = list(self.in_flight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_SETTLE_S)
+        self.in_flight.clear()
+        self.in_flight_desc.clear()
+        self.in_flight_runtime.clear()
+        with self.store.write() as tx:
+            won = tx.claim_run(
+                self.run_id, {"runtime_owner_id": self.owner_id}, runtime_owner_id=None, heartbeat_at_ms=None
+            )
+        if not won:
+            self.lost_ownership = True
+        return self._result(RUNNING)
 
     def _suspend(self, graph: Graph, sched: Schedule) -> RunResult:
         order = {WAITING_APPROVAL: 0, WAITING_EVENT: 1, WAITING_TIMER: 2}

@@ -9,7 +9,7 @@ from smithers.engine import events as ev
 from smithers.engine import frames
 from smithers.engine.context import ReadLog, StoredOutput
 from smithers.engine.extract import Graph, extract
-from smithers.engine.ownership import owner_gone
+from smithers.engine.ownership import held_by_rewind, owner_gone
 from smithers.engine.run_core import MAX_INPUT_BYTES, RunCore, RunResult
 from smithers.engine.states import (
     CANCELLED,
@@ -104,6 +104,8 @@ class RunStart(RunCore):
                 raise SmithersError(
                     f"run {self.run_id} was continued as a new run and cannot resume", code=RUN_NOT_RESUMABLE
                 )
+            if not force and held_by_rewind(row["pause_requested_at_ms"], now):
+                raise RunOwnershipError(f"run {self.run_id} is held by a rewind in progress", code=RUN_OWNER_ALIVE)
             owner, beat = row["runtime_owner_id"], row["heartbeat_at_ms"]
             if status == RUNNING and owner and not force and not owner_gone(owner, beat, now):
                 raise RunOwnershipError(
@@ -123,6 +125,7 @@ class RunStart(RunCore):
                 heartbeat_at_ms=now,
                 finished_at_ms=None,
                 cancel_requested_at_ms=None,
+                pause_requested_at_ms=None,  # a stale hold (its rewind is gone) or one overridden by force
                 error_json=None,
                 config_json=dumps(cfg),
                 started_at_ms=row["started_at_ms"] or now,

@@ -9,7 +9,6 @@ were in flight are cancelled and retried on resume.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from smithers.engine.attempt import TaskRuntime, backoff_ms, is_retryable, run_a
 from smithers.engine.context import StoredOutput
 from smithers.engine.dsl import Task
 from smithers.engine.extract import Descriptor, Graph
-from smithers.engine.ownership import CANCEL_POLL_MS, HEARTBEAT_INTERVAL_MS
+from smithers.engine.ownership import CANCEL_POLL_MS, HEARTBEAT_INTERVAL_MS, held_by_rewind
 from smithers.engine.run_core import DEFAULT_MAX_CONCURRENCY, RunResult, auth_context
 from smithers.engine.run_endings import RunEndings
 from smithers.engine.run_frames import RunFrames
@@ -109,6 +108,8 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 return await self._fail_run(value)
             elif kind == "cancel":
                 return await self._cancel_run()
+            elif kind == "pause":
+                return await self._pause_run()
             else:
                 return value  # type: ignore[no-any-return]
 
@@ -124,6 +125,8 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         self._collect_completions()
         if self.cancel_event.is_set():
             return ("cancel", None)
+        if self.pause_event.is_set():
+            return ("pause", None)
         while True:
             graph = self.graph
             if graph is None or self.needs_render:
@@ -229,11 +232,15 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         self._wake.clear()
         timeout = None if wake_at_ms is None else max(0.0, (wake_at_ms - now_ms()) / 1000)
         cancel_wait = asyncio.create_task(self.cancel_event.wait())
+        pause_wait = asyncio.create_task(self.pause_event.wait())
         wake_wait = asyncio.create_task(self._wake.wait())
         try:
-            await asyncio.wait([cancel_wait, wake_wait], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [cancel_wait, pause_wait, wake_wait], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             cancel_wait.cancel()
+            pause_wait.cancel()
             wake_wait.cancel()
 
     def _collect_completions(self) -> None:
@@ -410,10 +417,25 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 self.cancel_event.set()
                 self._wake.set()
                 return
+            hold = row["pause_requested_at_ms"] if row is not None else None
+            if hold is not None and hold != self.hold_seen and held_by_rewind(hold, now):
+                self.hold_seen = hold  # acted on once: a pause withdrawn here is not taken up again
+                self.request_pause()
+
+    def request_pause(self) -> None:
+        """Stop executing at the next step and leave the run resumable (see ``_pause_run``)."""
+        self.pause_event.set()
+        self._wake.set()
 
     async def _sleep_until(self, when_ms: int) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.cancel_event.wait(), timeout=max(0.0, (when_ms - now_ms()) / 1000))
+        waits = [asyncio.create_task(self.cancel_event.wait()), asyncio.create_task(self.pause_event.wait())]
+        try:
+            await asyncio.wait(
+                waits, timeout=max(0.0, (when_ms - now_ms()) / 1000), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for wait in waits:
+                wait.cancel()
 
 
 def view_stored(store: Store, workflow: Workflow, run_id: str) -> tuple[RunLoop, Graph]:

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from smithers.engine import events as ev
 from smithers.engine.history import read_frames
-from smithers.engine.ownership import owner_gone
+from smithers.engine.ownership import HOLD_STALE_MS, held_by_rewind, owner_gone
 from smithers.engine.states import (
     APPROVAL_REQUESTED,
     FAILED,
@@ -228,10 +228,13 @@ def _error(code: str, message: str) -> SmithersError:
 
 
 class Rewinder:
-    """Rewinds runs of one database; one rewind per run at a time in this process."""
+    """Rewinds runs of one database; one rewind per run at a time (in this process by a lock, across
+    processes by the run's pause hold)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, on_rollback: Callable[[], None] | None = None):
         self.store = store
+        self.on_rollback = on_rollback
+        """Called each time a failed rewind puts working directories back."""
         self._busy: set[str] = set()
 
     def audit_refusal(self, run_id: Any, frame_no: Any, caller: str) -> None:
@@ -260,7 +263,8 @@ class Rewinder:
                 raise _error(InvalidFrameNo, "frameNo must be a non-negative i32 integer.")
             if confirm is not True:
                 raise _error(ConfirmationRequired, "jumpToFrame is destructive; pass confirm: true to proceed.")
-            if run_id in self._busy:
+            held = self.store.get_run(run_id)
+            if run_id in self._busy or (held is not None and held_by_rewind(held["pause_requested_at_ms"], now_ms())):
                 raise _error(Busy, f"Another jumpToFrame is already running for {run_id}.")
             self._busy.add(run_id)
             locked = True
@@ -276,21 +280,25 @@ class Rewinder:
                     result=IN_PROGRESS,
                 )
             jumped, from_frame = await self._rewind(run_id, frame_no, caller, pause, resume)
-            result = SUCCESS
             jumped.duration_ms = int((time.monotonic() - started) * 1000)
+            result = SUCCESS
+            if not self._write_audit(audit_id, run_id, from_frame, frame_no, caller, result, jumped.duration_ms):
+                raise _error(RewindFailed, "Failed to persist rewind audit row.")
             return jumped
         except _Partial as exc:
             result = PARTIAL
             raise exc.error from None
         finally:
-            duration = int((time.monotonic() - started) * 1000)
-            self._write_audit(audit_id, run_id, from_frame, frame_no, caller, result, duration)
+            if result != SUCCESS:
+                duration = int((time.monotonic() - started) * 1000)
+                self._write_audit(audit_id, run_id, from_frame, frame_no, caller, result, duration)
             if locked:
                 self._busy.discard(run_id)
 
     def _write_audit(
         self, audit_id: int | None, run_id: Any, from_frame: int, frame_no: Any, caller: str, result: str, duration: int
-    ) -> None:
+    ) -> bool:
+        """Record the attempt's outcome; False when it could not be written (logged)."""
         to_frame = frame_no if isinstance(frame_no, int) and not isinstance(frame_no, bool) else -1
         try:
             with self.store.write() as tx:
@@ -308,6 +316,8 @@ class Rewinder:
                     )
         except Exception:
             log.exception("could not write the rewind audit row of run %r", run_id)
+            return False
+        return True
 
     async def _rewind(
         self, run_id: str, frame_no: int, caller: str, pause: Pause | None, resume: Resume | None
@@ -328,7 +338,12 @@ class Rewinder:
             state = frame_state(tx, run_id, frame_no)
         vcs = vcs_of(run)
         plan = _sandbox_plan(run, state, vcs)
-        await self._pause(run_id, pause)
+        try:
+            await self._pause(run_id, pause)
+        except BaseException:
+            self._release(run_id)
+            await self._resume_after_failure(run_id, resume)
+            raise
         reverted: list[tuple[Vcs, str]] = []
         try:
             for target in plan:
@@ -351,14 +366,16 @@ class Rewinder:
         return outcome, latest
 
     async def _pause(self, run_id: str, pause: Pause | None) -> None:
-        """Stop the run where it executes: in this process through ``pause``, in another through a
-        durable cancel request its owner honours within a quarter of a second."""
+        """Hold the run still: a durable pause request, which keeps anyone from resuming it and which
+        its owner in another process honours within a quarter of a second; in this process ``pause``
+        stops it at once. The run stays ``running``, without an owner (docs/engine.md#time-travel)."""
+        with self.store.write() as tx:
+            tx.update_run(run_id, pause_requested_at_ms=now_ms())
         if pause is not None and not await pause(run_id):
             raise _error(
                 RewindFailed, f"Run {run_id} did not stop within 10s of abort; refusing to rewind a live task."
             )
         deadline = time.monotonic() + PAUSE_TIMEOUT_S
-        requested = False
         while True:
             run = self.store.get_run(run_id)
             if (
@@ -367,15 +384,19 @@ class Rewinder:
                 or owner_gone(run["runtime_owner_id"], run["heartbeat_at_ms"], now_ms())
             ):
                 return
-            if not requested:
-                with self.store.write() as tx:
-                    tx.update_run(run_id, cancel_requested_at_ms=now_ms())
-                requested = True
             if time.monotonic() > deadline:
                 raise _error(
                     RewindFailed, f"Run {run_id} did not stop within 10s of abort; refusing to rewind a live task."
                 )
             await asyncio.sleep(0.05)
+
+    def _release(self, run_id: str) -> None:
+        """Withdraw the pause request of a rewind that did not happen: the run may go on."""
+        try:
+            with self.store.write() as tx:
+                tx.update_run(run_id, pause_requested_at_ms=None)
+        except Exception:
+            log.exception("could not withdraw the pause request of run %s", run_id)
 
     def _truncate(self, run_id: str, state: FrameState, latest: int, caller: str, reverted: int) -> JumpResult:
         with self.store.write() as tx:
@@ -388,6 +409,7 @@ class Rewinder:
                 heartbeat_at_ms=None,
                 runtime_owner_id=None,
                 cancel_requested_at_ms=None,
+                pause_requested_at_ms=None,
                 hijack_requested_at_ms=None,
                 hijack_target=None,
                 error_json=None,
@@ -407,6 +429,8 @@ class Rewinder:
         self, run_id: str, reverted: list[tuple[Vcs, str]], error: BaseException, resume: Resume | None
     ) -> None:
         failures = 0
+        if reverted and self.on_rollback is not None:
+            self.on_rollback()
         for vcs, pointer in reversed(reverted):
             try:
                 await asyncio.to_thread(vcs.restore, pointer)
@@ -417,6 +441,12 @@ class Rewinder:
             message = "Rewind failed and rollback was only partial; run needs attention."
             mark_needs_attention(self.store, run_id, message)
             raise _Partial(_error(RewindFailed, message)) from error
+        self._release(run_id)
+        await self._resume_after_failure(run_id, resume)
+
+    @staticmethod
+    async def _resume_after_failure(run_id: str, resume: Resume | None) -> None:
+        """A rewind that did not happen leaves the run as it was: paused runs go on."""
         if resume is not None:
             try:
                 await resume(run_id)
@@ -459,17 +489,19 @@ def mark_needs_attention(store: Store, run_id: str, message: str) -> None:
             finished_at_ms=now,
             heartbeat_at_ms=None,
             runtime_owner_id=None,
+            pause_requested_at_ms=None,
             error_json=dumps(error),
         )
 
 
-def recover_rewinds(store: Store) -> int:
-    """At start: every audit still ``in_progress`` was cut short; it becomes ``partial`` and its run
-    needs attention. Returns how many were found."""
+def recover_rewinds(store: Store, stale_after_ms: int = HOLD_STALE_MS) -> tuple[int, int]:
+    """Every audit ``in_progress`` for longer than ``stale_after_ms`` was cut short: it becomes
+    ``partial`` and its run needs attention. Returns (recovered, younger ones left for later)."""
+    now = now_ms()
     with store.read() as tx:
         stuck = tx.list_audits(result=IN_PROGRESS)
-    for audit in stuck:
-        now = now_ms()
+    stale = [a for a in stuck if now - int(a["timestamp_ms"]) >= stale_after_ms]
+    for audit in stale:
         with store.write() as tx:
             duration = audit["duration_ms"] if audit["duration_ms"] is not None else now - audit["timestamp_ms"]
             tx.update_audit(int(audit["id"]), result=PARTIAL, duration_ms=duration)
@@ -477,7 +509,7 @@ def recover_rewinds(store: Store) -> int:
             mark_needs_attention(
                 store, audit["run_id"], f"Rewind audit {audit['id']} was in_progress at startup; marked partial."
             )
-    return len(stuck)
+    return len(stale), len(stuck) - len(stale)
 
 
 def fork_run(
@@ -550,6 +582,7 @@ def fork_run(
 
 
 __all__ = [
+    "HOLD_STALE_MS",
     "FrameState",
     "JumpResult",
     "Rewinder",

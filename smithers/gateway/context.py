@@ -144,6 +144,14 @@ class GatewayContext(Protocol):
         """Trigger the abort signal of a run executing here; False when it is not."""
         ...
 
+    def pause_run(self, run_id: str) -> bool:
+        """Stop a run executing here without ending it (it stays resumable); False when it is not."""
+        ...
+
+    def unpause_run(self, run_id: str) -> None:
+        """Withdraw a pause the run executing here has not reached yet."""
+        ...
+
     def schedules_changed(self) -> None:
         """Crons were added, removed or made due: the scheduler looks at them now."""
         ...

@@ -9,7 +9,6 @@ the delta would not be smaller.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -36,7 +35,7 @@ from smithers.gateway.dispatch import TRANSPORT_WS, Call, Handler, Reply
 from smithers.gateway.jsvalues import encode_json, js_number_string
 from smithers.gateway.metrics import GatewayMetrics
 from smithers.store.rows import loads
-from smithers.store.store import Store
+from smithers.store.store import Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +171,10 @@ class DevToolsHub:
         """Send the stream's first events (a snapshot, then catching up from ``seq``) and follow the run."""
         try:
             self._start(stream, seq)
-        except Exception as exc:
-            log.exception("devtools stream of run %s failed to start", stream.run_id)
-            stream.fail(SERVER_ERROR, str(exc) or "stream failed")
+        except Exception:
+            ref = uuid.uuid4().hex[:12]
+            log.exception("devtools stream of run %s failed to start (ref %s)", stream.run_id, ref)
+            stream.fail(SERVER_ERROR, f"internal error (ref {ref})")
             return
         if stream.closed:
             return
@@ -210,15 +210,16 @@ class DevToolsHub:
         with self.store.read() as tx:
             return tx.last_frame_no(run_id)
 
+    def run_state(self, run_id: str) -> dict[str, Any] | None:
+        """The run's ``runState`` (None when it cannot be computed)."""
+        with self.store.read() as tx:
+            return _run_state(tx, run_id)
+
     def snapshots(self, run_id: str, lo: int, hi: int) -> dict[int, Snapshot]:
         """Snapshots of the stored frames ``lo..hi`` (a missing frame is missing from the result)."""
         with self.store.read() as tx:
             rows = read_frames(tx, run_id, lo, hi)
-            run = tx.get_run(run_id)
-            run_state = None
-            if run is not None:
-                with contextlib.suppress(Exception):
-                    run_state = compute_run_state(tx, run)
+            run_state = _run_state(tx, run_id)
         out = {}
         for row in rows:
             started = time.perf_counter()
@@ -234,20 +235,20 @@ class DevToolsHub:
             if seq:
                 stream.fail(SeqOutOfRange, f"fromSeq {seq} is newer than current seq 0")
                 return
-            stream.send_snapshot(devtools.empty_snapshot(run_id), cache)
+            stream.send_snapshot(devtools.empty_snapshot(run_id, self.run_state(run_id)), cache)
             return
         if seq is None:
             stream.send_snapshot(self.snapshots(run_id, latest, latest)[latest], cache)
             return
         initial = min((seq // REBASELINE_EVERY) * REBASELINE_EVERY, latest)
-        built = self.snapshots(run_id, initial, latest)
-        first = built.get(initial)
-        if first is None:
-            log.warning("frame %d of run %s is missing; starting from the latest", initial, run_id)
+        first = self.snapshots(run_id, initial, initial).get(initial)
+        if first is None:  # frame 0 too: this engine numbers frames from 1
+            log.info("frame %d of run %s is missing; starting from the latest", initial, run_id)
             stream.send_snapshot(self.snapshots(run_id, latest, latest)[latest], cache)
             return
         stream.send_snapshot(first, cache)
-        self._catch_up(stream, built, initial + 1, latest, cache)
+        if initial < latest:
+            self._catch_up(stream, self.snapshots(run_id, initial + 1, latest), initial + 1, latest, cache)
 
     def _catch_up(
         self, stream: DevToolsStream, built: dict[int, Snapshot], lo: int, hi: int, cache: FrameCache
@@ -290,6 +291,17 @@ class DevToolsHub:
                     stream.send_snapshot(snap, cache)
                 continue
             self._catch_up(stream, built, stream.seen + 1, latest, cache)
+
+
+def _run_state(tx: Tx, run_id: str) -> dict[str, Any] | None:
+    run = tx.get_run(run_id)
+    if run is None:
+        return None
+    try:
+        return compute_run_state(tx, run)
+    except Exception:  # a snapshot goes out without it rather than not at all
+        log.debug("runState of run %s cannot be computed", run_id, exc_info=True)
+        return None
 
 
 def _run_label(run_id: str) -> str:

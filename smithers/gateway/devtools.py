@@ -165,7 +165,7 @@ def _output_iteration(value: Any) -> int | None:
     return number
 
 
-def get_node_diff(call: Call, params: dict[str, Any]) -> Any:
+async def get_node_diff(call: Call, params: dict[str, Any]) -> Any:
     """What the node's latest attempt changed in its working directory; every failure is an answer."""
     metrics = call.ctx.metrics
     started = time.perf_counter()
@@ -179,7 +179,7 @@ def get_node_diff(call: Call, params: dict[str, Any]) -> Any:
     if call.ctx.resolve_run(run_id) is None:
         raise GatewayError(RunNotFound, f"Run not found: {run_id}")
     try:
-        bundle, cached = node_diff(call.ctx.store, run_id, node_id, iteration)
+        bundle, size, cached = await asyncio.to_thread(node_diff, call.ctx.store, run_id, node_id, iteration)
     except Exception as exc:
         metrics.node_diff_requests.labels("error").inc()
         raise refused(diff_failure(exc)) from exc
@@ -188,6 +188,7 @@ def get_node_diff(call: Call, params: dict[str, Any]) -> Any:
         with call.ctx.store.read() as tx:
             metrics.node_diff_cache_rows.set(tx.count_node_diffs())
     metrics.node_diff_requests.labels("ok").inc()
+    metrics.node_diff_bytes.observe(size)
     metrics.node_diff_ms.observe((time.perf_counter() - started) * 1000)
     return bundle
 
@@ -219,11 +220,12 @@ async def jump_to_frame(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     auth = caller_auth(principal)
 
     async def pause(target: str) -> bool:
-        if not ctx.abort_run(target):
+        if not ctx.pause_run(target):
             return True
         deadline = time.monotonic() + PAUSE_TIMEOUT_S
         while ctx.is_executing(target):
             if time.monotonic() > deadline:
+                ctx.unpause_run(target)
                 return False
             await asyncio.sleep(0.02)
         return True
@@ -236,6 +238,9 @@ async def jump_to_frame(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     except SmithersError as exc:
         ctx.metrics.rewinds.labels(_rewind_outcome(exc.code)).inc()
         raise refused(exc) from exc
+    except Exception:
+        ctx.metrics.rewinds.labels("failed").inc()
+        raise
     ctx.metrics.rewinds.labels("success").inc()
     ctx.metrics.rewind_ms.observe(result.duration_ms)
     ctx.metrics.rewind_frames_deleted.observe(result.deleted_frames)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
-from smithers.engine.timetravel import Rewinder, recover_rewinds
+from smithers.engine.timetravel import HOLD_STALE_MS, Rewinder, recover_rewinds
 from smithers.engine.workflow import Workflow
 from smithers.gateway import approvals, cron, devstreams, devtools, history, runs, signals, streams
 from smithers.gateway.allocator import return_large_buffers
@@ -58,7 +58,7 @@ class Gateway:
         self.ui = resolve_ui(self.options.ui, "/")
         self.connections: set[OpenConnection] = set()
         self.windows = RunWindows(self.options.event_window_size)
-        self.rewinder = Rewinder(self.store)
+        self.rewinder = Rewinder(self.store, on_rollback=self.metrics.rewind_rollbacks.inc)
         self.devtools = DevToolsHub(self.store, self.metrics)
         self.broadcaster = Broadcaster(self.connections, self.windows, self.metrics.event_sent)
         self.supervisor = RunSupervisor(self.store, self.workflows, self.options, self.metrics, self.broadcast)
@@ -77,6 +77,7 @@ class Gateway:
         self._server: UvicornServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._rewind_check: asyncio.TimerHandle | None = None
 
     @classmethod
     def from_options(cls, db: str | Store | None = None, options: Mapping[str, Any] | None = None) -> Gateway:
@@ -155,6 +156,12 @@ class Gateway:
     def abort_run(self, run_id: str) -> bool:
         return self.supervisor.abort_run(run_id)
 
+    def pause_run(self, run_id: str) -> bool:
+        return self.supervisor.pause_run(run_id)
+
+    def unpause_run(self, run_id: str) -> None:
+        self.supervisor.unpause_run(run_id)
+
     def broadcast(self, event: str, payload: dict[str, Any]) -> int:
         return self.broadcaster.broadcast(event, payload)
 
@@ -171,14 +178,26 @@ class Gateway:
             return
         self._started = True
         self.supervisor.attach()
-        try:  # a rewind cut short by a crash leaves its run needing attention, not half rewound
-            recover_rewinds(self.store)
-        except Exception:
-            log.exception("recovering interrupted rewinds failed")
+        self._recover_rewinds()
         try:
             self.supervisor.recover()
         except Exception:
             log.exception("resuming interrupted runs failed")
+
+    def _recover_rewinds(self) -> None:
+        """A rewind cut short by a crash leaves its run needing attention, not half rewound. One that
+        began lately may be alive in another process: it is looked at again once it would be stale."""
+        self._rewind_check = None
+        if self._stopped:
+            return
+        try:
+            _, young = recover_rewinds(self.store)
+        except Exception:
+            log.exception("recovering interrupted rewinds failed")
+            return
+        if young:
+            loop = asyncio.get_running_loop()
+            self._rewind_check = loop.call_later(HOLD_STALE_MS / 1000, self._recover_rewinds)
 
     async def listen(self, host: str | None = None, port: int = DEFAULT_PORT) -> None:
         """Start HTTP + WebSocket on ``host:port`` (all interfaces by default) and return once bound."""
@@ -226,6 +245,8 @@ class Gateway:
         if self._stopped:
             return
         self._stopped = True
+        if self._rewind_check is not None:
+            self._rewind_check.cancel()
         await self.cron.stop()
         await self.sweeper.stop()
         await self.devtools.close()

@@ -56,6 +56,7 @@ class ActiveRun:
     key: str
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    loop: RunLoop | None = None
     completed: bool = False
 
 
@@ -250,6 +251,7 @@ class RunSupervisor:
             subscriber.auto_subscribe(run_id)
         triggered_by = str((auth or {}).get("triggeredBy") or "gateway")
         self.metrics.runs_started.labels(entry.key, trigger_source(triggered_by), str(resume).lower()).inc()
+        entry.loop = loop
         entry.task = asyncio.get_running_loop().create_task(
             self._execute(run_id, entry, loop), name=f"smithers-run:{run_id}"
         )
@@ -305,6 +307,20 @@ class RunSupervisor:
             return False
         entry.cancel.set()
         return True
+
+    def pause_run(self, run_id: str) -> bool:
+        """Ask a run executing here to stop without ending (it stays resumable); False when it is not active."""
+        entry = self.active.get(run_id)
+        if entry is None or entry.loop is None:
+            return False
+        entry.loop.request_pause()
+        return True
+
+    def unpause_run(self, run_id: str) -> None:
+        """Withdraw a pause the run has not reached yet."""
+        entry = self.active.get(run_id)
+        if entry is not None and entry.loop is not None:
+            entry.loop.pause_event.clear()
 
     async def resume_if_needed(
         self, run_id: str, auth: dict[str, Any] | None, subscriber: ClientConnection | None = None

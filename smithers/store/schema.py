@@ -26,6 +26,7 @@ runs = Table(
     Column("heartbeat_at_ms", BigInteger),
     Column("runtime_owner_id", Text),
     Column("cancel_requested_at_ms", BigInteger),
+    Column("pause_requested_at_ms", BigInteger),
     Column("hijack_requested_at_ms", BigInteger),
     Column("hijack_target", Text),
     Column("vcs_type", Text),

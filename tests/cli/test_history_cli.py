@@ -66,7 +66,9 @@ def test_frames_tree_and_output(cli: Cli) -> None:
     assert "improve task (compute) — finished" in drawn and "loop refine" in drawn
     first = json.loads(cli.ok("tree", "l1", "--frame", "1", "--json").stdout)
     assert first["root"]["id"] == snapshot["root"]["id"]  # ids are stable across frames
-    assert "FrameOutOfRange" in cli("tree", "l1", "--frame", "999").stderr
+    for frame in ("999", "0"):  # frames are numbered from 1
+        refused = cli("tree", "l1", "--frame", frame)
+        assert refused.returncode != 0 and "FrameOutOfRange" in refused.stderr and "Traceback" not in refused.stderr
     assert json.loads(cli.ok("output", "l1", "improve").stdout) == {"value": 12}
     earlier = json.loads(cli.ok("output", "l1", "improve", "--iteration", "0", "--json").stdout)
     assert earlier["status"] == "produced" and earlier["row"] == {"value": 3}
@@ -109,6 +111,8 @@ def test_rewind_then_resume_finishes_with_the_same_outputs(cli: Cli) -> None:
 def test_fork_starts_a_new_run_and_leaves_the_source_alone(cli: Cli) -> None:
     first = run_loop(cli, "l3")
     events_before = cli.events("l3")
+    bad_id = cli("fork", "l3", "--frame", "2", "--run-id", "Bad Id!", "--no-start")
+    assert bad_id.returncode != 0 and "InvalidRunId" in bad_id.stderr
     forked = cli.ok("fork", "l3", "--frame", "2", "--run-id", "l3-copy", "--no-start")
     assert forked.stdout.strip() == "l3-copy"
     finished = cli.ok("resume", "l3-copy", "-q")

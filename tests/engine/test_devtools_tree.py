@@ -1,4 +1,4 @@
-"""The DevTools tree (version 1): building from frames, stable ids, deltas (gateway-protocol §11.5, §11.6)."""
+"""The DevTools tree (version 1): building from frames, stable ids, deltas (docs/protocol.md#devtools)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_snapshot_shape_and_json_text_input() -> None:
 def test_fnv1a_known_values() -> None:
     # FNV-1a of the empty string is the offset basis; masked to 31 bits.
     assert dt.stable_node_id("") == 0x011C9DC5 == fnv1a_reference("")
-    # Conformance vectors (gateway-protocol §21).
+    # Conformance vectors of the protocol.
     assert dt.stable_node_id("smithers:workflow") == 1753301139
     assert dt.stable_node_id("smithers:workflow/smithers:task#task1") == 843853727
     assert dt.stable_node_id("smithers:workflow/smithers:sequence") == 1210785256

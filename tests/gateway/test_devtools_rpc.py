@@ -1,4 +1,4 @@
-"""DevTools over the gateway, through real clients (gateway-protocol.md §11, §12.1, §17, §18.7).
+"""DevTools over the gateway, through real clients (docs/protocol.md#devtools, #metrics).
 
 ``getDevToolsSnapshot`` and ``getNodeOutput``/``devtools.getNodeOutput`` over HTTP and WebSocket,
 ``streamDevTools`` over WebSocket: the validation tables in order, the snapshot shape, a client
@@ -697,6 +697,9 @@ def test_stream_of_a_run_without_frames(gw: Live) -> None:
             follower.next()
             assert follower.log == [("snapshot", 0)]
             assert follower.held is not None and follower.held["root"]["name"] == "(empty)"
+            # stream snapshots carry runState like getDevToolsSnapshot's
+            fresh = snapshot(gw, "frameless")["runState"]
+            assert {**follower.held["runState"], "computedAt": None} == {**fresh, "computedAt": None}
         assert ws_error(ws, "streamDevTools", {"runId": "frameless", "fromSeq": 3}) == (
             "SeqOutOfRange",
             "fromSeq 3 is newer than current seq 0",

@@ -1,6 +1,6 @@
 """Rewind (``jumpToFrame`` / ``devtools.jumpToFrame`` / ``rewindRun``), ``getNodeDiff``, ``runs.fork``
 and the recovery of interrupted rewinds, with real clients against a live token-mode gateway
-(docs/protocol.md#rewind; spec gateway-protocol §12.2, §14, §3.6, §17).
+(docs/protocol.md#rewind, #getnodediff--devtoolsgetnodediff, #metrics).
 
 The workflows are defined here. Every compute body counts its calls per (run, node) in
 :data:`CALLS`, so a test can tell which tasks a rewind ran again.
@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from smithers import Approval, Loop, Parallel, Sequence, Task, workflow
+from smithers.engine.ownership import HOLD_STALE_MS
 from smithers.engine.workflow import Workflow
 from smithers.gateway.server import Gateway
 from smithers.store.rows import dumps, now_ms
@@ -642,9 +643,17 @@ def test_a_rewind_of_a_run_executing_here_stops_it_first_and_resumes_it(start: S
     )
     before = table_counts(live, run_id)
     assert before["latest"] >= 2
+    watcher = live.ws(connect_now=True, token=READER)
     result = live.ok("jumpToFrame", {"runId": run_id, "frameNo": 1, "confirm": True}, token=OWNER)
     assert result["newFrameNo"] == 1 and result["deletedAttempts"] == 2  # first, and the held attempt
     live.wait_status(run_id, {"finished"})
+    # paused, not cancelled: clients hear of the rewind and of one completion, the real one
+    mine = [f for f in watcher.drain(0.5) if f.get("type") == "event" and f["payload"].get("runId") == run_id]
+    watcher.close()
+    names = [f["event"] for f in mine]
+    assert names.count("run.time_travel_jumped") == 1 and names.count("run.completed") == 1, names
+    assert names.index("run.time_travel_jumped") < names.index("run.completed")
+    assert mine[names.index("run.completed")]["payload"]["status"] == "finished"
     assert calls_of(run_id) == {"first": 2, "hold": 2, "last": 1}
     assert outputs(live, run_id) == {("first", 0): {"n": 1}, ("hold", 0): {"n": 7}, ("last", 0): {"n": 8}}
     with live.gateway.store.read() as tx:
@@ -652,7 +661,7 @@ def test_a_rewind_of_a_run_executing_here_stops_it_first_and_resumes_it(start: S
         final = [(a["node_id"], a["attempt"], a["state"]) for a in tx.list_attempts(run_id)]
     # stopped (its run loop ended), rewound, then run again by the gateway to the end
     jumped = types.index("TimeTravelJumped")
-    assert types.count("RunStarted") >= 1 and types[-1] == "RunFinished"
+    assert "RunCancelled" not in types and types.count("RunStarted") >= 1 and types[-1] == "RunFinished"
     assert "NodeStarted" in types[jumped:] and types[jumped:].count("RunFinished") == 1
     assert sorted(final) == [("first", 1, "finished"), ("hold", 1, "finished"), ("last", 1, "finished")]
     [audit] = audits(live, run_id)
@@ -790,6 +799,33 @@ def test_a_rewind_restores_the_working_directory_and_the_rerun_writes_it_again(s
     assert git(repo, "log", "--format=%s") == "init\n"  # the user's branch never moved
 
 
+def test_a_rewind_that_fails_leaves_the_run_as_it_was_and_free_to_go_on(start: Start, repo: Path) -> None:
+    """A rewind that fails half way (git broken under it) changes nothing stored, withdraws its hold
+    on the run, and is audited; once git works again the same rewind goes through."""
+    live = start(files_workflow(repo))
+    run_id = finished(live, "tt_files")
+    final = work_files(repo)
+    before = table_counts(live, run_id)
+    target = started_after(live, run_id, "w2")
+    head = repo / ".git" / "HEAD"
+    good_head = head.read_text()
+    head.write_text("not a ref\n")
+    try:
+        status, code, message = refusal(jump(live, run_id, target, token=OWNER))
+    finally:
+        head.write_text(good_head)
+    assert code == "VcsError" and status >= 400 and message
+    row = live.gateway.store.get_run(run_id)
+    assert row["status"] == "finished" and row["pause_requested_at_ms"] is None
+    assert table_counts(live, run_id) == before and work_files(repo) == final
+    assert [a["result"] for a in audits(live, run_id)] == ["failed"]
+    # nothing holds the run: the next rewind is not Busy, and works
+    result = live.ok("jumpToFrame", {"runId": run_id, "frameNo": target, "confirm": True}, token=OWNER)
+    assert result["revertedSandboxes"] == 1
+    live.wait_status(run_id, {"finished"})
+    assert [a["result"] for a in audits(live, run_id)] == ["failed", "success"]
+
+
 # -- 5. runs.fork ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
 def test_a_fork_runs_to_the_same_end_and_leaves_its_source_alone(start: Start, db_url: str) -> None:
@@ -867,6 +903,7 @@ def test_a_rewind_left_in_progress_is_partial_at_start_and_its_run_needs_attenti
     store = Store(db_url)
     try:
         t0 = now_ms()
+        old = t0 - HOLD_STALE_MS  # older than a live rewind in another process can be
         with store.write() as tx:
             # a crash after the truncation committed (run set running, no owner), before the audit ended
             tx.update_run(cut, status="running", finished_at_ms=None, runtime_owner_id=None, heartbeat_at_ms=None)
@@ -875,7 +912,7 @@ def test_a_rewind_left_in_progress_is_partial_at_start_and_its_run_needs_attenti
                 from_frame_no=-1,
                 to_frame_no=2,
                 caller="user:admin",
-                timestamp_ms=t0 - 5000,
+                timestamp_ms=old - 5000,
                 result="in_progress",
             )
             timed = tx.insert_audit(
@@ -883,12 +920,16 @@ def test_a_rewind_left_in_progress_is_partial_at_start_and_its_run_needs_attenti
                 from_frame_no=9,
                 to_frame_no=3,
                 caller="user:op",
-                timestamp_ms=t0 - 1000,
+                timestamp_ms=old - 1000,
                 result="in_progress",
                 duration_ms=123,
             )
             gone = tx.insert_audit(
-                run_id="gone", from_frame_no=-1, to_frame_no=1, caller="x", timestamp_ms=t0, result="in_progress"
+                run_id="gone", from_frame_no=-1, to_frame_no=1, caller="x", timestamp_ms=old, result="in_progress"
+            )
+            # begun a moment ago: perhaps alive in another process, so left alone for now
+            young = tx.insert_audit(
+                run_id=kept, from_frame_no=-1, to_frame_no=2, caller="user:op", timestamp_ms=t0, result="in_progress"
             )
             done = tx.insert_audit(
                 run_id=kept,
@@ -905,7 +946,9 @@ def test_a_rewind_left_in_progress_is_partial_at_start_and_its_run_needs_attenti
 
     live = start(db=db_url)
     by_id = {a["id"]: a for a in audits(live)}
-    assert by_id[stuck]["result"] == "partial" and 5000 <= by_id[stuck]["duration_ms"] <= now_ms() - t0 + 5000
+    assert by_id[stuck]["result"] == "partial"
+    assert HOLD_STALE_MS + 5000 <= by_id[stuck]["duration_ms"] <= now_ms() - old + 5000
+    assert by_id[young]["result"] == "in_progress"
     assert (by_id[timed]["result"], by_id[timed]["duration_ms"]) == ("partial", 123)  # kept when it was set
     assert by_id[gone]["result"] == "partial"
     assert (by_id[done]["result"], by_id[done]["duration_ms"]) == ("success", 7)
@@ -927,7 +970,7 @@ def test_a_rewind_left_in_progress_is_partial_at_start_and_its_run_needs_attenti
     assert record["status"] == "failed"
 
 
-# -- metrics (§17) ---------------------------------------------------------------------------------
+# -- metrics ----------------------------------------------------------------------------------------
 def test_rewind_metrics_observe_each_rewind(start: Start, repo: Path) -> None:
     live = start(files_workflow(repo))
     run_id = finished(live, "tt_files")
