@@ -27,7 +27,7 @@ from smithers.gateway.protocol import (
     read_limit,
     validate_run_input,
 )
-from smithers.gateway.shapes import caller_auth, health_payload, list_run_rows, run_record
+from smithers.gateway.shapes import RunPage, caller_auth, health_payload, list_run_rows, run_record
 
 MAX_RUN_ID_LENGTH: Final = 256
 STATUS_ALREADY_TERMINAL: Final = "already_terminal"
@@ -55,10 +55,29 @@ def health(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_runs(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """``runs.list``: 0.18.0's ``limit``/``status``, and ours for paging through many runs:
+    ``workflow``, ``search`` (part of the run id), ``after`` (the last row of the previous page)
+    and ``withRunState`` (docs/protocol.md#runslist--listruns)."""
     with escaping():
         limit = read_limit(params)
     status = read_alias(params, "status", as_string, "filter")
-    return list_run_rows(call.ctx.store, limit, status)
+    page = RunPage(
+        workflow=read_alias(params, "workflow", as_string, "filter"),
+        search=read_alias(params, "search", as_string, "filter") or None,
+        after=_page_after(params.get("after")),
+        with_run_state=read_alias(params, "withRunState", as_boolean, "filter") is True,
+    )
+    return list_run_rows(call.ctx.store, limit, status, page)
+
+
+def _page_after(value: Any) -> tuple[int, str] | None:
+    if value is None:
+        return None
+    after = as_object(value)
+    created, run_id = (after.get("createdAtMs"), after.get("runId")) if after is not None else (None, None)
+    if isinstance(created, bool) or not isinstance(created, int) or not isinstance(run_id, str):
+        raise GatewayError(INVALID_INPUT, "after must be an object {createdAtMs: integer, runId: string}.")
+    return created, run_id
 
 
 def list_workflows(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -48,11 +49,33 @@ def run_row(row: Row) -> dict[str, Any]:
     return {**to_wire(row), "workflowKey": stored_workflow_key(row)}
 
 
-def list_run_rows(store: Store, limit: int, status: str | None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RunPage:
+    """What narrows ``runs.list`` beyond 0.18.0's status (docs/protocol.md#runslist--listruns)."""
+
+    workflow: str | None = None
+    search: str | None = None
+    after: tuple[int, str] | None = None
+    with_run_state: bool = False
+
+
+def list_run_rows(store: Store, limit: int, status: str | None, page: RunPage | None = None) -> list[dict[str, Any]]:
     """Newest runs first (``status="running"`` includes ``continued`` ones)."""
+    page = page or RunPage()
+    statuses = statuses_matching(status) if status else []
     with store.read() as tx:
-        rows = tx.list_runs_in(statuses_matching(status), limit) if status else tx.list_runs(limit)
-    return [run_row(row) for row in rows]
+        if page == RunPage():
+            rows = tx.list_runs_in(statuses, limit) if status else tx.list_runs(limit)
+        else:
+            rows = tx.list_runs_page(
+                limit, statuses=statuses, workflow=page.workflow, run_id_part=page.search, after=page.after
+            )
+        out = [run_row(row) for row in rows]
+        if page.with_run_state:
+            for record, row in zip(out, rows, strict=True):
+                with contextlib.suppress(Exception):  # omitted when it cannot be computed
+                    record["runState"] = compute_run_state(tx, row)
+    return out
 
 
 def run_record(ctx: GatewayContext, run_id: str) -> dict[str, Any] | None:

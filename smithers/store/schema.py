@@ -37,6 +37,8 @@ runs = Table(
     Index("_smithers_runs_status_heartbeat_idx", "status", "heartbeat_at_ms"),
     Index("_smithers_runs_parent_idx", "parent_run_id"),
     Index("_smithers_runs_created_idx", "created_at_ms"),
+    Index("_smithers_runs_status_created_idx", "status", "created_at_ms"),
+    Index("_smithers_runs_workflow_created_idx", "workflow_name", "created_at_ms"),
 )
 
 run_input = Table(

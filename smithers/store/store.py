@@ -204,6 +204,51 @@ class Tx:
 
         return self.rows("runs_newest", build, {"lim": limit})
 
+    def list_runs_page(
+        self,
+        limit: int,
+        *,
+        statuses: Sequence[str] = (),
+        workflow: str | None = None,
+        run_id_part: str | None = None,
+        after: tuple[int, str] | None = None,
+    ) -> list[Row]:
+        """One page of runs, newest first (``created_at_ms`` descending, then ``run_id``): of any of
+        ``statuses`` (all when empty), of one workflow, whose id contains a text, and following
+        ``after`` (the ``(created_at_ms, run_id)`` of the previous page's last row) in that order."""
+        c = t.runs.c
+        count = len(statuses)
+        shape = (count, workflow is not None, run_id_part is not None, after is not None)
+
+        def build() -> ClauseElement:
+            where: list[Any] = []
+            if count:
+                where.append(c.status.in_([bindparam(f"w_status_{i}") for i in range(count)]))
+            if workflow is not None:
+                where.append(c.workflow_name == bindparam("wf"))
+            if run_id_part is not None:  # LIKE: case-insensitive for ASCII on SQLite, exact on PostgreSQL
+                where.append(c.run_id.like(bindparam("pre"), escape="\\"))
+            if after is not None:
+                where.append(
+                    (c.created_at_ms < bindparam("ac"))
+                    | ((c.created_at_ms == bindparam("ac")) & (c.run_id > bindparam("ar")))
+                )
+            query = select(t.runs)
+            if where:
+                query = query.where(*where)
+            return query.order_by(c.created_at_ms.desc(), c.run_id).limit(bindparam("lim"))
+
+        params: dict[str, Any] = {f"w_status_{i}": status for i, status in enumerate(statuses)}
+        params["lim"] = limit
+        if workflow is not None:
+            params["wf"] = workflow
+        if run_id_part is not None:
+            escaped = run_id_part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params["pre"] = "%" + escaped + "%"
+        if after is not None:
+            params["ac"], params["ar"] = after
+        return self.rows(("runs_page", *shape), build, params)
+
     def list_runs_in(
         self, statuses: Sequence[str], limit: int | None = None, *, oldest_first: bool = False
     ) -> list[Row]:

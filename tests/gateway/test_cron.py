@@ -428,7 +428,8 @@ def test_a_schedule_with_a_time_zone_fires_at_its_local_time(start_humans: Start
     assert (fire.hour, fire.minute) == (8, 0)
     assert added["nextRunAtMs"] == next_fire("0 8 * * *", added["createdAtMs"], "Asia/Tokyo")
     due = added["nextRunAtMs"]
-    [run_id] = tick(live, due)
+    # the registered weekday schedule may be due by then too, depending on today's date: only ours counts
+    [run_id] = [r for r in tick(live, due) if live.gateway.store.get_run(r)["workflow_name"] == "adhoc"]
     row = cron_of(live, "tokyo")
     assert row["timezone"] == "Asia/Tokyo" and row["nextRunAtMs"] == next_fire("0 8 * * *", due, "Asia/Tokyo")
     live.wait_status(run_id, {"finished"})

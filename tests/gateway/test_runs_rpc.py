@@ -169,6 +169,51 @@ def test_list_runs_and_filters(live: Live) -> None:
     assert live.rpc("listRuns", {"limit": "x", "filter": {"limit": 5}}).status_code == 400
 
 
+def test_list_runs_pages_through_many_runs_by_workflow_status_and_id(live: Live) -> None:
+    """Our paging params: ``after`` (the previous page's last row), ``workflow``, ``search`` (part of
+    the run id) and ``withRunState``; pages never repeat or skip a run, ties on the time included."""
+    t0 = now_ms()
+    expected = []
+    with live.gateway.store.write() as tx:
+        for i in range(130):
+            created = t0 - (i // 3) * 10  # three runs share each timestamp
+            status = "failed" if i % 5 == 0 else "finished"
+            workflow = "alpha" if i % 2 else "beta"
+            run_id = f"run-{i:03d}" + ("-x_y%" if i == 77 else "")
+            tx.insert_run(run_id=run_id, workflow_name=workflow, status=status, created_at_ms=created)
+            expected.append((-created, run_id, status, workflow))
+    expected.sort()
+
+    def pages(**params: Any) -> list[str]:
+        seen: list[str] = []
+        after = None
+        while True:
+            page = live.ok("listRuns", {"limit": 7, **params, **({"after": after} if after else {})})
+            if not page:
+                return seen
+            seen += [r["runId"] for r in page]
+            after = {"createdAtMs": page[-1]["createdAtMs"], "runId": page[-1]["runId"]}
+
+    assert pages() == [e[1] for e in expected]
+    assert pages(status="failed") == [e[1] for e in expected if e[2] == "failed"]
+    assert pages(workflow="alpha") == [e[1] for e in expected if e[3] == "alpha"]
+    assert pages(filter={"workflow": "beta", "status": "finished"}) == [
+        e[1] for e in expected if e[3] == "beta" and e[2] == "finished"
+    ]
+    assert pages(search="12") == [e[1] for e in expected if "12" in e[1]]
+    # LIKE's wildcards in the search are literal characters
+    assert [r["runId"] for r in live.ok("listRuns", {"search": "_y%"})] == ["run-077-x_y%"]
+    assert live.ok("listRuns", {"search": "x%z"}) == []
+    # the state of a waiting run says what it waits on
+    waiting = live.ok("launchRun", {"workflow": "gate"})["runId"]
+    live.wait_status(waiting, {"waiting-approval"})
+    [row] = live.ok("listRuns", {"search": waiting, "withRunState": True})
+    assert row["runState"]["state"] == "waiting-approval" and row["runState"]["blocked"]["nodeId"]
+    assert "runState" not in live.ok("listRuns", {"search": waiting})[0]
+    bad = live.rpc("listRuns", {"after": {"createdAtMs": "x", "runId": "r"}})
+    assert bad.status_code == 400 and error_of(bad)["code"] == "INVALID_INPUT"
+
+
 def test_list_workflows(live: Live) -> None:
     listed = live.ok("listWorkflows")
     keys = [w["key"] for w in listed]
