@@ -66,20 +66,24 @@ def diff(a: Any, b: Any, path: Path | None = None, ops: list[dict[str, Any]] | N
 
 def apply(doc: Any, ops: list[dict[str, Any]]) -> Any:
     """Apply delta ops to a copy of ``doc``."""
-    doc = copy.deepcopy(doc)
+    return apply_in_place(copy.deepcopy(doc), copy.deepcopy(ops))
+
+
+def apply_in_place(doc: Any, ops: list[dict[str, Any]]) -> Any:
+    """Apply delta ops to ``doc`` itself, taking the ops' values as they are (parse them fresh)."""
     for op in ops:
         path = op["path"]
         if not path:
-            doc = copy.deepcopy(op["value"])
+            doc = op["value"]
             continue
         parent = doc
         for step in path[:-1]:
             parent = parent[step]
         last = path[-1]
         if op["op"] == "set":
-            parent[last] = copy.deepcopy(op["value"])
+            parent[last] = op["value"]
         elif op["op"] == "insert":
-            parent.insert(last, copy.deepcopy(op["value"]))
+            parent.insert(last, op["value"])
         else:
             del parent[last]
     return doc
@@ -123,3 +127,25 @@ def expand(rows: list[dict[str, Any]]) -> list[Any]:
         current = apply(current, body["ops"]) if row["encoding"] == DELTA else body
         docs.append(current)
     return docs
+
+
+def expand_last(rows: list[dict[str, Any]]) -> Any:
+    """The full document of the last of consecutive frame rows, the first of which is not a delta."""
+    current: Any = None
+    for row in rows:
+        body = json.loads(row["xml_json"])
+        current = apply_in_place(current, body["ops"]) if row["encoding"] == DELTA else body
+    return current
+
+
+def expand_texts(rows: list[dict[str, Any]], first: int) -> list[str]:
+    """Canonical text of the full document of each row whose ``frame_no`` is at least ``first``
+    (rows consecutive, the first not a delta): one working document, each delta applied in place."""
+    texts: list[str] = []
+    current: Any = None
+    for row in rows:
+        body = json.loads(row["xml_json"])
+        current = apply_in_place(current, body["ops"]) if row["encoding"] == DELTA else body
+        if row["frame_no"] >= first:
+            texts.append(canonical(current))
+    return texts

@@ -24,16 +24,14 @@ def read_frames(tx: Tx, run_id: str, lo: int, hi: int) -> list[Row]:
     rows = tx.list_frame_rows(run_id, up_to=hi, since=start)
     if not rows:
         return []
-    docs = frames.expand(rows)
+    texts = iter(frames.expand_texts(rows, lo))
     out: list[Row] = []
     mounted, index = None, None
-    for row, doc in zip(rows, docs, strict=True):
+    for row in rows:
         mounted = row["mounted_task_ids_json"] if row["mounted_task_ids_json"] is not None else mounted
         index = row["task_index_json"] if row["task_index_json"] is not None else index
         if row["frame_no"] >= lo:
-            out.append(
-                {**row, "xml_json": frames.canonical(doc), "mounted_task_ids_json": mounted, "task_index_json": index}
-            )
+            out.append({**row, "xml_json": next(texts), "mounted_task_ids_json": mounted, "task_index_json": index})
     return out
 
 

@@ -215,7 +215,8 @@ class RunStart(RunCore):
         self.frame_no = tx.last_frame_no(self.run_id)
         if self.frame_no:
             start = tx.last_keyframe_no(self.run_id, self.frame_no) or 1
-            docs = frames.expand(tx.list_frame_rows(self.run_id, since=start))
+            rows = tx.list_frame_rows(self.run_id, since=start)
+            docs = [frames.expand_last(rows)] if rows else []
             self.prev_doc = docs[-1] if docs else None
             self.prev_text = frames.canonical(self.prev_doc) if docs else ""
             self.prev_hash = frames.sha256_hex(frames.canonical(self.prev_doc)) if docs else None
