@@ -10,6 +10,7 @@ from smithers.gateway.auth import Authenticator
 from smithers.gateway.broadcast import Receiver
 from smithers.gateway.context import GatewayContext
 from smithers.gateway.dispatch import Dispatcher
+from smithers.gateway.options import UiMount
 
 
 class OpenConnection(Receiver, Protocol):
@@ -41,6 +42,11 @@ class GatewayHost(GatewayContext, Protocol):
     @property
     def connections(self) -> MutableSet[OpenConnection]:
         """The open WebSocket connections (broadcasts go to these)."""
+        ...
+
+    @property
+    def ui(self) -> UiMount | None:
+        """The gateway's own UI mount, if any (docs/protocol.md#ui-mounts)."""
         ...
 
     def is_stored_token(self, token: str | None) -> bool:

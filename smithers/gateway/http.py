@@ -1,5 +1,5 @@
 """HTTP transport: route precedence, RPC over ``/rpc`` and ``/v1/rpc/{method}``, ``/health``,
-``/metrics``, webhooks, the 404 fallback, body limits and the header/request timeouts
+``/metrics``, webhooks, UI mounts, the 404 fallback, body limits and the header/request timeouts
 (docs/protocol.md#http-routes).
 
 :class:`GatewayApp` is a plain ASGI application (HTTP, WebSocket and lifespan); the routes are
@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from smithers.errors import INVALID_REQUEST, GatewayError
-from smithers.gateway import webhooks
+from smithers.gateway import ui, webhooks
 from smithers.gateway.auth import header_value, node_headers, peer_address
 from smithers.gateway.dispatch import TRANSPORT_HTTP, Call, internal_error
 from smithers.gateway.host import GatewayHost
@@ -149,6 +149,9 @@ async def route(host: GatewayHost, request: Request) -> Response:
             return await rpc(host, request, name)
         if bare and path == "/rpc":
             return await rpc(host, request, None)
+    page = await ui.answer(host.ui, host.workflows.values(), method, path)  # GET/HEAD under a UI mount
+    if page is not None:
+        return page
     return json_response(route_not_found_body(), 404)
 
 

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -60,6 +61,14 @@ _POSITIVE: Final = (
 )
 _UI_PATH: Final = re.compile(r"/[A-Za-z0-9/_:.\-]*")
 
+CONSOLE_PATH: Final = "/console"
+"""Mount path of the built-in console (``ui=True``; docs/protocol.md#ui-mounts)."""
+CONSOLE_TITLE: Final = "Smithers console"
+CONSOLE_ENTRY: Final = "app.js"
+"""The console's browser entry, a file of its directory."""
+CONSOLE_DIR_ENV: Final = "SMITHERS_CONSOLE_DIR"
+"""Development aid: serve the console from this directory instead of the one shipped in the package."""
+
 
 @dataclass(frozen=True)
 class GatewayOptions:
@@ -83,8 +92,8 @@ class GatewayOptions:
     """Run events kept per run for ``streamRunEvents`` replay."""
     headers_timeout: int = DEFAULT_HEADERS_TIMEOUT_MS
     request_timeout: int = DEFAULT_REQUEST_TIMEOUT_MS
-    ui: Mapping[str, Any] | None = None
-    """Gateway-level UI mount."""
+    ui: Mapping[str, Any] | bool | None = None
+    """Gateway-level UI mount: a UI config, or ``True`` for the built-in console at ``/console``."""
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     """Tasks one run executes at once (ours; not a 0.18.0 option)."""
     connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS
@@ -131,6 +140,8 @@ class UiMount:
     path: str
     title: str | None = None
     props: Mapping[str, Any] = field(default_factory=dict)
+    files: str | None = None
+    """A directory whose files are served under the asset base (the built-in console's only)."""
 
 
 def resolve_ui(config: Mapping[str, Any] | None, default_path: str) -> UiMount | None:
@@ -156,6 +167,23 @@ def resolve_ui(config: Mapping[str, Any] | None, default_path: str) -> UiMount |
         title if isinstance(title, str) else None,
         props if isinstance(props, dict) else {},
     )
+
+
+def console_dir() -> str:
+    """The console's directory: ``$SMITHERS_CONSOLE_DIR``, else ``smithers/console`` of the package."""
+    configured = os.environ.get(CONSOLE_DIR_ENV)
+    return os.path.abspath(configured) if configured else str(Path(__file__).resolve().parent.parent / "console")
+
+
+def resolve_gateway_ui(config: Mapping[str, Any] | bool | None) -> UiMount | None:
+    """The gateway-level UI: ``True`` mounts the built-in console at ``/console`` (docs/protocol.md#ui-mounts);
+    ``None``/``False`` none; a config is resolved as :func:`resolve_ui` does, at ``/`` by default."""
+    if config is True:
+        directory = console_dir()
+        return UiMount(os.path.join(directory, CONSOLE_ENTRY), CONSOLE_PATH, CONSOLE_TITLE, {}, directory)
+    if config is None or config is False:
+        return None
+    return resolve_ui(config, "/")
 
 
 @dataclass(frozen=True)

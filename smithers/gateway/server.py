@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from smithers.engine.timetravel import HOLD_STALE_MS, Rewinder, recover_rewinds
@@ -27,7 +28,7 @@ from smithers.gateway.dispatch import Dispatcher
 from smithers.gateway.host import OpenConnection
 from smithers.gateway.http import UvicornServer, bind_socket
 from smithers.gateway.metrics import GatewayMetrics
-from smithers.gateway.options import GatewayOptions, Registration, resolve_ui
+from smithers.gateway.options import GatewayOptions, Registration, resolve_gateway_ui, resolve_ui
 from smithers.gateway.protocol import DEFAULT_PORT
 from smithers.gateway.scheduler import CronScheduler, register_schedules
 from smithers.gateway.supervisor import RunSupervisor
@@ -55,7 +56,7 @@ class Gateway:
         self._owns_store = not isinstance(db, Store)
         self.metrics = GatewayMetrics()
         self.workflows: dict[str, Registration] = {}
-        self.ui = resolve_ui(self.options.ui, "/")
+        self.ui = resolve_gateway_ui(self.options.ui)
         self.connections: set[OpenConnection] = set()
         self.windows = RunWindows(self.options.event_window_size)
         self.rewinder = Rewinder(self.store, on_rollback=self.metrics.rewind_rollbacks.inc)
@@ -114,6 +115,23 @@ class Gateway:
             raise TypeError(f"register({key!r}, ...) needs a Workflow, got {type(workflow).__name__}")
         mount = resolve_ui(ui, Registration.default_ui_path(key))
         self.workflows[key] = Registration(key, workflow, schedule, timezone, webhook, mount)
+
+    def mount_console(self) -> None:
+        """Serve the built-in console at ``/console``, as ``ui=True`` does (``smithers serve --console``).
+
+        It takes the place of the gateway's own UI, which is the one gateway-level mount.
+        """
+        if self.ui is not None and self.ui.files is None:
+            log.warning("the built-in console replaces the gateway's own UI at %s", self.ui.path)
+        self.options = replace(self.options, ui=True)
+        self.ui = resolve_gateway_ui(True)
+
+    @property
+    def console_url(self) -> str | None:
+        """Where the built-in console is served (None without it or before :meth:`listen`)."""
+        if self.ui is None or self.ui.files is None or self.port is None:
+            return None
+        return self.url + self.ui.path
 
     # -- the interface handlers and transports use (GatewayHost) -------------------------------
     @property
@@ -234,6 +252,8 @@ class Gateway:
             file=sys.stderr,
             flush=True,
         )
+        if self.console_url is not None:
+            print(f"smithers console: open {self.console_url}", file=sys.stderr, flush=True)
         assert self._serve_task is not None
         try:
             await asyncio.shield(self._serve_task)
