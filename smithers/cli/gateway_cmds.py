@@ -56,6 +56,9 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535)] = 7331,
     db: DbOption = None,
+    console: Annotated[
+        bool, typer.Option("--console", help="Serve the built-in operator console at /console (ui=True).")
+    ] = False,
 ) -> None:
     """Serve workflows over HTTP and WebSocket (the Smithers gateway protocol v1)."""
     from smithers.gateway.server import Gateway
@@ -74,6 +77,8 @@ def serve(
         if not found:
             fail(f"{path} defines no Gateway and no @workflow")
         gateway = guarded(lambda: Gateway.for_workflows(found, db=open_store(db)))
+    if console:
+        gateway.mount_console()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
