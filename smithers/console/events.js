@@ -263,6 +263,7 @@ function eventRow(frame) {
   if (p.decidedBy) detail.push(`by ${p.decidedBy}`);
   if (typeof p.fromFrameNo === "number") detail.push(`frame ${p.fromFrameNo} → ${p.toFrameNo}`);
   if (p.error && p.error.message) detail.push(p.error.message);
+  if (typeof p.output === "string") detail.push(`${p.stream || "output"}: ${p.output.length > 300 ? `${p.output.slice(0, 300)}…` : p.output}`);
   return h(
     "li",
     { "data-seq": frame.seq, "data-event": frame.event, class: `ev ev-${String(frame.event).replace(/[^a-z]/g, "-")}` },

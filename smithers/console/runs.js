@@ -94,6 +94,7 @@ export function runsView(ctx, route) {
     }
     put(workflowSelect, h("option", { value: "" }, "any workflow"), workflows.map((w) => h("option", { value: w.key }, w.readableName ? `${w.key} (${w.readableName})` : w.key)));
     put(launchWorkflow, workflows.map((w) => h("option", { value: w.key }, w.key)));
+    describe();
     syncControls();
   }
 
@@ -184,7 +185,12 @@ export function runsView(ctx, route) {
   }
 
   // -- launch -------------------------------------------------------------------------------------
-  const launchWorkflow = h("select", { required: true, "data-testid": "launch-workflow" });
+  const launchWorkflow = h("select", { required: true, "data-testid": "launch-workflow", onchange: () => describe() });
+  const launchAbout = h("p", { class: "muted small", "data-testid": "launch-about" });
+  const describe = () => {
+    const chosen = workflows.find((w) => w.key === launchWorkflow.value);
+    launchAbout.textContent = chosen ? [chosen.readableName, chosen.description].filter(Boolean).join(": ") : "";
+  };
   const launchInput = h("textarea", { rows: 4, spellcheck: "false", class: "mono", "data-testid": "launch-input" }, "{}");
   const launchId = h("input", { type: "text", autocomplete: "off", placeholder: "random when empty", "data-testid": "launch-run-id" });
   const launchError = h("p", { class: "error", role: "alert", "data-testid": "launch-error", hidden: true });
@@ -220,6 +226,7 @@ export function runsView(ctx, route) {
             },
           },
           h("div", { class: "row" }, field("Workflow", launchWorkflow), field("Run id", launchId)),
+          launchAbout,
           field("Input (JSON)", launchInput),
           launchError,
           h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", "data-testid": "launch-submit" }, "Launch")),

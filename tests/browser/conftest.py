@@ -33,7 +33,7 @@ AUTH: dict[str, Any] = {
     },
 }
 
-expect.set_options(timeout=10_000)
+expect.set_options(timeout=15_000)  # generous: the whole suite runs in parallel with these
 
 
 class Console:

@@ -13,6 +13,9 @@ def test_launch_a_run_and_watch_it_finish_live(page: Page, console: Console) -> 
     sign_in(page, console)
     page.get_by_test_id("launch-open").click()
     page.get_by_test_id("launch-workflow").select_option("grow")
+    expect(page.get_by_test_id("launch-about")).to_have_text(
+        "Grow: One step after another; each finished step mounts the next"
+    )
     page.get_by_test_id("launch-input").fill('{"steps": 4, "delay": 0.25}')
     page.get_by_test_id("launch-run-id").fill("live-1")
     page.get_by_test_id("launch-submit").click()
@@ -144,3 +147,20 @@ def test_bulk_cancel_and_resume(page: Page, console: Console, page_errors: PageE
     page.get_by_test_id("bulk-resume").click()
     page.get_by_test_id("confirm-ok").click()
     expect(page.get_by_test_id("notice").last).to_contain_text("Resume: 3 accepted.")
+
+
+def test_a_launch_the_gateway_refuses_says_why(page: Page, console: Console, page_errors: PageErrors) -> None:
+    page_errors.allow("status of 400")  # the refused launchRun
+    sign_in(page, console)
+    page.get_by_test_id("launch-open").click()
+    page.get_by_test_id("launch-workflow").select_option("hello")
+    page.get_by_test_id("launch-input").fill("{name: ada}")
+    page.get_by_test_id("launch-submit").click()
+    expect(page.get_by_test_id("launch-error")).to_contain_text("Input is not valid JSON")
+    page.get_by_test_id("launch-input").fill("{}")
+    page.get_by_test_id("launch-run-id").fill("x" * 300)
+    page.get_by_test_id("launch-submit").click()
+    expect(page.get_by_test_id("launch-error")).to_have_text(
+        "runId exceeds the maximum length of 256 characters. (INVALID_INPUT)"
+    )
+    expect(page).to_have_url(console.url())

@@ -88,3 +88,65 @@ def test_a_token_limited_to_approvals_gets_the_not_allowed_page(page: Page, gate
     expect(refusal).to_contain_text("this token lacks the scope run:read needed for listRuns")
     page.get_by_test_id("nav-approvals").click()
     expect(page.get_by_test_id("not-allowed")).to_contain_text("run:read")
+
+
+GRANTS = [
+    ["*"],
+    ["run:read"],
+    ["run:write"],
+    ["run:admin"],
+    ["cron:write"],
+    ["approval:submit"],
+    ["signal:submit"],
+    ["observability:read"],
+    ["read"],
+    ["execute"],
+    ["approve"],
+    ["admin"],
+    ["runs.*"],
+    [".*"],
+    ["cron.list"],
+    [" run:write ", ""],
+    ["run:*"],
+    [],
+]
+METHODS = [
+    "listRuns",
+    "launchRun",
+    "cancelRun",
+    "resumeRun",
+    "runs.rerun",
+    "runs.fork",
+    "runs.get",
+    "submitApproval",
+    "submitSignal",
+    "cron.list",
+    "cron.add",
+    "cron.trigger",
+    "streamDevTools",
+    "getDevToolsSnapshot",
+    "jumpToFrame",
+    "getNodeOutput",
+    "config.set",
+    "approve",
+    "run:admin",
+    "deploy.prod",
+]
+
+
+def test_the_console_reads_scopes_as_the_gateway_does(page: Page, gateways: Callable[..., Console]) -> None:
+    """The console hides what the gateway would refuse: its grant check agrees with the gateway's."""
+    from smithers.gateway.scopes import has_scope, required_scope_for_method
+
+    console = gateways(auth=None)
+    page.goto(console.url())
+    expect(page.get_by_test_id("runs-page")).to_be_visible()
+    seen = page.evaluate(
+        """async ([grants, methods]) => {
+            const { allows } = await import("/console/__smithers_ui/scopes.js");
+            return grants.map((g) => methods.map((m) => allows(g, m)));
+        }""",
+        [GRANTS, METHODS],
+    )
+    expected = [[has_scope(g, required_scope_for_method(m), m) for m in METHODS] for g in GRANTS]
+    assert seen == expected
