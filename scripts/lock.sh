@@ -8,7 +8,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$PYTHON" -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install -q --upgrade pip >&2
-"$tmp/venv/bin/python" -m pip install -q -e '.[dev]' >&2
+"$tmp/venv/bin/python" -m pip install -q -e '.[dev,agents]' >&2
 {
   echo "# Exact versions the test suite last passed with; installed by scripts/setup.sh."
   echo "# Refresh on purpose with: bash scripts/lock.sh"

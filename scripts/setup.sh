@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install smithers with its development tools into it, at the exact
-# versions of constraints.txt (the ones the tests last passed with). Idempotent.
+# Create .venv (if needed) and install smithers with its development tools and the optional
+# agents extra (pydantic-ai) into it, at the exact versions of constraints.txt (the ones the tests
+# last passed with). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -21,6 +22,6 @@ fi
 stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >&2
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]' >&2
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,agents]' >&2
   rm -f .venv/.installed-* && touch "$stamp"
 fi

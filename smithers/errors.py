@@ -12,6 +12,9 @@ The tree::
     ├── RunNotActiveError           RUN_NOT_ACTIVE (409)
     ├── RunOwnershipError           RUN_OWNER_ALIVE, RUN_STILL_RUNNING, RUN_RESUME_CLAIM_FAILED
     ├── TaskTimeoutError            TASK_TIMEOUT
+    ├── AgentError                  AGENT_FAILED: an agent (model API or CLI) failed to answer
+    │   └── AgentAuthError          AGENT_AUTH_FAILED: its credentials were refused or are missing
+    ├── AgentConfigError            AGENT_CONFIG_INVALID: an agent task or agent cannot be used as written
     ├── DatabaseError               DB_ERROR: a database cannot be opened or used
     ├── GatewayError                a refusal answered to a gateway client, with any wire code below
     └── ServerError                 SERVER_ERROR (500): a failure answered without a code of its own
@@ -66,7 +69,9 @@ RUN_NOT_ACTIVE: Final = "RUN_NOT_ACTIVE"
 NO_PENDING_APPROVALS: Final = "NO_PENDING_APPROVALS"
 AMBIGUOUS_APPROVAL: Final = "AMBIGUOUS_APPROVAL"
 NOT_WAITING_FOR_APPROVAL: Final = "NOT_WAITING_FOR_APPROVAL"
-AGENT_NOT_AVAILABLE: Final = "AGENT_NOT_AVAILABLE"
+AGENT_FAILED: Final = "AGENT_FAILED"
+AGENT_AUTH_FAILED: Final = "AGENT_AUTH_FAILED"
+AGENT_CONFIG_INVALID: Final = "AGENT_CONFIG_INVALID"
 DB_ERROR: Final = "DB_ERROR"
 WORKFLOW_NOT_FOUND: Final = "WORKFLOW_NOT_FOUND"
 
@@ -268,6 +273,27 @@ class RunOwnershipError(SmithersError):
 
 class TaskTimeoutError(SmithersError):
     default_code = TASK_TIMEOUT
+
+
+class AgentError(SmithersError):
+    """An agent failed to answer (an API error, a CLI that exited badly). Retryable: the next
+    attempt may use the next agent of the task's chain."""
+
+    default_code = AGENT_FAILED
+
+
+class AgentAuthError(AgentError):
+    """An agent's credentials were refused, or are missing. The engine's auth circuit breaker skips
+    that agent for the rest of the run (docs/engine.md#agent-tasks)."""
+
+    default_code = AGENT_AUTH_FAILED
+
+
+class AgentConfigError(SmithersError):
+    """An agent task or an agent cannot be used as written (no prompt, a missing optional extra, a
+    bad option). Not retryable."""
+
+    default_code = AGENT_CONFIG_INVALID
 
 
 class DatabaseError(SmithersError):

@@ -18,12 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from smithers.engine.agent import AgentAttempt, agent_heartbeat_ms, run_agent
 from smithers.engine.bodies import BODY_THREADS
 from smithers.engine.context import Ctx
 from smithers.engine.dsl import RetryPolicy, Task
 from smithers.engine.vcs import Vcs
 from smithers.errors import (
-    AGENT_NOT_AVAILABLE,
+    AGENT_CONFIG_INVALID,
     HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE,
     HEARTBEAT_PAYLOAD_TOO_LARGE,
     INVALID_OUTPUT,
@@ -40,7 +41,7 @@ HEARTBEAT_THROTTLE_MS = 500
 HEARTBEAT_MAX_BYTES = 1_000_000
 MAX_BACKOFF_MS = 5 * 60 * 1000
 NON_RETRYABLE_CODES = frozenset(
-    {INVALID_OUTPUT, AGENT_NOT_AVAILABLE, HEARTBEAT_PAYLOAD_TOO_LARGE, HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE}
+    {INVALID_OUTPUT, AGENT_CONFIG_INVALID, HEARTBEAT_PAYLOAD_TOO_LARGE, HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE}
 )
 
 
@@ -61,6 +62,10 @@ class TaskRuntime:
     """The run's working directory under version control, snapshotted when a compute attempt ends."""
     pointer: str | None = None
     """That snapshot, once taken."""
+    agent: AgentAttempt | None = None
+    """An agent task's attempt: the agent chosen, its stream, its answer (docs/engine.md#agent-tasks)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """The attempt's ``meta_json`` as stored when it opened (an agent attempt adds to it when it ends)."""
 
     def body_running(self) -> bool:
         """A sync body of this attempt is still running (after a timeout or cancel)."""
@@ -135,9 +140,7 @@ async def run_attempt(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
     With a working directory under version control, a compute attempt that ends (well or not)
     records a snapshot of it (``runtime.pointer``; docs/engine.md#working-directory-snapshots).
     """
-    if task.agent is not None:
-        raise SmithersError("agent tasks are not available yet in this version", code=AGENT_NOT_AVAILABLE)
-    if runtime.vcs is None or task.run is None:
+    if runtime.vcs is None or (task.run is None and task.agent is None):
         return await _attempt(task, ctx, runtime)
     try:
         value = await _attempt(task, ctx, runtime)
@@ -160,10 +163,11 @@ async def _record_pointer(task: Task, runtime: TaskRuntime) -> None:
 
 async def _attempt(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
     token = _runtime.set(runtime)
+    heartbeat_limit = task.heartbeat_timeout_ms or (agent_heartbeat_ms() if task.agent is not None else None)
     try:
         async with asyncio.timeout(task.timeout_ms / 1000 if task.timeout_ms else None):
-            if task.heartbeat_timeout_ms:
-                value = await _watch_heartbeats(_invoke(task, ctx, runtime), runtime, task.heartbeat_timeout_ms)
+            if heartbeat_limit:
+                value = await _watch_heartbeats(_invoke(task, ctx, runtime), runtime, heartbeat_limit)
             else:
                 value = await _invoke(task, ctx, runtime)
     except TimeoutError as exc:
@@ -199,6 +203,12 @@ async def _watch_heartbeats(work: Coroutine[Any, Any, Any], runtime: TaskRuntime
 
 
 async def _invoke(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
+    if runtime.agent is not None:
+
+        def touch() -> None:
+            runtime.last_beat_ms = int(time.time() * 1000)
+
+        return await run_agent(task, ctx, runtime.agent, touch)
     fn = task.run
     if fn is None:
         return task.value
@@ -213,7 +223,11 @@ async def _invoke(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
     return result
 
 
-def is_retryable(error: SmithersError) -> bool:
+def is_retryable(error: SmithersError, kind: str = "compute") -> bool:
+    """Whether a failed attempt may be retried: an agent's refused answer may (the next attempt can
+    use another agent); a compute or static task's invalid output may not."""
+    if kind == "agent" and error.code == INVALID_OUTPUT:
+        return True
     return error.code not in NON_RETRYABLE_CODES
 
 

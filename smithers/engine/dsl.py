@@ -7,6 +7,7 @@ Node ids must be stable across renders: derive them from data, never from time o
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from smithers.errors import APPROVAL_OPTIONS_REQUIRED, INVALID_INPUT, INVALID_NODE, GraphError
+from smithers.errors import APPROVAL_OPTIONS_REQUIRED, INVALID_INPUT, INVALID_NODE, AgentConfigError, GraphError
 
 OnDeny = Literal["fail", "continue", "skip"]
 OnTimeout = Literal["fail", "skip", "continue"]
@@ -55,7 +56,12 @@ class RetryPolicy:
 
 @dataclass(eq=False)
 class Task(Node):
-    """A unit of work: ``run=`` (sync or async callable of ctx), ``value=`` (static) or ``agent=``."""
+    """A unit of work: ``run=`` (sync or async callable of ctx), ``value=`` (static) or ``agent=``.
+
+    Agent mode (docs/engine.md#agent-tasks): ``agent=`` is an agent or a list of them (a fallback
+    chain: attempt n uses the n-th, the last one for every later attempt) and ``prompt=`` a string or
+    a callable of ctx. Without ``retries=``, an agent task has one retry per extra agent in its chain.
+    """
 
     id: str
     output: type[BaseModel] | None = None
@@ -74,11 +80,34 @@ class Task(Node):
     label: str | None = None
     tag = "smithers:task"
 
+    def __post_init__(self) -> None:
+        if self.agent is None:
+            return
+        agents = self.agents
+        if not agents:
+            raise AgentConfigError(f"Task {self.id!r}: agent= needs at least one agent")
+        for agent in agents:
+            if not inspect.iscoroutinefunction(getattr(agent, "run", None)):
+                raise AgentConfigError(
+                    f"Task {self.id!r}: {agent!r} is not an agent (it needs an 'async def run(call)' method)"
+                )
+        if self.prompt is None:
+            raise AgentConfigError(f"Task {self.id!r}: an agent task needs prompt= (a string or a callable of ctx)")
+        if self.run is not None:
+            raise AgentConfigError(f"Task {self.id!r}: give either run= or agent=, not both")
+
     @property
     def kind(self) -> str:
         if self.agent is not None:
             return "agent"
         return "compute" if self.run is not None else "static"
+
+    @property
+    def agents(self) -> list[Any]:
+        """The task's agents in fallback order (empty for compute and static tasks)."""
+        if self.agent is None:
+            return []
+        return list(self.agent) if isinstance(self.agent, list | tuple) else [self.agent]
 
 
 @dataclass(eq=False)

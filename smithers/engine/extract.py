@@ -234,18 +234,21 @@ class _Extractor:
             d.skip_if = node.skip_if
             d.retry_policy = node.retry_policy
             d.timeout_ms = node.timeout_ms
+            agents = node.agents
             if node.retries is not None:
                 d.retries = max(0, node.retries)
                 if d.retries > 0 and d.retry_policy is None:
                     d.retry_policy = RetryPolicy()
             else:
-                d.retries = 0
+                # an agent chain gets one retry per fallback agent, without waiting (E38)
+                d.retries = max(0, len(agents) - 1)
             props.update(
                 kind=node.kind,
                 output=d.output_table,
                 needsApproval=node.needs_approval or None,
                 retries=node.retries,
                 timeoutMs=node.timeout_ms,
+                agent=",".join(_agent_name(a) for a in agents) or None,
             )
         elif isinstance(node, Approval):
             d.kind = "approval"
@@ -266,6 +269,11 @@ class _Extractor:
         if loop is not None:
             loop.node_keys.append(d.key)
         return _element(node.tag, _props(**props), []), PlanNode("task", key=d.key)
+
+
+def _agent_name(agent: Any) -> str:
+    name = getattr(agent, "id", None)
+    return name if isinstance(name, str) and name else type(agent).__name__
 
 
 def _scope(loops: list[LoopInfo]) -> str:

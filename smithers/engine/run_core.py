@@ -93,6 +93,8 @@ class RunCore:
         self.failures: dict[str, int] = {}
         self.retry_ready_at: dict[str, int] = {}
         self.last_heartbeat_data: dict[str, Any] = {}
+        self.disabled_agents: set[str] = set()
+        """Agents the auth circuit breaker took out of this run (docs/engine.md#agent-tasks)."""
         self.in_flight: dict[str, asyncio.Task[Any]] = {}
         self.in_flight_desc: dict[str, Descriptor] = {}
         self.in_flight_runtime: dict[str, TaskRuntime] = {}
@@ -210,6 +212,14 @@ class RunCore:
         )
         if event:
             tx.emit(self.run_id, event, {"nodeId": d.node_id, "iteration": d.iteration, **payload})
+
+    def agent_columns(self, runtime: TaskRuntime) -> dict[str, Any]:
+        """An ended agent attempt's answer and what its meta adds (``response_text``, ``meta_json``)."""
+        state = runtime.agent
+        if state is None:
+            return {}
+        state.sink.flush()  # the rest of its stream, before the event that ends the attempt
+        return {"response_text": state.response_text, "meta_json": dumps({**runtime.meta, **state.meta()})}
 
     def open_attempt(
         self, tx: Tx, d: Descriptor, state: str, meta: dict[str, Any], now: int | None = None, **values: Any

@@ -98,9 +98,12 @@ class RunEndings(RunCore):
         with self.store.write() as tx:
             for key, _ in tasks:
                 d = self.in_flight_desc.pop(key)
-                self.in_flight_runtime.pop(key, None)
+                runtime = self.in_flight_runtime.pop(key, None)
                 attempt = self.last_attempt[key]
-                tx.update_attempt(self.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now)
+                agent_columns = self.agent_columns(runtime) if runtime is not None else {}
+                tx.update_attempt(
+                    self.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now, **agent_columns
+                )
                 self.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason=ABORTED)
             self.waits.cancel_waiting(tx, reason)
         self.in_flight.clear()
@@ -124,6 +127,9 @@ class RunEndings(RunCore):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=CANCEL_SETTLE_S)
+        for runtime in self.in_flight_runtime.values():
+            if runtime.agent is not None:
+                runtime.agent.sink.flush()  # the stream of an attempt the next resume records interrupted
         self.in_flight.clear()
         self.in_flight_desc.clear()
         self.in_flight_runtime.clear()

@@ -117,10 +117,17 @@ class RunFrames(RunCore):
         for key in [k for k in self.in_flight if k not in graph.by_key]:
             self.in_flight.pop(key).cancel()
             d = self.in_flight_desc.pop(key)
-            self.linger(key, self.in_flight_runtime.pop(key))
+            runtime = self.in_flight_runtime.pop(key)
+            self.linger(key, runtime)
             attempt = self.last_attempt[key]
             with self.store.write() as tx:
                 tx.update_attempt(
-                    self.run_id, d.node_id, d.iteration, attempt, state=CANCELLED, finished_at_ms=now_ms()
+                    self.run_id,
+                    d.node_id,
+                    d.iteration,
+                    attempt,
+                    state=CANCELLED,
+                    finished_at_ms=now_ms(),
+                    **self.agent_columns(runtime),
                 )
                 self.set_state(tx, d, CANCELLED, ev.NODE_CANCELLED, attempt=attempt, reason=UNMOUNTED)

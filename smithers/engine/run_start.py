@@ -21,6 +21,7 @@ from smithers.engine.states import (
 )
 from smithers.engine.vcs import detect, vcs_of
 from smithers.errors import (
+    AGENT_AUTH_FAILED,
     ATTEMPT_ABANDONED,
     RENDER_FAILED,
     RUN_NOT_RESUMABLE,
@@ -33,7 +34,7 @@ from smithers.errors import (
     SmithersError,
 )
 from smithers.store.rows import dumps, loads, now_ms
-from smithers.store.store import Tx
+from smithers.store.store import Row, Tx
 
 
 class RunStart(RunCore):
@@ -203,12 +204,20 @@ class RunStart(RunCore):
         """The tree of the loaded state, as the run would render it now (read only: renders are pure)."""
         return self._render_graph(ReadLog())
 
+    def _disable_agent_of(self, attempt: Row) -> None:
+        error = json.loads(attempt["error_json"])
+        agent = (json.loads(attempt["meta_json"] or "{}") or {}).get("agentId")
+        if error.get("code") == AGENT_AUTH_FAILED and isinstance(agent, str):
+            self.disabled_agents.add(agent)
+
     def _load(self, tx: Tx, resumed_failed: bool) -> None:
         self.load_state(tx)
         for attempt in tx.list_attempts(self.run_id):
             key = f"{attempt['node_id']}::{attempt['iteration']}"
             if attempt["state"] == FAILED and not resumed_failed:
                 self.failures[key] = self.failures.get(key, 0) + 1
+            if attempt["state"] == FAILED and attempt["error_json"] and AGENT_AUTH_FAILED in attempt["error_json"]:
+                self._disable_agent_of(attempt)  # the auth circuit breaker holds for the whole run
             if attempt["heartbeat_data_json"] is not None:
                 self.last_heartbeat_data[key] = json.loads(attempt["heartbeat_data_json"])
             self.waits.load_attempt(attempt)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from smithers.engine import events as ev
+from smithers.engine.agent import AgentAttempt, agent_heartbeat_ms, agent_id, choose_agent
+from smithers.engine.agent_stream import AttemptStream
 from smithers.engine.attempt import TaskRuntime, backoff_ms, is_retryable, run_attempt
 from smithers.engine.context import StoredOutput
 from smithers.engine.dsl import Task
@@ -35,12 +38,14 @@ from smithers.engine.states import (
 )
 from smithers.engine.workflow import Workflow
 from smithers.errors import (
+    AGENT_AUTH_FAILED,
     DEPENDENCY_NOT_MOUNTED,
     RALPH_MAX_REACHED,
     RENDER_FAILED,
     RUN_RESUME_CLAIM_FAILED,
     TASK_FAILED,
     TASK_HEARTBEAT_TIMEOUT,
+    AgentAuthError,
     InvalidInputError,
     RunCancelled,
     RunOwnershipError,
@@ -205,7 +210,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             if handled is not None:
                 return handled
         assert isinstance(d.node, Task)
-        meta = {
+        meta: dict[str, Any] = {
             "kind": d.node.kind,
             "label": d.label,
             "outputTable": d.output_table,
@@ -213,10 +218,18 @@ class RunLoop(RunStart, RunFrames, RunEndings):
             "timeoutMs": d.timeout_ms,
             "lastHeartbeat": self.last_heartbeat_data.get(d.key),
         }
+        agent = None
+        if d.node.agent is not None:
+            agent = choose_agent(d.node.agents, self.last_attempt.get(d.key, 0) + 1, self.disabled_agents)
+            meta["agentId"] = agent_id(agent) if agent is not None else None
+            meta["heartbeatTimeoutMs"] = d.node.heartbeat_timeout_ms or agent_heartbeat_ms()
         with self.store.write() as tx:
             attempt = self.open_attempt(tx, d, IN_PROGRESS, meta)
             self.set_state(tx, d, IN_PROGRESS, ev.NODE_STARTED, attempt=attempt)
         runtime = TaskRuntime(d.node_id, d.iteration, attempt, self._heartbeat_callback(d, attempt), vcs=self.vcs)
+        runtime.meta = {**meta, "frameNo": self.frame_no}
+        if d.node.agent is not None:
+            runtime.agent = self._agent_attempt(d, attempt, agent)
         ctx = self._ctx(attempt, self.last_heartbeat_data.get(d.key), node=d)
         task = asyncio.create_task(run_attempt(d.node, ctx, runtime), name=f"smithers:{d.key}")
         task.add_done_callback(lambda _t: self._wake.set())
@@ -224,6 +237,19 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         self.in_flight_desc[d.key] = d
         self.in_flight_runtime[d.key] = runtime
         return False
+
+    def _agent_attempt(self, d: Descriptor, attempt: int, agent: Any) -> AgentAttempt:
+        """The state of an agent attempt: its agent (None when the auth breaker left none) and stream."""
+        sink = AttemptStream(self.store, self.run_id, d.node_id, d.iteration, attempt)
+        cwd = self.workflow.workdir or os.getcwd()
+        state = AgentAttempt(agent=agent, sink=sink, cwd=cwd)
+        if agent is None:
+            names = ", ".join(agent_id(a) for a in d.node.agents)  # type: ignore[attr-defined]
+            state.unavailable = AgentAuthError(
+                f"no agent of task {d.node_id!r} is left: {names} failed authentication earlier in this run",
+                details={"disabledAgents": sorted(self.disabled_agents)},
+            )
+        return state
 
     async def _await_progress(self, wake_at_ms: int | None) -> None:
         """Wait until a task finishes, the run is cancelled, or ``wake_at_ms`` (a timer) is reached."""
@@ -268,11 +294,19 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 if runtime.pointer is None or self.vcs is None
                 else {"jj_pointer": runtime.pointer, "jj_cwd": self.vcs.root}
             )
+            agent_columns = self.agent_columns(runtime)
             if exc is None:
                 payload = task.result()
                 tx.upsert_output(self.run_id, d.node_id, d.iteration, d.output_table, payload)
                 tx.update_attempt(
-                    self.run_id, d.node_id, d.iteration, attempt, state=FINISHED, finished_at_ms=now, **pointer
+                    self.run_id,
+                    d.node_id,
+                    d.iteration,
+                    attempt,
+                    state=FINISHED,
+                    finished_at_ms=now,
+                    **pointer,
+                    **agent_columns,
                 )
                 self.outputs[(d.node_id, d.iteration)] = StoredOutput(d.node_id, d.iteration, d.output_table, payload)
                 self.set_state(tx, d, FINISHED, ev.NODE_FINISHED, attempt=attempt)
@@ -290,7 +324,16 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                     ev.TASK_HEARTBEAT_TIMEOUT,
                     {"nodeId": d.node_id, "iteration": d.iteration, "attempt": attempt, **(error.details or {})},
                 )
-            retryable = is_retryable(error)
+            retryable = is_retryable(error, d.node.kind) if isinstance(d.node, Task) else is_retryable(error)
+            if runtime.agent is not None:
+                if runtime.agent.unavailable is not None:
+                    retryable = False  # no agent is left to try
+                elif error.code == AGENT_AUTH_FAILED and runtime.agent.agent_id is not None:
+                    failed_agent = runtime.agent.agent_id
+                    self.disabled_agents.add(failed_agent)  # the auth circuit breaker
+                    log.warning("run %s: agent %s disabled (authentication failed)", self.run_id, failed_agent)
+                if not retryable:
+                    agent_columns["meta_json"] = dumps({**loads(agent_columns["meta_json"]), "failureRetryable": False})
             tx.update_attempt(
                 self.run_id,
                 d.node_id,
@@ -300,6 +343,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 finished_at_ms=now,
                 error_json=dumps(error.to_dict()),
                 **pointer,
+                **agent_columns,
             )
             failures = self.failures.get(d.key, 0) + 1
             self.failures[d.key] = failures

@@ -1,0 +1,140 @@
+"""An agent attempt's stream as run events: ``NodeOutput``, ``ToolCallStarted``/``ToolCallFinished``
+and ``TokenUsageReported`` (docs/engine.md#agent-tasks).
+
+A chatty agent streams a token at a time, so writes are batched: what arrives within
+:data:`FLUSH_MS` is written in one transaction, adjacent text of one stream becomes one
+``NodeOutput`` (at most :data:`MAX_EVENT_TEXT` characters each), and more than
+:data:`MAX_BUFFERED` characters waiting are written at once. The attempt flushes the rest when it
+ends, in the transaction that records its outcome, before its ``NodeFinished`` (or
+``NodeFailed``/``NodeCancelled``): an agent that answers at once costs no transaction of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from smithers.engine import events as ev
+from smithers.engine.agent import AgentUsage, OutputStream, ToolCall
+from smithers.store.store import Store
+
+log = logging.getLogger(__name__)
+
+FLUSH_MS = 200
+MAX_EVENT_TEXT = 16_384
+MAX_BUFFERED = 65_536
+
+
+class AttemptStream:
+    """Buffers one attempt's stream and writes it as events of its run (on the event loop's thread)."""
+
+    def __init__(self, store: Store, run_id: str, node_id: str, iteration: int, attempt: int):
+        self.store = store
+        self.run_id = run_id
+        self.base = {"nodeId": node_id, "iteration": iteration, "attempt": attempt}
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.buffered = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.tool_seq = 0
+        self.open_tools: dict[str, tuple[int, str]] = {}
+        self.events_written = 0
+        self.held = False
+
+    def _elsewhere(self) -> bool:
+        return threading.get_ident() != self.thread
+
+    # ---- what the agent streams ------------------------------------------------------------------
+    def output(self, text: str, stream: OutputStream) -> None:
+        if self._elsewhere():
+            self.loop.call_soon_threadsafe(self.output, text, stream)
+            return
+        if not text:
+            return
+        stream = "stderr" if stream == "stderr" else "stdout"
+        last = self.pending[-1] if self.pending else None
+        if (
+            last is not None
+            and last[0] == ev.NODE_OUTPUT
+            and last[1]["stream"] == stream
+            and len(last[1]["text"]) + len(text) <= MAX_EVENT_TEXT
+        ):
+            last[1]["text"] += text
+        else:
+            for start in range(0, len(text), MAX_EVENT_TEXT):
+                self.pending.append((ev.NODE_OUTPUT, {"text": text[start : start + MAX_EVENT_TEXT], "stream": stream}))
+        self.buffered += len(text)
+        self._schedule()
+
+    def tool_call(self, call: ToolCall) -> None:
+        if self._elsewhere():
+            self.loop.call_soon_threadsafe(self.tool_call, call)
+            return
+        if call.status == "started":
+            self.tool_seq += 1
+            seq = self.tool_seq
+            self.open_tools[call.call_id or f"name:{call.name}"] = (seq, call.name)
+            payload: dict[str, Any] = {"toolName": call.name, "seq": seq}
+            if call.call_id:
+                payload["toolCallId"] = call.call_id
+            self.pending.append((ev.TOOL_CALL_STARTED, payload))
+        else:
+            key = call.call_id if call.call_id in self.open_tools else f"name:{call.name}"
+            seq, name = self.open_tools.pop(key, (0, call.name))
+            if not seq:  # a finish without a start: number it anyway
+                self.tool_seq += 1
+                seq = self.tool_seq
+            payload = {"toolName": name, "seq": seq, "status": call.status}
+            if call.call_id:
+                payload["toolCallId"] = call.call_id
+            if call.error:
+                payload["error"] = call.error[:2000]
+            self.pending.append((ev.TOOL_CALL_FINISHED, payload))
+        self._schedule()
+
+    def usage(self, usage: AgentUsage, agent_id: str) -> None:
+        if self._elsewhere():
+            self.loop.call_soon_threadsafe(self.usage, usage, agent_id)
+            return
+        self.pending.append((ev.TOKEN_USAGE_REPORTED, {"model": usage.model, "agent": agent_id, **usage.to_json()}))
+        self._schedule()
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        if self.buffered >= MAX_BUFFERED:
+            self.flush()
+        elif self.timer is None and not self.held:
+            self.timer = self.loop.call_later(FLUSH_MS / 1000, self._timed_flush)
+
+    def hold(self) -> None:
+        """The attempt has ended: write nothing more on a timer (the outcome's transaction flushes)."""
+        self.held = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_flush(self) -> None:
+        self.timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered now (in the caller's transaction, else in one of its own).
+
+        A failed write is logged and dropped: the stream is an observation of the attempt, whose
+        outcome does not depend on it."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.pending:
+            return
+        pending, self.pending, self.buffered = self.pending, [], 0
+        try:
+            with self.store.write() as tx:
+                for type_, payload in pending:
+                    tx.emit(self.run_id, type_, {**self.base, **payload})
+            self.events_written += len(pending)
+        except Exception:
+            log.warning("run %s: %d stream events of %s lost", self.run_id, len(pending), self.base, exc_info=True)
