@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any, Final
 
 from smithers.engine.history import diff_snapshots, latest_snapshot, read_frames
-from smithers.errors import INVALID_REQUEST, NOT_FOUND, GatewayError
+from smithers.errors import INVALID_INPUT, INVALID_REQUEST, NOT_FOUND, GatewayError
 from smithers.gateway.dispatch import Call, Handler, escaping
-from smithers.gateway.protocol import as_number, as_string, optional_positive_int, positive_int
+from smithers.gateway.protocol import MAX_SAFE_INTEGER, as_number, as_string, optional_positive_int, positive_int
 from smithers.store.rows import to_wire
 
 DEFAULT_FRAME_LIMIT: Final = 50
+DEFAULT_EVENT_LIMIT: Final = 100
+MAX_EVENT_LIMIT: Final = 1000
 FRAME_ENCODINGS: Final = frozenset({"full", "delta", "keyframe"})
 
 
@@ -92,6 +94,37 @@ def get_attempt(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return to_wire(rows[0])
 
 
+def list_events(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    """``events.list`` (ours): the run's stored engine events, a page at a time
+    (docs/protocol.md#eventslist)."""
+    run_id = _run_id(call, params)
+    with escaping():
+        limit = optional_positive_int(params.get("limit"), "limit") or DEFAULT_EVENT_LIMIT
+    after, before = _seq(params.get("afterSeq"), "afterSeq"), _seq(params.get("beforeSeq"), "beforeSeq")
+    if after is not None and before is not None:
+        raise GatewayError(INVALID_INPUT, "Pass afterSeq or beforeSeq, not both.")
+    limit = min(limit, MAX_EVENT_LIMIT)
+    with call.ctx.store.read() as tx:
+        last = tx.last_event_seq(run_id)
+        if after is not None:
+            events = tx.list_events(run_id, after, limit)
+        else:
+            events = tx.list_events_before(run_id, last + 1 if before is None else before, limit)
+    return {
+        "runId": run_id,
+        "events": [{"seq": e.seq, "type": e.type, "timestampMs": e.timestamp_ms, "payload": e.payload} for e in events],
+        "lastSeq": last,
+    }
+
+
+def _seq(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= MAX_SAFE_INTEGER:
+        raise GatewayError(INVALID_INPUT, f"{field} must be an integer of at least -1.")
+    return value
+
+
 def diff_runs(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     left, right = as_string(params.get("leftRunId")), as_string(params.get("rightRunId"))
     if not left or not right:
@@ -112,4 +145,5 @@ HANDLERS: Final[dict[str, Handler]] = {
     "frames.get": get_frame,
     "attempts.list": list_attempts,
     "attempts.get": get_attempt,
+    "events.list": list_events,
 }

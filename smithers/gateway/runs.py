@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
-from smithers.engine.states import ACTIVE_RUN_STATUSES, TERMINAL_RUN_STATUSES
+from smithers.engine.control import cancel_run as engine_cancel_run
+from smithers.engine.states import ACTIVE_RUN_STATUSES, CANCELLED, TERMINAL_RUN_STATUSES
 from smithers.errors import (
     CONFLICT,
     INVALID_INPUT,
@@ -17,6 +18,7 @@ from smithers.errors import (
     GatewayError,
     InvalidRunId,
     RunNotFound,
+    SmithersError,
 )
 from smithers.gateway.dispatch import Call, Handler, escaping, returning
 from smithers.gateway.protocol import (
@@ -27,7 +29,15 @@ from smithers.gateway.protocol import (
     read_limit,
     validate_run_input,
 )
-from smithers.gateway.shapes import RunPage, caller_auth, health_payload, list_run_rows, run_record
+from smithers.gateway.shapes import (
+    RUN_COMPLETED,
+    RunPage,
+    caller_auth,
+    health_payload,
+    list_run_rows,
+    run_completed,
+    run_record,
+)
 
 MAX_RUN_ID_LENGTH: Final = 256
 STATUS_ALREADY_TERMINAL: Final = "already_terminal"
@@ -150,10 +160,21 @@ def get_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def cancel_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    """A run executing here is aborted; a waiting run, or one executing in another process, is
+    cancelled through the store (docs/protocol.md#runscancel--cancelrun, P64)."""
     run_id = run_id_param(params)
-    if not call.ctx.abort_run(run_id):
+    if call.ctx.abort_run(run_id):
+        return {"runId": run_id, "status": "cancelling"}
+    row = call.ctx.store.get_run(run_id)
+    if row is None or row["status"] not in ACTIVE_RUN_STATUSES:
         raise GatewayError(RUN_NOT_ACTIVE, "Run is not currently active")
-    return {"runId": run_id, "status": "cancelling"}
+    try:
+        outcome = engine_cancel_run(call.ctx.store, run_id)
+    except SmithersError as exc:  # it ended meanwhile
+        raise GatewayError(RUN_NOT_ACTIVE, "Run is not currently active") from exc
+    if outcome["status"] == CANCELLED:
+        call.ctx.broadcast(RUN_COMPLETED, run_completed(run_id, CANCELLED))
+    return {"runId": run_id, "status": "cancelling" if outcome["status"] != CANCELLED else CANCELLED}
 
 
 async def rerun(call: Call, params: dict[str, Any]) -> dict[str, Any]:

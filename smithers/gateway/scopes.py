@@ -92,6 +92,7 @@ METHOD_SCOPES: Final[Mapping[str, str]] = {
             "getRun",
             "runs.diff",
             "frames.list",
+            "events.list",
             "frames.get",
             "attempts.list",
             "attempts.get",

@@ -632,6 +632,24 @@ class Tx:
             for r in rows
         ]
 
+    def list_events_before(self, run_id: str, before_seq: int, limit: int) -> list[StoredEvent]:
+        """The last ``limit`` events of the run with a seq below ``before_seq``, oldest first."""
+        c = t.events.c
+
+        def build() -> ClauseElement:
+            return (
+                select(t.events)
+                .where(c.run_id == bindparam("r"), c.seq < bindparam("before"))
+                .order_by(c.seq.desc())
+                .limit(bindparam("lim"))
+            )
+
+        rows = self.rows("events_before", build, {"r": run_id, "before": before_seq, "lim": limit})
+        return [
+            StoredEvent(r["run_id"], r["seq"], r["timestamp_ms"], r["type"], json.loads(r["payload_json"]))
+            for r in reversed(rows)
+        ]
+
     def last_seq_of_type(self, run_id: str, type_: str) -> int:
         """The seq of the run's latest event of that type (-1 if none)."""
         c = t.events.c

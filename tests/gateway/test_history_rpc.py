@@ -98,3 +98,35 @@ def test_frame_number_errors_name_their_parameter(live: Live) -> None:
         response = live.rpc(method, {"runId": run_id, field: -1})
         assert response.status_code == 400
         assert response.json()["error"]["message"] == f"{field} must be a finite number greater than 0."
+
+
+def test_events_list_pages_through_the_stored_event_log(live: Live) -> None:
+    """``events.list`` (ours): the durable engine events, newest page first, then older pages with
+    ``beforeSeq`` and newer ones with ``afterSeq``; no page repeats or skips an event."""
+    run_id = live.ok("launchRun", {"workflow": "hello", "input": {"name": "log"}})["runId"]
+    live.wait_status(run_id, {"finished"})
+    everything = live.ok("events.list", {"runId": run_id, "limit": 1000})
+    events = everything["events"]
+    assert everything["runId"] == run_id and everything["lastSeq"] == events[-1]["seq"]
+    assert [e["seq"] for e in events] == list(range(events[0]["seq"], events[-1]["seq"] + 1))
+    assert events[0]["type"] == "RunStarted" and events[-1]["type"] == "RunFinished"
+    assert set(events[0]) == {"seq", "type", "timestampMs", "payload"}
+    newest = live.ok("events.list", {"runId": run_id, "limit": 2})["events"]
+    assert newest == events[-2:]
+    older, before = [], newest[0]["seq"]
+    while page := live.ok("events.list", {"runId": run_id, "limit": 2, "beforeSeq": before})["events"]:
+        older = page + older
+        before = page[0]["seq"]
+    assert older + newest == events
+    after = live.ok("events.list", {"runId": run_id, "afterSeq": events[1]["seq"], "limit": 3})["events"]
+    assert after == events[2:5]
+    assert live.ok("events.list", {"runId": run_id, "afterSeq": everything["lastSeq"]})["events"] == []
+    for params, code in (
+        ({}, "INVALID_REQUEST"),
+        ({"runId": "nope"}, "NOT_FOUND"),
+        ({"runId": run_id, "afterSeq": 1, "beforeSeq": 3}, "INVALID_INPUT"),
+        ({"runId": run_id, "afterSeq": "1"}, "INVALID_INPUT"),
+        ({"runId": run_id, "limit": 0}, "INVALID_INPUT"),
+    ):
+        response = live.rpc("events.list", params)
+        assert response.status_code in (400, 404) and response.json()["error"]["code"] == code, params

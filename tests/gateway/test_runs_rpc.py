@@ -245,6 +245,23 @@ def test_cancel_run(live: Live) -> None:
     assert live.rpc("cancelRun", {"runId": run_id}).status_code == 409
 
 
+def test_cancel_a_waiting_run(live: Live) -> None:
+    """A run waiting for an approval executes nowhere: it is cancelled through the store at once,
+    its pending approval with it, and clients hear run.completed (P64)."""
+    run_id = live.ok("launchRun", {"workflow": "gate"})["runId"]
+    live.wait_status(run_id, {"waiting-approval"})
+    ws = live.ws(connect_now=True)
+    try:
+        assert live.ok("cancelRun", {"runId": run_id}) == {"runId": run_id, "status": "cancelled"}
+        done = ws.event("run.completed", where=lambda f: f["payload"]["runId"] == run_id)
+        assert done["payload"]["status"] == "cancelled"
+    finally:
+        ws.close()
+    assert live.gateway.store.get_run(run_id)["status"] == "cancelled"
+    assert [a for a in live.ok("listApprovals") if a["runId"] == run_id] == []
+    assert live.rpc("cancelRun", {"runId": run_id}).status_code == 409
+
+
 def test_get_run_errors(live: Live) -> None:
     assert error_of(live.rpc("getRun", {})) == {
         "version": "v1",

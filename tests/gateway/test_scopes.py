@@ -42,6 +42,7 @@ METHOD_TABLE = {
     "cancelRun": "run:write",
     "runs.rerun": "run:write",
     "runs.fork": "run:write",
+    "events.list": "run:read",
     "runs.diff": "run:read",
     "frames.list": "run:read",
     "frames.get": "run:read",
