@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_THROTTLE_MS = 500
 HEARTBEAT_MAX_BYTES = 1_000_000
 MAX_BACKOFF_MS = 5 * 60 * 1000
+WORK_SETTLE_S = 5.0
+"""How long a stopped attempt waits for its work to finish cleaning up (a sync body does not wait)."""
 NON_RETRYABLE_CODES = frozenset(
     {INVALID_OUTPUT, AGENT_CONFIG_INVALID, HEARTBEAT_PAYLOAD_TOO_LARGE, HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE}
 )
@@ -199,7 +201,10 @@ async def _watch_heartbeats(work: Coroutine[Any, Any, Any], runtime: TaskRuntime
                     details={"lastHeartbeatAtMs": runtime.last_beat_ms, "timeoutMs": limit_ms},
                 )
     finally:
-        inner.cancel()
+        if not inner.done():
+            inner.cancel()
+            # let it clean up before the attempt ends (an agent's subprocess group is killed)
+            await asyncio.wait({inner}, timeout=WORK_SETTLE_S)
 
 
 async def _invoke(task: Task, ctx: Ctx, runtime: TaskRuntime) -> Any:
