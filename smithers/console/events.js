@@ -1,38 +1,42 @@
-// A run's event log: live from streamRunEvents, deduplicated by the run's seq, resumed with
-// `afterSeq` after a reconnect, and paged so a run with tens of thousands of events stays quick:
-// the newest WINDOW events are shown, "Load older" fetches the previous ones through a short-lived
-// socket's replay (docs/protocol.md#run-event-streams), and the page never holds more than
-// DOM_CAP rows.
+// A run's event log, read from the run's durable stored engine events with `events.list`
+// (docs/protocol.md#eventslist): they survive restarts and are numbered from 0 per run. The first
+// paint is the newest PAGE events; "Load older" fetches the PAGE before the oldest shown
+// (`beforeSeq`); any live sign of the run (one of its gateway events, a reconnect, the run page's
+// poll while the run is active) fetches what follows the newest shown (`afterSeq`) and appends it.
+// The rows always hold one contiguous run of seqs, each once, and never more than DOM_CAP of them:
+// appending drops the oldest rows (to be loaded again on demand), loading older drops the newest
+// (and the log stops following until "Jump to newest").
 
-import { h, put } from "./dom.js";
+import { h, put, fmtTime, fmtDuration, errorText } from "./dom.js";
 
-const WINDOW = 500; // events fetched and shown at a time
-const DOM_CAP = 2000; // rows in the page at most
-const MEMORY_CAP = 10000; // events kept in memory at most (the gateway keeps as many per run)
-const FETCH_TIMEOUT_MS = 15000;
+const PAGE = 500; // events per first paint and per "Load older"
+const AFTER_LIMIT = 1000; // newer events per request (the gateway's most)
+const DOM_CAP = 2000; // rows in the list at most
+const LIVE_PREFIXES = ["run.", "node.", "task.", "approval."];
 
 export class EventLog {
+  /** `ctx.call` reads; `channel` (the run page's socket) brings the run's live events. */
   constructor(ctx, runId, channel) {
     this.ctx = ctx;
     this.runId = runId;
-    this.channel = channel;
-    this.events = new Map(); // seq -> RunEvent
-    this.seqs = []; // held seqs, ascending
-    this.covered = 0; // every event up to here is held, was dropped from memory, or is gone
-    this.floor = 1; // the gateway holds nothing below this seq
-    this.gaps = []; // {fromSeq, toSeq, text}
-    this.anchor = null; // highest seq shown; null follows the newest
-    this.shown = WINDOW;
-    this.started = false;
+    this.items = []; // shown events, ascending and contiguous: exactly the rows of the list
+    this.lastSeq = null; // the run's newest stored seq, as last heard
+    this.floor = 0; // nothing is stored below this seq
+    this.detached = false; // newer events than the shown ones were dropped (paged back)
+    this.started = false; // the first page arrived
+    this.destroyed = false;
     this.loadingOlder = false;
-    this.renderQueued = false;
-    this.rendered = []; // seqs of the rows in the list, when it holds nothing else
+    this.caughtUp = Promise.resolve();
+    this.queue = Promise.resolve(); // fetches run one at a time, in order
+    this.wantNewer = false; // a catch-up is queued and has not started yet
+    this.onEvents = null; // called with each batch of newly shown events
 
     this.list = h("ol", { class: "events", "data-testid": "event-list", "aria-label": "Run events" });
-    this.olderButton = h("button", { type: "button", onclick: () => this.loadOlder(), "data-testid": "events-older" }, "Load older events");
+    this.note = h("p", { class: "events-note muted", "data-testid": "events-empty" }, "Loading…");
+    this.olderButton = h("button", { type: "button", onclick: () => this.loadOlder(), "data-testid": "events-older", hidden: true }, "Load older events");
     this.newestButton = h("button", { type: "button", onclick: () => this.jumpToNewest(), "data-testid": "events-newest", hidden: true }, "Jump to newest");
     this.info = h("span", { class: "muted small", "data-testid": "events-info", "aria-live": "polite" });
-    this.box = h("div", { class: "events-box" }, this.list);
+    this.box = h("div", { class: "events-box" }, this.note, this.list);
     this.el = h(
       "section",
       { class: "panel", "data-testid": "event-log" },
@@ -40,236 +44,312 @@ export class EventLog {
       this.box,
     );
 
-    this.offs = [
-      channel.on("run.event", (payload) => payload && payload.runId === runId && this.add([payload], true)),
-      channel.on("run.gap_resync", (payload) => payload && payload.runId === runId && this.gap(payload.fromSeq, payload.toSeq, "missed while away")),
-    ];
+    const live = (payload, frame) => {
+      const name = frame && frame.event;
+      if (!payload || payload.runId !== runId || typeof name !== "string" || name === "run.heartbeat") return;
+      if (LIVE_PREFIXES.some((prefix) => name.startsWith(prefix))) this.poke();
+    };
+    this.offs = [channel.on("*", live), channel.on("open", () => this.poke())];
+    if (ctx.onEvent) this.offs.push(ctx.onEvent("open", () => this.poke())); // the session's socket came back
   }
 
-  /** Subscribe (first time) or resume after `covered` (after a reconnect). */
-  async subscribe() {
-    if (!this.started) {
-      const res = await this.channel.call("streamRunEvents", { runId: this.runId });
-      this.started = true;
-      this.covered = Math.max(this.covered, res.currentSeq);
-      if (res.currentSeq > 0) await this.fetchRange(Math.max(0, res.currentSeq - WINDOW), res.currentSeq);
-      this.render();
-      return;
-    }
-    try {
-      await this.channel.call("streamRunEvents", { runId: this.runId, afterSeq: this.covered });
-    } catch (err) {
-      if (err.code !== "SeqOutOfRange") throw err;
-      // The gateway restarted: its numbering began again (docs/protocol.md#per-run-window).
-      this.reset("The gateway restarted; events before it are not available.");
-      this.started = false;
-      await this.subscribe();
-    }
-  }
-
-  reset(text) {
-    this.events.clear();
-    this.seqs = [];
-    this.covered = 0;
-    this.floor = 1;
-    this.gaps = [{ fromSeq: 0, toSeq: 0, text }];
-    this.anchor = null;
-    this.shown = WINDOW;
-    this.render();
-  }
-
-  /** Add events (live ones advance `covered`, which only ever grows contiguously). */
-  add(frames, live) {
-    let changed = false;
-    let unordered = false;
-    for (const frame of frames) {
-      if (typeof frame.seq !== "number" || this.events.has(frame.seq) || frame.seq < this.floor) continue;
-      this.events.set(frame.seq, frame);
-      changed = true;
-      if (!this.seqs.length || frame.seq > this.seqs[this.seqs.length - 1]) this.seqs.push(frame.seq);
-      else unordered = true;
-      // A stream's live frames come in order with nothing skipped (docs/protocol.md#ordering-guarantee).
-      if (live) this.covered = Math.max(this.covered, frame.seq);
-    }
-    if (unordered) this.seqs = [...this.events.keys()].sort((a, b) => a - b);
-    if (this.seqs.length > MEMORY_CAP && this.anchor === null) {
-      for (const seq of this.seqs.splice(0, this.seqs.length - MEMORY_CAP)) this.events.delete(seq);
-    }
-    if (changed) this.schedule();
-  }
-
-  gap(fromSeq, toSeq, why) {
-    this.floor = Math.max(this.floor, toSeq + 1);
-    if (this.gaps.some((g) => g.toSeq === toSeq)) return;
-    this.gaps.push({ fromSeq, toSeq, text: `Events #${fromSeq}–#${toSeq} are no longer held by the gateway (${why}).` });
-    this.schedule();
+  /** The first paint: the newest page. */
+  start() {
+    return this.enqueue(() => this.loadNewest());
   }
 
   /**
-   * Events in (afterSeq, untilSeq], from the replay of a socket of its own: the replay sends
-   * everything after `afterSeq` and then goes live, so the socket is closed once it reached
-   * `untilSeq` (streams end only with their socket).
+   * Something may have happened: fetch what follows the newest shown event (coalesced; queued
+   * behind the first page when that is still on its way, so nothing said meanwhile is missed).
    */
-  async fetchRange(afterSeq, untilSeq) {
-    const tmp = this.ctx.channel([this.runId], { reconnect: false });
-    const got = [];
-    let target = untilSeq;
-    let finish;
-    const done = new Promise((resolve) => (finish = resolve));
-    tmp.on("run.event", (payload) => {
-      if (!payload || payload.runId !== this.runId) return;
-      if (payload.seq <= untilSeq) got.push(payload);
-      if (payload.seq >= target) finish();
+  poke() {
+    if (this.detached || this.wantNewer || this.destroyed) return this.caughtUp;
+    this.wantNewer = true;
+    this.caughtUp = this.enqueue(() => {
+      this.wantNewer = false;
+      return this.loadNewer();
     });
-    tmp.on("run.gap_resync", (payload) => {
-      // Everything before the window's first event is gone, not only what this fetch asked for.
-      if (payload && payload.runId === this.runId) this.gap(1, payload.toSeq, "older than the gateway's window");
-    });
-    const timer = setTimeout(() => finish(), FETCH_TIMEOUT_MS);
-    try {
-      await tmp.open();
-      const res = await tmp.call("streamRunEvents", { runId: this.runId, afterSeq });
-      target = Math.min(untilSeq, res.currentSeq);
-      if (target <= afterSeq || got.some((f) => f.seq >= target)) finish();
-      await done;
-    } finally {
-      clearTimeout(timer);
-      tmp.close();
-    }
-    if (afterSeq === 0 && got.length && got[0].seq > 1 && this.floor <= 1) this.floor = got[0].seq;
-    this.add(got, false);
+    return this.caughtUp;
   }
 
-  async loadOlder() {
-    if (this.loadingOlder) return;
+  enqueue(task) {
+    const next = this.queue.then(() => (this.destroyed ? null : task()));
+    this.queue = next.catch((err) => console.error(err)); // a bug: fetch failures are handled where they happen
+    return this.queue;
+  }
+
+  fetch(params) {
+    return this.ctx.call("events.list", { runId: this.runId, ...params });
+  }
+
+  newest() {
+    return this.items.length ? this.items[this.items.length - 1].seq : null;
+  }
+
+  oldest() {
+    return this.items.length ? this.items[0].seq : null;
+  }
+
+  async loadNewest() {
+    let res;
+    try {
+      res = await this.fetch({ limit: PAGE });
+    } catch (err) {
+      if (!this.started) this.showNote(`Could not load the events: ${errorText(err)}`, () => this.start());
+      else this.info.textContent = `Could not load the events: ${errorText(err)}`;
+      return;
+    }
+    if (this.destroyed) return;
+    this.started = true;
+    this.detached = false;
+    this.lastSeq = res.lastSeq;
+    this.items = [];
+    this.list.replaceChildren();
+    this.append(res.events);
+    this.box.scrollTop = this.box.scrollHeight;
+    this.paint();
+  }
+
+  async loadNewer() {
+    for (;;) {
+      const after = this.newest() ?? this.floor - 1;
+      let res;
+      try {
+        res = await this.fetch({ afterSeq: after, limit: AFTER_LIMIT });
+      } catch (err) {
+        this.info.textContent = `Could not load newer events: ${errorText(err)}`;
+        return; // the next poke tries again
+      }
+      if (this.destroyed || this.detached) return;
+      this.started = true;
+      this.lastSeq = res.lastSeq;
+      if (res.lastSeq - after > DOM_CAP) {
+        await this.loadNewest(); // too many to append: show the newest page, older ones on demand
+        return;
+      }
+      const fresh = res.events.filter((e) => e.seq > after);
+      if (!fresh.length || fresh[0].seq !== after + 1) {
+        this.paint();
+        return;
+      }
+      const stick = this.atBottom();
+      this.append(fresh);
+      if (this.onEvents) this.onEvents(fresh);
+      this.trim("oldest");
+      if (stick) this.box.scrollTop = this.box.scrollHeight;
+      this.paint();
+      if (this.newest() >= res.lastSeq || res.events.length < AFTER_LIMIT) return;
+    }
+  }
+
+  /** The page before the oldest shown. */
+  loadOlder() {
+    if (this.loadingOlder || !this.items.length) return this.queue;
     this.loadingOlder = true;
     this.olderButton.disabled = true;
-    try {
-      const visible = this.visible();
-      const oldestShown = visible.length ? visible[0] : this.covered + 1;
-      const held = this.seqs.filter((s) => s < oldestShown).length;
-      const lowest = this.seqs.length ? this.seqs[0] : oldestShown;
-      if (held < WINDOW && lowest > this.floor) {
-        await this.fetchRange(Math.max(0, lowest - 1 - WINDOW), lowest - 1);
+    return this.enqueue(async () => {
+      try {
+        const before = this.oldest();
+        if (before === null || before <= this.floor) return;
+        let res;
+        try {
+          res = await this.fetch({ beforeSeq: before, limit: PAGE });
+        } catch (err) {
+          this.info.textContent = `Could not load older events: ${errorText(err)}`;
+          return;
+        }
+        if (this.destroyed || this.oldest() !== before) return;
+        const older = res.events.filter((e) => e.seq < before);
+        if (!older.length || older[older.length - 1].seq !== before - 1) {
+          this.floor = before; // nothing is stored before it
+        } else {
+          const height = this.box.scrollHeight;
+          this.items.unshift(...older);
+          this.list.prepend(...older.map(eventRow));
+          this.box.scrollTop += this.box.scrollHeight - height; // the rows read before stay in place
+          if (this.trim("newest")) this.detached = true;
+        }
+        this.paint();
+      } finally {
+        this.loadingOlder = false;
+        this.olderButton.disabled = false;
       }
-      if (this.shown + WINDOW <= DOM_CAP) this.shown += WINDOW;
-      else {
-        // Slide the window back: the newest rows leave the page, and live events wait.
-        const index = this.seqs.indexOf(visible[visible.length - 1]);
-        this.anchor = this.seqs[Math.max(0, index - WINDOW)] ?? null;
-      }
-      this.render();
-    } catch (err) {
-      this.info.textContent = `Could not load older events: ${err.message}`;
-    } finally {
-      this.loadingOlder = false;
-      this.olderButton.disabled = false;
-    }
+    });
   }
 
   jumpToNewest() {
-    this.anchor = null;
-    this.shown = WINDOW;
-    this.render();
-    this.box.scrollTop = this.box.scrollHeight;
+    this.detached = false;
+    return this.enqueue(() => this.loadNewest());
   }
 
-  /** Seqs on screen: the newest `shown` up to the anchor. */
-  visible() {
-    let end = this.seqs.length;
-    if (this.anchor !== null) {
-      end = this.seqs.findIndex((s) => s > this.anchor);
-      if (end === -1) end = this.seqs.length;
+  append(events) {
+    if (!events.length) return;
+    this.items.push(...events);
+    this.list.append(...events.map(eventRow));
+  }
+
+  /** Keep at most DOM_CAP rows, dropping from one end; true when rows were dropped. */
+  trim(end) {
+    const excess = this.items.length - DOM_CAP;
+    if (excess <= 0) return false;
+    if (end === "oldest") {
+      const height = this.box.scrollHeight;
+      this.items.splice(0, excess);
+      for (let i = 0; i < excess; i++) this.list.firstElementChild.remove();
+      this.box.scrollTop -= height - this.box.scrollHeight;
+    } else {
+      this.items.splice(this.items.length - excess, excess);
+      for (let i = 0; i < excess; i++) this.list.lastElementChild.remove();
     }
-    return this.seqs.slice(Math.max(0, end - this.shown), end);
-  }
-
-  schedule() {
-    if (this.renderQueued) return;
-    this.renderQueued = true;
-    requestAnimationFrame(() => {
-      this.renderQueued = false;
-      this.render();
-    });
-  }
-
-  render() {
-    const atBottom = this.box.scrollHeight - this.box.scrollTop - this.box.clientHeight < 40;
-    const seqs = this.visible();
-    if (!this.appendOnly(seqs)) this.rebuild(seqs);
-    this.rendered = seqs;
-    const lowest = this.seqs.length ? this.seqs[0] : 1;
-    const older = seqs.length && (seqs[0] > this.seqs[0] || lowest > this.floor);
-    this.olderButton.hidden = !older;
-    const newer = this.anchor === null ? 0 : this.seqs.filter((s) => s > this.anchor).length;
-    this.newestButton.hidden = this.anchor === null;
-    this.newestButton.textContent = newer ? `Jump to newest (${newer} newer)` : "Jump to newest";
-    this.info.textContent = seqs.length ? `#${seqs[0]}–#${seqs[seqs.length - 1]} shown` : "";
-    if (atBottom && this.anchor === null) this.box.scrollTop = this.box.scrollHeight;
-  }
-
-  /**
-   * Live events while following the newest: rows leave at the top and arrive at the bottom, and
-   * the rows in between stay as they are (no rebuild of the whole list per event).
-   */
-  appendOnly(seqs) {
-    const before = this.rendered || [];
-    if (!before.length || !seqs.length || this.gaps.length || this.list.children.length !== before.length) return false;
-    const start = before.indexOf(seqs[0]);
-    if (start < 0) return false;
-    const kept = before.length - start;
-    if (kept > seqs.length) return false;
-    for (let i = 0; i < kept; i++) if (before[start + i] !== seqs[i]) return false;
-    for (let i = 0; i < start; i++) this.list.firstElementChild.remove();
-    this.list.append(...seqs.slice(kept).map((seq) => eventRow(this.events.get(seq))));
     return true;
   }
 
-  rebuild(seqs) {
-    const rows = [];
-    const gapsBefore = (seq) => this.gaps.filter((g) => g.toSeq + 1 === seq || (g.toSeq === 0 && seq === seqs[0]));
-    if (!seqs.length) {
-      this.gaps.forEach((g) => rows.push(gapRow(g)));
-      rows.push(
-        h(
-          "li",
-          { class: "empty", "data-testid": "events-empty" },
-          this.started ? "No events yet. Events are kept in the gateway's memory for the runs it executes since it started." : "Loading…",
-        ),
-      );
+  atBottom() {
+    return this.box.scrollHeight - this.box.scrollTop - this.box.clientHeight < 40;
+  }
+
+  showNote(text, retry) {
+    this.note.hidden = false;
+    put(this.note, text, retry ? [" ", h("button", { type: "button", class: "link", onclick: retry }, "Try again")] : null);
+  }
+
+  paint() {
+    const count = this.items.length;
+    if (count) this.note.hidden = true;
+    else this.showNote(this.started ? "No events yet." : "Loading…");
+    const oldest = this.oldest();
+    this.olderButton.hidden = oldest === null || oldest <= this.floor;
+    this.newestButton.hidden = !this.detached;
+    if (!count) this.info.textContent = "";
+    else {
+      const total = this.lastSeq !== null ? ` of ${this.lastSeq + 1}` : "";
+      this.info.textContent = `#${oldest}–#${this.newest()} shown${total}`;
     }
-    for (const seq of seqs) {
-      gapsBefore(seq).forEach((g) => rows.push(gapRow(g)));
-      rows.push(eventRow(this.events.get(seq)));
-    }
-    put(this.list, rows);
   }
 
   destroy() {
+    this.destroyed = true;
     this.offs.forEach((off) => off());
   }
 }
 
-function gapRow(gap) {
-  return h("li", { class: "gap", "data-testid": "events-gap" }, gap.text);
-}
+// -- rows -----------------------------------------------------------------------------------------
 
-function eventRow(frame) {
-  const p = frame.payload || {};
-  const detail = [];
-  if (p.state) detail.push(p.state);
-  if (p.status) detail.push(p.status);
-  if (typeof p.approved === "boolean") detail.push(p.approved ? "approved" : "denied");
-  if (p.decidedBy) detail.push(`by ${p.decidedBy}`);
-  if (typeof p.fromFrameNo === "number") detail.push(`frame ${p.fromFrameNo} → ${p.toFrameNo}`);
-  if (p.error && p.error.message) detail.push(p.error.message);
-  if (typeof p.output === "string") detail.push(`${p.stream || "output"}: ${p.output.length > 300 ? `${p.output.slice(0, 300)}…` : p.output}`);
+function eventRow(event) {
+  const p = event.payload || {};
+  const node = typeof p.nodeId === "string" ? `${p.nodeId}${p.iteration ? ` [${p.iteration}]` : ""}` : "";
+  const type = String(event.type);
   return h(
     "li",
-    { "data-seq": frame.seq, "data-event": frame.event, class: `ev ev-${String(frame.event).replace(/[^a-z]/g, "-")}` },
-    h("span", { class: "seq mono" }, `#${frame.seq}`),
-    h("span", { class: "name" }, frame.event),
-    h("span", { class: "node mono" }, p.nodeId || ""),
-    h("span", { class: "detail" }, detail.join(" · ")),
+    {
+      "data-seq": event.seq,
+      "data-event": type,
+      class: `ev ev-${type.replace(/[^A-Za-z]/g, "")}`,
+    },
+    h("span", { class: "seq mono", title: fmtTime(event.timestampMs) }, `#${event.seq}`),
+    h("span", { class: "name" }, type),
+    h("span", { class: "node mono" }, node),
+    h("span", { class: "detail", title: clip(JSON.stringify(p), 2000) }, summary(type, p)),
   );
+}
+
+const SKIP = new Set(["type", "runId", "timestampMs", "nodeId", "iteration"]);
+
+/** A compact line for a payload: the fields that matter for its type, else its small fields. */
+export function summary(type, p) {
+  const parts = [];
+  const add = (...items) => items.forEach((item) => item !== null && item !== undefined && item !== "" && parts.push(String(item)));
+  const attempt = typeof p.attempt === "number" && p.attempt > 1 ? `attempt ${p.attempt}` : null;
+  const message = (err) => (err && typeof err === "object" ? err.message || err.code || null : err || null);
+  switch (type) {
+    case "RunStarted":
+      add(p.resumed ? "resumed" : null);
+      break;
+    case "RunStatusChanged":
+      add(p.status);
+      break;
+    case "RunFinished":
+      add("finished");
+      break;
+    case "RunFailed":
+      add("failed", message(p.error));
+      break;
+    case "RunCancelled":
+      add("cancelled");
+      break;
+    case "RunForked":
+      add(`from ${p.parentRunId} at frame ${p.parentFrameNo}`);
+      break;
+    case "FrameCommitted":
+    case "SnapshotCaptured":
+      add(`frame ${p.frameNo}`);
+      break;
+    case "NodeStarted":
+    case "NodeFinished":
+    case "NodePending":
+    case "NodeWaitingApproval":
+    case "NodeWaitingEvent":
+    case "ApprovalRequested":
+      add(attempt);
+      break;
+    case "NodeFailed":
+      add(attempt, message(p.error));
+      break;
+    case "NodeRetrying":
+      add(`next attempt ${p.attempt}`);
+      break;
+    case "NodeCancelled":
+    case "NodeSkipped":
+      add(attempt, p.reason);
+      break;
+    case "NodeWaitingTimer":
+    case "TimerCreated":
+      add(typeof p.firesAtMs === "number" ? `fires ${fmtTime(p.firesAtMs)}` : null);
+      break;
+    case "TimerFired":
+      add(typeof p.delayMs === "number" ? `late by ${fmtDuration(p.delayMs)}` : "fired");
+      break;
+    case "TaskHeartbeat":
+      add(attempt, p.hasData ? `${p.dataSizeBytes} B of data` : null);
+      break;
+    case "TaskHeartbeatTimeout":
+      add(attempt, typeof p.timeoutMs === "number" ? `no heartbeat for ${fmtDuration(p.timeoutMs)}` : null);
+      break;
+    case "NodeOutput":
+      add(`${p.stream || "output"}: ${clip(String(p.text ?? p.output ?? ""), 300)}`);
+      break;
+    case "ToolCallStarted":
+      add(p.toolName);
+      break;
+    case "ToolCallFinished":
+      add(p.toolName, p.status, message(p.error));
+      break;
+    case "TokenUsageReported":
+      add(p.model, `${p.inputTokens ?? 0} in / ${p.outputTokens ?? 0} out`, typeof p.costUsd === "number" ? `$${p.costUsd.toFixed(4)}` : null);
+      break;
+    case "ApprovalGranted":
+    case "ApprovalDenied":
+    case "ApprovalAutoApproved":
+      add(type === "ApprovalDenied" ? "denied" : "approved", p.decidedBy ? `by ${p.decidedBy}` : null, p.note ? `“${clip(p.note, 120)}”` : null);
+      break;
+    case "SignalReceived":
+      add(`“${p.signalName}”`, p.correlationId ? `correlation ${p.correlationId}` : null, typeof p.seq === "number" ? `signal #${p.seq}` : null);
+      break;
+    case "SignalRejected":
+      add(`“${p.signalName}”`, message(p.error));
+      break;
+    case "TimeTravelJumped":
+      add(`frame ${p.fromFrameNo} → ${p.toFrameNo}`, p.caller ? `by ${p.caller}` : null);
+      break;
+    default:
+      for (const [key, value] of Object.entries(p)) {
+        if (SKIP.has(key) || value === null || typeof value === "object") continue;
+        add(`${key} ${clip(String(value), 80)}`);
+      }
+  }
+  return clip(parts.join(" · "), 400);
+}
+
+function clip(text, max) {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
 }

@@ -1,7 +1,8 @@
 // A run's page: its record (getRun), actions (cancel, resume, rerun), pending approvals, a signal
 // form, the DevTools tree live (streamDevTools) or at any frame (the slider), a node's output and
-// attempts, and the event log. The page's streams use a WebSocket of its own, subscribed to this
-// run only and closed when the page is left (docs/protocol.md#subscription-filter).
+// attempts, and the event log (the run's stored engine events, see events.js). The page's streams
+// use a WebSocket of its own, subscribed to this run only and closed when the page is left
+// (docs/protocol.md#subscription-filter).
 
 import { h, put, fmtTime, runDuration, badge, waitingOn, debounce, errorText, notify, confirmDialog, failure, parseJsonText, ACTIVE } from "./dom.js";
 import { TreeModel, renderTree } from "./tree.js";
@@ -12,6 +13,9 @@ import { signalForm } from "./signals.js";
 import { approvalCard } from "./approvals.js";
 
 const NODE_EVENTS = { "node.started": "in-progress", "node.finished": "finished", "node.failed": "failed" };
+// Stored engine events after which the run record or its attempts read differently.
+const CHANGES = /^(Run|Approval|Node(Started|Finished|Failed|Cancelled|Skipped|Waiting)|TimeTravelJumped)/;
+const LOG_POLL_MS = 1000;
 
 export function runView(ctx, route) {
   const runId = route.params.runId;
@@ -31,6 +35,8 @@ export function runView(ctx, route) {
 
   const channel = ctx.channel([runId]);
   const log = new EventLog(ctx, runId, channel);
+  // Events of a run executing elsewhere come with no gateway event: the log's tells the page.
+  log.onEvents = (events) => events.some((e) => CHANGES.test(e.type)) && refreshSoon();
   const signals = ctx.can("submitSignal") ? signalForm(ctx, runId) : null;
   const header = h("div", { class: "run-header" });
   const actions = h("div", { class: "actions", "data-testid": "run-actions" });
@@ -82,6 +88,7 @@ export function runView(ctx, route) {
       return;
     }
     paintRun();
+    log.poke();
   }
 
   function paintRun() {
@@ -104,8 +111,8 @@ export function runView(ctx, route) {
     );
     const buttons = [];
     const active = ACTIVE.has(run.status);
-    // Only a run executing in this gateway can be cancelled (docs/protocol.md#runscancel--cancelrun).
-    if (run.status === "running" && ctx.can("cancelRun")) buttons.push(h("button", { type: "button", class: "danger", "data-testid": "run-cancel", onclick: cancel }, "Cancel"));
+    // Any active run can be cancelled, waiting ones at once (docs/protocol.md#runscancel--cancelrun).
+    if (active && ctx.can("cancelRun")) buttons.push(h("button", { type: "button", class: "danger", "data-testid": "run-cancel", onclick: cancel }, "Cancel"));
     if (active && ctx.can("resumeRun")) buttons.push(h("button", { type: "button", "data-testid": "run-resume", onclick: resume }, "Resume"));
     if (ctx.can("runs.rerun")) buttons.push(h("button", { type: "button", "data-testid": "run-rerun", onclick: rerun }, "Rerun"));
     put(actions, buttons);
@@ -118,8 +125,8 @@ export function runView(ctx, route) {
   async function cancel() {
     if (!(await confirmDialog({ title: `Cancel ${runId}?`, body: "The run stops; its finished steps stay recorded.", confirmLabel: "Cancel run", danger: true }))) return;
     try {
-      await ctx.act("cancelRun", { runId });
-      notify(`Cancelling ${runId}`);
+      const result = await ctx.act("cancelRun", { runId });
+      notify(result.status === "cancelled" ? `Cancelled ${runId}` : `Cancelling ${runId}`);
     } catch (err) {
       notify(`Cancel refused: ${errorText(err)}`, "error");
     }
@@ -325,12 +332,11 @@ export function runView(ctx, route) {
   for (const name of ["run.completed", "approval.requested", "run.time_travel_jumped"]) {
     offs.push(channel.on(name, (payload) => payload && payload.runId === runId && refreshSoon()));
   }
-  // A reconnect: the socket's streams are gone; follow again (the log resumes after its last seq).
+  // A reconnect: the socket's streams are gone; follow again (the log catches up by itself).
   let opened = false;
   offs.push(
     channel.on("open", () => {
       if (!opened) return;
-      log.subscribe().catch(() => {});
       subscribeTree();
       refreshSoon();
     }),
@@ -342,6 +348,8 @@ export function runView(ctx, route) {
   document.addEventListener("smithers:tick", tick);
   // Waits and timers begin without an event of their own: look again now and then while active.
   const poll = setInterval(() => run && ACTIVE.has(run.status) && refreshSoon(), 5000);
+  // The log follows an active run even when no event tells of it (a run executing elsewhere).
+  const logPoll = setInterval(() => run && ACTIVE.has(run.status) && log.poke(), LOG_POLL_MS);
 
   function stop() {
     destroyed = true;
@@ -349,6 +357,7 @@ export function runView(ctx, route) {
     log.destroy();
     channel.close();
     clearInterval(poll);
+    clearInterval(logPoll);
     refreshSoon.cancel();
     resubscribeTree.cancel();
     document.removeEventListener("smithers:tick", tick);
@@ -360,11 +369,13 @@ export function runView(ctx, route) {
   paintTree();
   loadRun();
   loadAttempts();
+  log.start();
   channel
     .open()
     .then(async () => {
       opened = true;
-      await Promise.all([log.subscribe(), subscribeTree()]);
+      log.poke(); // anything that happened before this socket heard of the run
+      await subscribeTree();
       if (frame !== null) loadFrame(frame);
     })
     .catch((err) => {

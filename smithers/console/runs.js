@@ -1,6 +1,7 @@
 // The runs list: one page of runs.list at a time (keyset paging with `after`, so it stays fast
 // however many runs are stored), filters in the URL, rows kept current from the session's
-// events, bulk cancel/resume, and the launch form (docs/protocol.md#runslist--listruns).
+// events, bulk cancel (of the selected runs still active: running or waiting) and resume, and the
+// launch form (docs/protocol.md#runslist--listruns).
 
 import { h, put, fmtTime, runDuration, badge, waitingOn, debounce, errorText, notify, confirmDialog, failure, parseInput, field, ACTIVE, STATUSES } from "./dom.js";
 
@@ -16,6 +17,7 @@ export function runsView(ctx, route) {
   let again = false;
   let workflows = [];
   const selected = new Set();
+  const statuses = new Map(); // runId -> status as last listed (selected runs may be on other pages)
 
   const table = h("tbody", { "data-testid": "runs-body" });
   const status = h("p", { class: "muted small", "data-testid": "runs-status", "aria-live": "polite" });
@@ -72,6 +74,7 @@ export function runsView(ctx, route) {
       const page = await ctx.call("listRuns", params);
       hasNext = page.length > PAGE_SIZE;
       rows = page.slice(0, PAGE_SIZE);
+      rows.forEach((r) => statuses.set(r.runId, r.status));
       put(errorBox);
       paint();
     } catch (err) {
@@ -154,10 +157,28 @@ export function runsView(ctx, route) {
     );
   }
 
+  /** Selected runs that may still be cancelled: active ones (and any whose status is unknown). */
+  function cancellable(ids) {
+    return ids.filter((id) => {
+      const row = rows.find((r) => r.runId === id);
+      const status = row ? row.status : statuses.get(id);
+      return status === undefined || ACTIVE.has(status);
+    });
+  }
+
   function paintBulk() {
     const ids = [...selected];
+    const active = cancellable(ids);
     const buttons = [];
-    if (ctx.can("cancelRun")) buttons.push(h("button", { type: "button", disabled: !ids.length, onclick: () => bulkAct("cancelRun", ids), "data-testid": "bulk-cancel" }, `Cancel selected (${ids.length})`));
+    if (ctx.can("cancelRun")) {
+      buttons.push(
+        h(
+          "button",
+          { type: "button", disabled: !active.length, onclick: () => bulkAct("cancelRun", active), "data-testid": "bulk-cancel", title: "Cancels the selected runs that are running or waiting" },
+          `Cancel selected (${active.length})`,
+        ),
+      );
+    }
     if (ctx.can("resumeRun")) buttons.push(h("button", { type: "button", disabled: !ids.length, onclick: () => bulkAct("resumeRun", ids), "data-testid": "bulk-resume" }, `Resume selected (${ids.length})`));
     put(bulk, buttons, ids.length ? h("button", { type: "button", class: "link", onclick: () => { selected.clear(); paint(); } }, "Clear selection") : null);
   }
@@ -175,7 +196,9 @@ export function runsView(ctx, route) {
     const refused = [];
     results.forEach((r, i) => (r.status === "rejected" ? refused.push(`${ids[i]}: ${errorText(r.reason)}`) : selected.delete(ids[i])));
     const done = ids.length - refused.length;
-    notify(`${verb}: ${done} accepted${refused.length ? `, ${refused.length} refused — ${refused.join("; ")}` : ""}.`, refused.length ? "error" : "info");
+    const cancelling = method === "cancelRun" ? results.filter((r) => r.status === "fulfilled" && r.value && r.value.status === "cancelling").length : 0;
+    const pending = cancelling ? ` (${cancelling} still stopping)` : "";
+    notify(`${verb}: ${done} accepted${pending}${refused.length ? `, ${refused.length} refused — ${refused.join("; ")}` : ""}.`, refused.length ? "error" : "info");
     load({ quiet: true });
   }
 

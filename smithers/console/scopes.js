@@ -16,7 +16,7 @@ const METHOD_SCOPES = {};
 const put = (scope, names) => names.forEach((name) => (METHOD_SCOPES[name] = scope));
 put(RUN_READ, [
   "health", "runs.list", "listRuns", "workflows.list", "listWorkflows", "runs.get", "getRun", "runs.diff",
-  "frames.list", "frames.get", "attempts.list", "attempts.get", "approvals.list", "listApprovals",
+  "frames.list", "frames.get", "attempts.list", "attempts.get", "events.list", "approvals.list", "listApprovals",
   "streamRunEvents", "getNodeOutput", "devtools.getNodeOutput", "getNodeDiff", "devtools.getNodeDiff", "connect",
 ]);
 put(RUN_WRITE, ["runs.create", "launchRun", "resumeRun", "runs.cancel", "cancelRun", "runs.rerun", "runs.fork"]);

@@ -42,6 +42,7 @@ class Console:
     def __init__(self, live: Live):
         self.live = live
         self.base = f"{live.url}/console"
+        self.stopped = False
 
     def url(self, path: str = "") -> str:
         return self.base + path
@@ -58,6 +59,11 @@ class Console:
     def status(self, run_id: str) -> str | None:
         row = self.live.gateway.store.get_run(run_id)
         return None if row is None else str(row["status"])
+
+    def stop(self) -> None:
+        """Stop the gateway now (a restart: start another on ``self.live.db_path``)."""
+        self.stopped = True
+        self.live.stop()
 
 
 class PageErrors:
@@ -107,22 +113,25 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def gateways(tmp_path: Path, template_db: Path) -> Iterator[Callable[..., Console]]:
-    """``gateways(**options)``: a console gateway (token auth unless ``auth=None``), stopped at the end."""
-    started: list[Live] = []
+    """``gateways(**options)``: a console gateway (token auth unless ``auth=None``) on a fresh
+    database, or on ``db_path`` (a restart), stopped at the end."""
+    started: list[Console] = []
 
-    def start(**options: Any) -> Console:
+    def start(db_path: Path | None = None, **options: Any) -> Console:
         options.setdefault("auth", AUTH)
         if options["auth"] is None:
             del options["auth"]
-        db_path = tmp_path / f"console-{len(started)}.db"
-        shutil.copyfile(template_db, db_path)
-        live = Live(build(db_path, **options), db_path)
-        started.append(live)
-        return Console(live)
+        if db_path is None:
+            db_path = tmp_path / f"console-{len(started)}.db"
+            shutil.copyfile(template_db, db_path)
+        console = Console(Live(build(db_path, **options), db_path))
+        started.append(console)
+        return console
 
     yield start
-    for live in started:
-        live.stop()
+    for console in started:
+        if not console.stopped:
+            console.live.stop()
 
 
 @pytest.fixture

@@ -83,4 +83,31 @@ def test_deny_from_the_run_page(page: Page, console: Console) -> None:
     gate.get_by_role("button", name="Deny").click()
     expect(gate).to_have_count(0)
     expect(page.get_by_test_id("run-status")).to_have_text("finished")  # the gate records the denial and goes on
-    expect(page.get_by_test_id("event-list").locator("li[data-event='approval.decided']")).to_contain_text("denied")
+    expect(page.get_by_test_id("event-list").locator("li[data-event='ApprovalDenied']")).to_contain_text(
+        "denied · by user:admin · “not today”"
+    )
+
+
+def test_cancel_a_run_waiting_for_approval_from_its_page(page: Page, console: Console) -> None:
+    """A waiting run executes nowhere; cancelling it ends it at once, its approval with it."""
+    console.launch("gate", run_id="held")
+    console.live.wait_status("held", {"waiting-approval"})
+    sign_in(page, console, "/runs/held")
+    expect(card(page, "held")).to_be_visible()
+    expect(page.get_by_test_id("approvals-count")).to_have_text("1")
+    page.get_by_test_id("run-cancel").click()
+    expect(page.get_by_test_id("confirm-dialog")).to_contain_text("Cancel held?")
+    page.get_by_test_id("confirm-ok").click()
+    expect(page.get_by_test_id("notice").last).to_contain_text("Cancelled held")
+    expect(page.get_by_test_id("run-status")).to_have_text("cancelled")
+    expect(card(page, "held")).to_have_count(0)
+    expect(page.get_by_test_id("approvals-count")).to_be_hidden()
+    expect(page.get_by_test_id("run-cancel")).to_have_count(0)  # an ended run has nothing to cancel
+    log = page.get_by_test_id("event-list")
+    expect(log.locator("li[data-event='RunCancelled']")).to_contain_text("cancelled")
+    seqs = [int(s) for s in log.locator("li[data-seq]").evaluate_all("els => els.map(e => e.dataset.seq)")]
+    assert seqs == list(range(0, len(seqs))), seqs
+    assert console.status("held") == "cancelled"
+    page.get_by_test_id("nav-approvals").click()
+    expect(page.get_by_test_id("approvals-info")).to_have_text("Nothing is waiting for a decision.")
+    expect(page.get_by_test_id("approval-card")).to_have_count(0)

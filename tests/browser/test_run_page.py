@@ -1,9 +1,12 @@
-"""The run page: a signal sent to a waiting run, the event log resuming after a reload without gaps
-or duplicates, the frame slider showing an earlier tree, rewind and fork from a frame."""
+"""The run page: a signal sent to a waiting run; the event log (the run's stored engine events)
+resuming after a reload or a dropped connection without gaps or duplicates, whole after a gateway
+restart and paged back to its first event; the frame slider showing an earlier tree, rewind and
+fork from a frame."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from playwright.sync_api import Page, WebSocketRoute, expect
@@ -15,6 +18,12 @@ def seqs_in_log(page: Page) -> list[int]:
     rows = page.get_by_test_id("event-list").locator("li[data-seq]")
     values = rows.evaluate_all("els => els.map(e => e.dataset.seq)")
     return [int(v) for v in values]
+
+
+def stored_seqs(console: Console, run_id: str) -> list[int]:
+    """Every stored engine event's seq of the run, from ``events.list``."""
+    last = console.rpc("events.list", {"runId": run_id, "limit": 1})["lastSeq"]
+    return list(range(0, last + 1))
 
 
 def test_send_a_signal_to_a_waiting_run(page: Page, console: Console) -> None:
@@ -42,31 +51,51 @@ def test_reload_mid_run_resumes_the_event_log_without_gaps_or_duplicates(page: P
     run_id = console.launch("chatty", {"tasks": 80, "delay": 0.15}, run_id="chatty-1")
     sign_in(page, console, f"/runs/{run_id}")
     log = page.get_by_test_id("event-list")
-    expect(log.locator("li[data-seq='6']")).to_be_attached()
+    expect(log.locator("li[data-seq='12']")).to_be_attached()
+    mid = seqs_in_log(page)
+    assert mid == list(range(0, len(mid))), mid  # from the run's first event, each once
     page.reload()
     expect(page.get_by_test_id("run-page")).to_be_visible()
     assert console.status(run_id) == "running", "the reload must happen mid-run"
-    expect(page.get_by_test_id("run-status")).to_have_text("finished", timeout=20_000)
-    expect(log.locator("li[data-event='run.completed']")).to_be_attached()
-    seqs = seqs_in_log(page)
-    assert seqs == list(range(1, 162)), seqs  # 80 started + 80 finished + run.completed, each once
+    expect(log.locator("li[data-seq]").first).to_have_attribute("data-seq", "0")
+    expect(page.get_by_test_id("run-status")).to_have_text("finished", timeout=30_000)
+    expect(log.locator("li[data-event='RunFinished']")).to_be_attached()
+    expected = stored_seqs(console, run_id)
+    assert len(expected) > 80 * 3, len(expected)  # pending, started and finished per task, and frames
+    assert seqs_in_log(page) == expected  # the engine's seqs: no gaps, no duplicates
+    assert log.locator("li[data-event='NodeStarted']").count() == 80
 
-    page.reload()  # after the run: the whole log again, from the gateway's window
-    expect(log.locator("li[data-event='run.completed']")).to_be_attached()
-    assert seqs_in_log(page) == list(range(1, 162))
+    page.reload()  # after the run: the whole log again, from the store
+    expect(log.locator("li[data-event='RunFinished']")).to_be_attached()
+    assert seqs_in_log(page) == expected
 
 
-def test_a_long_log_shows_a_window_and_loads_older_events(page: Page, console: Console) -> None:
-    run_id = console.launch("chatty", {"tasks": 300}, run_id="long-log")  # 601 events
-    console.live.wait_status(run_id, {"finished"}, timeout=30)
+def test_a_run_from_before_a_restart_shows_its_whole_log(page: Page, gateways: Callable[..., Console]) -> None:
+    """The log is read from the stored events: a run that finished before the gateway restarted
+    shows them all, the newest 500 first and older ones 500 at a time back to seq 0."""
+    first = gateways()
+    run_id = first.launch("chatty", {"tasks": 300}, run_id="before-restart")
+    first.live.wait_status(run_id, {"finished"}, timeout=30)
+    expected = stored_seqs(first, run_id)
+    assert len(expected) >= 1200, len(expected)
+    first.stop()
+    console = gateways(db_path=first.live.db_path)  # a new gateway on the same database
     sign_in(page, console, f"/runs/{run_id}")
+    expect(page.get_by_test_id("run-status")).to_have_text("finished")
     log = page.get_by_test_id("event-list")
-    expect(log.locator("li[data-event='run.completed']")).to_be_attached()
-    assert seqs_in_log(page) == list(range(102, 602))  # the newest 500
-    page.get_by_test_id("events-older").click()
-    expect(log.locator("li[data-seq='1']")).to_be_attached()
-    assert seqs_in_log(page) == list(range(1, 602))
-    expect(page.get_by_test_id("events-older")).to_be_hidden()
+    expect(log.locator("li[data-event='RunFinished']")).to_contain_text("finished")
+    assert seqs_in_log(page) == expected[-500:]  # the newest page
+    expect(page.get_by_test_id("events-empty")).to_be_hidden()
+    info = f"#{expected[-500]}–#{expected[-1]} shown of {len(expected)}"
+    expect(page.get_by_test_id("events-info")).to_have_text(info)
+    older = page.get_by_test_id("events-older")
+    for oldest in (expected[-1000], 0):
+        older.click()
+        expect(log.locator("li[data-seq]").first).to_have_attribute("data-seq", str(oldest))
+    expect(older).to_be_hidden()
+    assert seqs_in_log(page) == expected
+    expect(log.locator("li[data-seq='0']")).to_have_attribute("data-event", "RunStarted")
+    expect(page.get_by_test_id("events-newest")).to_be_hidden()  # nothing newer was dropped
 
 
 def test_frame_slider_shows_an_earlier_tree(page: Page, console: Console) -> None:
@@ -123,7 +152,7 @@ def test_rewind_from_the_slider(page: Page, console: Console) -> None:
         f"Rewound to frame 1: {latest - 1} frames and 3 attempts deleted."  # every step started after frame 1
     )
     expect(tree).to_have_attribute("data-live", "1")
-    jumped = page.get_by_test_id("event-list").locator("li[data-event='run.time_travel_jumped']")
+    jumped = page.get_by_test_id("event-list").locator("li[data-event='TimeTravelJumped']")
     expect(jumped).to_contain_text(f"frame {latest} → 1")
     expect(page.get_by_test_id("run-status")).to_have_text("finished")  # it ran again from frame 1
     expect(tree.locator("[data-testid=tree-node][data-type=task]")).to_have_count(3)
@@ -167,8 +196,9 @@ def test_a_dropped_connection_resumes_the_event_log_after_its_last_seq(page: Pag
     console.live.wait_status(run_id, {"finished"})
     sign_in(page, console, f"/runs/{run_id}")
     log = page.get_by_test_id("event-list")
-    expect(log.locator("li[data-event='run.completed']")).to_have_count(2)
+    expect(log.locator("li[data-event='RunFinished']")).to_have_count(2)
     before = seqs_in_log(page)
+    assert before == stored_seqs(console, run_id)
     opened = len(sockets)
     for ws in sockets:
         ws.close()  # the page sees its sockets drop ...
@@ -177,11 +207,12 @@ def test_a_dropped_connection_resumes_the_event_log_after_its_last_seq(page: Pag
     console.live.wait_status(run_id, {"finished"})
     expect(page.get_by_test_id("connection")).to_have_text("connected")
     assert len(sockets) > opened, "the console opened new sockets"
-    expect(log.locator("li[data-event='run.completed']")).to_have_count(3)  # replayed after the last seq it had
+    expect(log.locator("li[data-event='RunFinished']")).to_have_count(3)  # fetched after the last seq it had
+    expect(log.locator("li[data-event='TimeTravelJumped']")).to_have_count(2)
     after = seqs_in_log(page)
-    assert after == list(range(1, len(after) + 1)) and len(after) > len(before) == before[-1], (before, after)
-    resumed = [json.loads(f) for f in sent if '"streamRunEvents"' in f and '"afterSeq"' in f]
-    assert {"runId": run_id, "afterSeq": before[-1]} in [f["params"] for f in resumed], resumed
+    assert after == stored_seqs(console, run_id) and len(after) > len(before), (before, after)
+    resumed = [json.loads(f) for f in sent if '"events.list"' in f and '"afterSeq"' in f]
+    assert before[-1] in [f["params"]["afterSeq"] for f in resumed], resumed
 
 
 def test_a_failed_tree_stream_is_followed_again(page: Page, console: Console) -> None:
@@ -247,7 +278,7 @@ def test_rerun_and_resume(page: Page, console: Console) -> None:
 
     page.goto(console.url("/runs/napping"))
     expect(page.get_by_test_id("run-waiting")).to_contain_text("timer nap until")
-    expect(page.get_by_test_id("run-cancel")).to_have_count(0)  # only runs executing here can be cancelled
+    expect(page.get_by_test_id("run-cancel")).to_be_visible()  # a waiting run can be cancelled too
     page.get_by_test_id("run-resume").click()
     expect(page.get_by_test_id("notice").last).to_have_text("Resume requested for napping×")
     expect(page.get_by_test_id("run-status")).to_have_text("waiting-timer")

@@ -118,6 +118,7 @@ METHODS = [
     "runs.rerun",
     "runs.fork",
     "runs.get",
+    "events.list",
     "submitApproval",
     "submitSignal",
     "cron.list",
