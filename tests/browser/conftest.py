@@ -5,6 +5,7 @@ storage) per test; console errors of the page fail the test unless the test expe
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,7 +166,10 @@ def sign_in(page: Page, console: Console, path: str = "", token: str = ADMIN) ->
 
 
 def screenshot(page: Page, name: str) -> None:
-    """Save ``docs/screenshots/<name>.png`` (the viewport, 1280x800)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    """Save ``<name>.png`` (the viewport, 1280x800) under ``build/screenshots/``; with
+    ``SMITHERS_UPDATE_SCREENSHOTS=1`` under ``docs/screenshots/``, the README's (they show times of
+    day, so refreshing them on every run would leave the checkout changed)."""
+    folder = SCREENSHOTS if os.environ.get("SMITHERS_UPDATE_SCREENSHOTS") == "1" else ROOT / "build" / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
     page.evaluate("document.getElementById('notices')?.replaceChildren()")  # no passing toasts
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    page.screenshot(path=str(folder / f"{name}.png"))
