@@ -208,7 +208,11 @@ def _stream_handler(call: AgentCall) -> Any:
                 call.on_output(event.delta.content_delta, "stdout")
             elif isinstance(event, FunctionToolCallEvent):
                 part = event.part
-                call.on_tool_call(ToolCall(part.tool_name, "started", call_id=part.tool_call_id, input=part.args))
+                try:
+                    args: Any = part.args_as_dict()
+                except Exception:  # arguments that are not a JSON object: kept as sent
+                    args = part.args
+                call.on_tool_call(ToolCall(part.tool_name, "started", call_id=part.tool_call_id, input=args))
             elif isinstance(event, FunctionToolResultEvent):
                 result: Any = event.part
                 ok = isinstance(result, ToolReturnPart) and getattr(result, "outcome", "success") in (None, "success")

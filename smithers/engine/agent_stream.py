@@ -1,5 +1,5 @@
 """An agent attempt's stream as run events: ``NodeOutput``, ``ToolCallStarted``/``ToolCallFinished``
-and ``TokenUsageReported`` (docs/engine.md#agent-tasks).
+(and ``_smithers_tool_calls`` rows) and ``TokenUsageReported`` (docs/engine.md#agent-tasks).
 
 A chatty agent streams a token at a time, so writes are batched: what arrives within
 :data:`FLUSH_MS` is written in one transaction, adjacent text of one stream becomes one
@@ -18,13 +18,26 @@ from typing import Any
 
 from smithers.engine import events as ev
 from smithers.engine.agent import AgentUsage, OutputStream, ToolCall
-from smithers.store.store import Store
+from smithers.store.rows import dumps, now_ms
+from smithers.store.store import Store, Tx
 
 log = logging.getLogger(__name__)
 
 FLUSH_MS = 200
 MAX_EVENT_TEXT = 16_384
 MAX_BUFFERED = 65_536
+MAX_TOOL_JSON = 65_536
+"""A tool call's input or output longer than this (as JSON) is stored cut, as a string."""
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        text = dumps(value)
+    except (TypeError, ValueError):
+        text = dumps(str(value))
+    return text if len(text) <= MAX_TOOL_JSON else dumps(text[:MAX_TOOL_JSON])
 
 
 class AttemptStream:
@@ -37,6 +50,8 @@ class AttemptStream:
         self.loop = asyncio.get_running_loop()
         self.thread = threading.get_ident()
         self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.rows: list[tuple[str, int, dict[str, Any]]] = []
+        """``_smithers_tool_calls`` writes waiting with the events: (start|finish, seq, columns)."""
         self.buffered = 0
         self.timer: asyncio.TimerHandle | None = None
         self.tool_seq = 0
@@ -81,6 +96,8 @@ class AttemptStream:
             if call.call_id:
                 payload["toolCallId"] = call.call_id
             self.pending.append((ev.TOOL_CALL_STARTED, payload))
+            row = {"tool_name": call.name, "input_json": _json(call.input), "started_at_ms": now_ms()}
+            self.rows.append(("start", seq, row))
         else:
             key = call.call_id if call.call_id in self.open_tools else f"name:{call.name}"
             seq, name = self.open_tools.pop(key, (0, call.name))
@@ -93,6 +110,14 @@ class AttemptStream:
             if call.error:
                 payload["error"] = call.error[:2000]
             self.pending.append((ev.TOOL_CALL_FINISHED, payload))
+            ended: dict[str, Any] = {
+                "tool_name": name,
+                "status": call.status,
+                "finished_at_ms": now_ms(),
+                "output_json": _json(call.output),
+                "error_json": _json({"message": call.error}) if call.error else None,
+            }
+            self.rows.append(("finish", seq, ended))
         self._schedule()
 
     def usage(self, usage: AgentUsage, agent_id: str) -> None:
@@ -103,6 +128,21 @@ class AttemptStream:
         self._schedule()
 
     # ---- writing ---------------------------------------------------------------------------------
+    def _write_rows(self, tx: Tx, rows: list[tuple[str, int, dict[str, Any]]]) -> None:
+        base = self.base
+        for op, seq, columns in rows:
+            key = {
+                "run_id": self.run_id,
+                "node_id": base["nodeId"],
+                "iteration": base["iteration"],
+                "attempt": base["attempt"],
+                "seq": seq,
+            }
+            if op == "start":
+                tx.insert_tool_call(**key, **columns)
+            else:
+                tx.finish_tool_call(key, **columns)
+
     def _schedule(self) -> None:
         if self.buffered >= MAX_BUFFERED:
             self.flush()
@@ -131,8 +171,10 @@ class AttemptStream:
         if not self.pending:
             return
         pending, self.pending, self.buffered = self.pending, [], 0
+        rows, self.rows = self.rows, []
         try:
             with self.store.write() as tx:
+                self._write_rows(tx, rows)
                 for type_, payload in pending:
                     tx.emit(self.run_id, type_, {**self.base, **payload})
             self.events_written += len(pending)

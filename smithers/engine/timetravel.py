@@ -133,8 +133,13 @@ def _restore_rows(tx: Tx, run_id: str, state: FrameState, into: str | None = Non
         for attempt in state.dropped:
             tx.delete_attempt(run_id, attempt["node_id"], int(attempt["iteration"]), int(attempt["attempt"]))
     else:
+        kept = set()
         for attempt in state.kept:
             tx.insert_attempt(**{**attempt, "run_id": into})
+            kept.add((attempt["node_id"], int(attempt["iteration"]), int(attempt["attempt"])))
+        for call in tx.list_tool_calls(run_id):
+            if (call["node_id"], int(call["iteration"]), int(call["attempt"])) in kept:
+                tx.insert_tool_call(**{**call, "run_id": into})
         for output in tx.list_outputs(run_id):
             if (output["node_id"], int(output["iteration"])) not in touched:
                 tx.upsert_output(

@@ -231,6 +231,24 @@ node_diffs = Table(
     sqlite_with_rowid=False,
 )
 
+tool_calls = Table(
+    "_smithers_tool_calls",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("node_id", Text, primary_key=True),
+    Column("iteration", Integer, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("tool_name", Text, nullable=False),
+    Column("input_json", Text),
+    Column("output_json", Text),
+    Column("started_at_ms", BigInteger, nullable=False),
+    Column("finished_at_ms", BigInteger),
+    Column("status", Text),
+    Column("error_json", Text),
+    sqlite_with_rowid=False,
+)
+
 time_travel_audit = Table(
     "_smithers_time_travel_audit",
     metadata,

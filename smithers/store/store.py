@@ -413,9 +413,25 @@ class Tx:
         rows = self.list_frame_rows(run_id, up_to=up_to)
         self.insert_many(t.frames, [{**row, "run_id": to_run_id} for row in rows])
 
+    # ---- tool calls of agent attempts ----------------------------------------------------------
+    def insert_tool_call(self, **values: Any) -> None:
+        self.insert(t.tool_calls, values)
+
+    def finish_tool_call(self, key: Mapping[str, Any], **values: Any) -> None:
+        """Record how a tool call ended (a call whose start was not seen is inserted whole)."""
+        if not self.update(t.tool_calls, key, values):
+            self.insert(t.tool_calls, {**key, **values, "started_at_ms": values.get("finished_at_ms")})
+
+    def list_tool_calls(self, run_id: str, node_id: str | None = None) -> list[Row]:
+        where: dict[str, Any] = {"run_id": run_id} if node_id is None else {"run_id": run_id, "node_id": node_id}
+        return self.select(t.tool_calls, where, ("node_id", "iteration", "attempt", "seq"))
+
     # ---- time travel ------------------------------------------------------------------------
     def delete_attempt(self, run_id: str, node_id: str, iteration: int, attempt: int) -> None:
-        self.delete(t.attempts, {"run_id": run_id, "node_id": node_id, "iteration": iteration, "attempt": attempt})
+        """The attempt and its tool calls."""
+        key = {"run_id": run_id, "node_id": node_id, "iteration": iteration, "attempt": attempt}
+        self.delete(t.tool_calls, key)
+        self.delete(t.attempts, key)
 
     def delete_output(self, run_id: str, node_id: str, iteration: int) -> None:
         self.delete(t.outputs, {"run_id": run_id, "node_id": node_id, "iteration": iteration})

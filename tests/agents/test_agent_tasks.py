@@ -219,6 +219,16 @@ def test_tool_calls_are_streamed_as_events(store: Store) -> None:
     finished = events(store, result.run_id, ev.TOOL_CALL_FINISHED)
     assert [(e["toolName"], e["seq"], e["attempt"]) for e in started] == [("add", 1, 1)]
     assert [(e["toolName"], e["seq"], e["status"]) for e in finished] == [("add", 1, "success")]
+    with store.read() as tx:
+        [row] = tx.list_tool_calls(result.run_id)
+    assert (row["node_id"], row["attempt"], row["seq"], row["tool_name"], row["status"]) == (
+        "sum",
+        1,
+        1,
+        "add",
+        "success",
+    )
+    assert set(json.loads(row["input_json"])) == {"a", "b"}
 
 
 def test_chatty_output_is_batched(store: Store) -> None:

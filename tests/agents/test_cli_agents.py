@@ -110,6 +110,15 @@ def test_cli_agent_answers_streams_and_continues_its_session(store: Store, tmp_p
     assert [f["status"] for f in finished] == ["success", "error"]
     assert started[0]["toolName"] == ("shell" if cli == "codex" else "Bash")
     assert started[1]["toolName"] == ("shell" if cli == "codex" else "Edit")
+    with store.read() as tx:
+        rows = tx.list_tool_calls(result.run_id, "fix")
+    assert [(r["attempt"], r["seq"], r["tool_name"], r["status"]) for r in rows] == [
+        (1, 1, started[0]["toolName"], "success"),
+        (1, 2, started[1]["toolName"], "error"),
+    ]
+    assert all(r["started_at_ms"] <= r["finished_at_ms"] for r in rows)
+    assert json.loads(rows[0]["input_json"])["command"] == "ls"
+    assert rows[1]["error_json"] is not None and rows[0]["error_json"] is None
     usage = events(store, result.run_id, ev.TOKEN_USAGE_REPORTED)
     assert [(u["inputTokens"], u["outputTokens"]) for u in usage] == [(10, 5), (7, 3)]
     if cli == "claude":
