@@ -16,19 +16,27 @@ events written. Kinds:
   own cost per call).
 
 The difference between a kind and ``compute`` is the overhead agent mode adds per call.
+
+Then, with ``--ws`` pieces (default 20,000): a gateway on 127.0.0.1 (in this process, SQLite) runs
+one agent task that streams that many 16-byte pieces as fast as it can (yielding every 100), and a
+WebSocket client counts the ``task.output`` events it receives until ``run.completed``: events/s,
+pieces/s and KB/s delivered, and whether the text arrived whole and in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from typing import Any
 
 from pydantic import BaseModel
+from websockets.sync.client import connect
 
 import smithers
 from smithers import Sequence, Task, workflow
@@ -110,11 +118,79 @@ def measure(db: str, kind: str, steps: int) -> tuple[float, float, float]:
         store.close()
 
 
+class Firehose:
+    """Streams ``pieces`` 16-byte pieces as fast as it can, then answers."""
+
+    id = "firehose"
+
+    def __init__(self, pieces: int):
+        self.pieces = pieces
+
+    async def run(self, call: AgentCall) -> AgentReply:
+        for index in range(self.pieces):
+            call.on_output(f"<piece {index:07d}>", "stdout")
+            if index % 100 == 99:
+                await asyncio.sleep(0)
+        return AgentReply(ANSWER)
+
+
+def websocket_stream(pieces: int, tmp: str) -> None:
+    from smithers.gateway.server import Gateway
+
+    firehose = Firehose(pieces)
+
+    @workflow("firehose")
+    def firehose_flow(ctx: smithers.Ctx) -> Any:
+        return Task("talk", output=Review, agent=firehose, prompt="talk")
+
+    gateway = Gateway.for_workflows([firehose_flow], db=os.path.join(tmp, "ws.db"))
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(gateway.listen("127.0.0.1", 0))
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ready.wait(15)
+    ws = connect(gateway.url.replace("http://", "ws://") + "/", max_size=None, legacy=True)
+    ws.recv(10)  # the challenge
+    hello = {"minProtocol": 1, "maxProtocol": 1, "client": {"id": "bench", "version": "1", "platform": "py"}}
+    ws.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": hello}))
+    ws.send(json.dumps({"type": "req", "id": "l", "method": "launchRun", "params": {"workflow": "firehose"}}))
+    started = time.perf_counter()
+    events = 0
+    text: list[str] = []
+    while True:
+        frame = json.loads(ws.recv(120))
+        if frame.get("type") != "event":
+            continue
+        if frame["event"] == "task.output":
+            events += 1
+            text.append(frame["payload"]["output"])
+        elif frame["event"] == "run.completed":
+            break
+    elapsed = time.perf_counter() - started
+    whole = "".join(text) == "".join(f"<piece {i:07d}>" for i in range(pieces))
+    size = sum(len(t) for t in text)
+    print(
+        f"websocket: {pieces} pieces in {events} task.output events over {elapsed:.2f} s: "
+        f"{events / elapsed:.0f} events/s, {pieces / elapsed:,.0f} pieces/s, {size / elapsed / 1024:,.0f} KB/s; "
+        f"whole and in order: {whole}"
+    )
+    ws.close()
+    asyncio.run_coroutine_threadsafe(gateway.close(), loop).result(20)
+    loop.call_soon_threadsafe(loop.stop)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pg", help="a PostgreSQL URL to measure too")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--ws", type=int, default=20_000, help="pieces streamed to a WebSocket client (0: skip)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dbs = [("sqlite", lambda i: f"sqlite:///{os.path.join(tmp, f'b{i}.db')}")]
@@ -138,6 +214,8 @@ def main() -> None:
                     base = (ms, size)
                 extra_ms, extra_bytes = ms - base[0], size - base[1]
                 print(f"{name:9} {kind:13} {ms:8.2f} {extra_ms:+15.2f} {size:11.0f} {extra_bytes:+8.0f} {events:12.1f}")
+        if args.ws:
+            websocket_stream(args.ws, tmp)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ text becomes ``NodeOutput``, tool use ``ToolCallStarted``/``ToolCallFinished``, 
 ``TokenUsageReported``. Its standard error is streamed as ``stderr``. When the call ends in any way
 (answered, failed, timed out, cancelled) whatever is left of the process group is terminated, then
 killed after ``kill_grace_ms``: a coding agent's own children (a test run, a dev server) never
-outlive its attempt.
+outlive its attempt. On Linux the CLI itself is also killed when the engine's process dies.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -150,6 +151,7 @@ class CliAgent:
                 env={**os.environ, **self.env},
                 start_new_session=True,  # its own process group: killed whole when the call ends
                 limit=LINE_LIMIT,
+                preexec_fn=_die_with_parent,
             )
         except FileNotFoundError as exc:
             raise AgentError(
@@ -220,6 +222,22 @@ class CliAgent:
             _signal_group(group, signal.SIGKILL)
         while proc.returncode is None:  # reaped by the event loop's child watcher
             await asyncio.sleep(EXIT_POLL_S)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
+    """On Linux, the CLI is killed if the process running the engine dies (a crash, a SIGKILL):
+    nobody is left to end its process group. Elsewhere this does nothing."""
+    if sys.platform != "linux":
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _signal_group(group: int, sig: int) -> None:

@@ -27,7 +27,7 @@ def turn() -> tuple[dict[str, Any], int]:
         with open(log) as f:
             index = sum(1 for _ in f)
     with open(log, "a") as f:
-        f.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd()}) + "\n")
+        f.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "pid": os.getpid()}) + "\n")
     turns = scenario["turns"]
     return turns[min(index, len(turns) - 1)], index
 
