@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from smithers.engine import events as ev
+from smithers.engine.usage import run_usage
 from smithers.store.events_bus import StoredEvent
 from smithers.store.rows import to_wire
 
@@ -154,6 +155,7 @@ def print_inspect(
     as_json: bool,
 ) -> None:
     out_by_key = {(o["node_id"], o["iteration"]): json.loads(o["payload_json"]) for o in outputs}
+    usage = run_usage(attempts)
     if as_json:
         print(
             json.dumps(
@@ -161,6 +163,7 @@ def print_inspect(
                     "run": to_wire(run),
                     "nodes": [to_wire(n) | {"output": out_by_key.get((n["node_id"], n["iteration"]))} for n in nodes],
                     "attempts": [to_wire(a) for a in attempts],
+                    "usage": usage,
                 },
                 indent=2,
             )
@@ -171,6 +174,12 @@ def print_inspect(
     if run["error_json"]:
         err = json.loads(run["error_json"])
         console.print(f"[red]error:[/] {err.get('message')} [{err.get('code')}]")
+    if usage is not None:
+        cost = f", ${usage['costUsd']:.4f}" if "costUsd" in usage else ""
+        console.print(
+            f"tokens: {usage['inputTokens']:,} in, {usage['outputTokens']:,} out{cost} "
+            f"({usage['attempts']} agent attempts)"
+        )
     table = Table()
     for col in ("node", "iter", "state", "attempts", "output"):
         table.add_column(col)

@@ -361,3 +361,36 @@ def test_agent_tasks_are_checked_when_built() -> None:
         Task("x", agent=[object()], prompt="p")
     with pytest.raises(smithers.SmithersError, match="not both"):
         Task("x", agent=Counting("a"), prompt="p", run=lambda: 1)
+
+
+def test_inspect_sums_the_tokens_of_a_run(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    db = f"sqlite:///{tmp_path / 'usage.db'}"
+    first = Counting("first", text="no JSON, four times")
+    second = Counting("second", text='{"n": 2}')
+
+    @workflow("usage")
+    def usage(ctx: smithers.Ctx) -> Any:
+        return Sequence(
+            Task("a", output=Num, agent=[first, second], prompt="a"),
+            Task("b", output=Num, agent=second, prompt="b"),
+        )
+
+    result = smithers.run(usage, run_id="u-1", db=db)
+    assert result.status == "finished", result.error
+    smithers_cli = str(Path(sys.executable).parent / "smithers")
+    shown = subprocess.run([smithers_cli, "inspect", "u-1", "--json", "--db", db], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    totals = json.loads(shown.stdout)["usage"]
+    # 3 in, 2 out per call: the refused attempt's 4 calls count too
+    assert totals == {
+        "inputTokens": 18,
+        "outputTokens": 12,
+        "attempts": 3,
+        "byAgent": {"first": {"inputTokens": 12, "outputTokens": 8}, "second": {"inputTokens": 6, "outputTokens": 4}},
+    }
+    text = subprocess.run([smithers_cli, "inspect", "u-1", "--db", db], capture_output=True, text=True).stdout
+    assert "tokens: 18 in, 12 out (3 agent attempts)" in text
