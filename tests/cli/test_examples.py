@@ -17,7 +17,8 @@ from smithers.engine import control
 SMITHERS = str(Path(sys.executable).parent / "smithers")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT_S = 60.0
-COVERED = {"hello", "pipeline", "fanout", "loop", "approval", "wait_event", "flaky"}
+COVERED = {"hello", "pipeline", "fanout", "loop", "approval", "wait_event", "flaky", "code_review", "research"}
+"""The agent examples (code_review, research) are run by tests/agents/test_agent_examples.py."""
 
 
 class Cli:
