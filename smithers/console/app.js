@@ -139,7 +139,8 @@ async function start(token, { typed = false } = {}) {
       showSignin({ error: "Cannot reach the gateway. Is it running?", retry: () => start(token, { typed }) });
       return;
     }
-    sessionStorage.removeItem(TOKEN_KEY);
+    // Forget the token that was refused (not one stored meanwhile).
+    if (sessionStorage.getItem(TOKEN_KEY) === token) sessionStorage.removeItem(TOKEN_KEY);
     // No token yet and the gateway wants one: a plain sign-in page, not an error.
     showSignin({ error: token || typed ? err.message : null });
     return;

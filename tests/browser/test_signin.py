@@ -41,6 +41,7 @@ def test_sign_in_keeps_the_token_out_of_urls(page: Page, console: Console) -> No
 
 def test_a_token_refused_later_signs_out(page: Page, console: Console) -> None:
     page.goto(console.url())
+    expect(page.get_by_test_id("signin")).to_be_visible()  # the tokenless first try is over
     page.evaluate("sessionStorage.setItem('smithers.console.token', 'revoked-or-wrong')")
     page.reload()
     expect(page.get_by_test_id("signin-error")).to_have_text("Invalid token")
