@@ -30,20 +30,23 @@ def _libpq(url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_template(worker_id: str) -> str:
-    """A migrated template database for this test worker; per-test databases are copies of it."""
+def pg_template(worker_id: str) -> Iterator[str]:
+    """A migrated template database for this test worker (named after its process, so two test
+    runs on one server never share one); per-test databases are copies of it."""
     import psycopg
 
     from smithers.store.store import Store
 
     admin = _libpq(_admin_url())
-    name = f"smithers_tpl_{worker_id}"
+    name = f"smithers_tpl_{worker_id}_{os.getpid()}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     base = admin.rsplit("/", 1)[0]
     Store(f"{base}/{name}").close()
-    return name
+    yield name
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
