@@ -11,6 +11,7 @@ outlive its attempt. On Linux the CLI itself is also killed when the engine's pr
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -42,7 +43,7 @@ def failure(engine: str, message: str, **details: Any) -> AgentError:
     return klass(f"{engine}: {message}", details={"engine": engine, **details})
 
 
-class StreamParser:
+class StreamParser(abc.ABC):
     """Reads one CLI's stream-JSON lines for one call; subclasses handle each CLI's events."""
 
     engine = "cli"
@@ -57,8 +58,9 @@ class StreamParser:
         self.error: str | None = None
         self.model: str | None = None
 
+    @abc.abstractmethod
     def line(self, event: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Take one stream-JSON event of the CLI."""
 
     def text(self, text: str) -> None:
         if text:
@@ -91,7 +93,7 @@ class StreamParser:
         return AgentReply(text, session_id=self.session_id)
 
 
-class CliAgent:
+class CliAgent(abc.ABC):
     """A coding agent run as a subprocess that speaks stream-JSON (subclassed per CLI).
 
     ``command``: the executable and any leading arguments (default: the CLI's name, found on
@@ -133,11 +135,13 @@ class CliAgent:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
 
+    @abc.abstractmethod
     def argv(self, call: AgentCall) -> list[str]:
-        raise NotImplementedError
+        """The command line that asks the CLI this call's prompt."""
 
+    @abc.abstractmethod
     def parser(self, call: AgentCall) -> StreamParser:
-        raise NotImplementedError
+        """A parser for the CLI's stream-JSON output of this call."""
 
     async def run(self, call: AgentCall) -> AgentReply:
         argv = self.argv(call)
