@@ -5,9 +5,7 @@ wakes every open wait, and ``events --follow`` follows a run to its end."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,45 +14,19 @@ from typing import Any
 import pytest
 
 from smithers import Store
+from tests.cli.support import SMITHERS, TIMEOUT_S, CliOn
 from tests.waiting import wait_for
 
-SMITHERS = str(Path(sys.executable).parent / "smithers")
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "semantics.py"
-TIMEOUT_S = 60.0
 
 
-class Cli:
+class Cli(CliOn):
     """The CLI on one database, with ``$SEMANTICS_MARKS`` pointing at a file of side effects."""
 
     def __init__(self, cwd: Path, db: str):
-        self.cwd = cwd
-        self.db = db
         self.marks = cwd / "marks"
-        self.env = {k: v for k, v in os.environ.items() if k != "SMITHERS_DB"} | {"SEMANTICS_MARKS": str(self.marks)}
+        super().__init__(cwd, db, {"SEMANTICS_MARKS": str(self.marks)})
         self.store = Store(db)
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [SMITHERS, *args, "--db", self.db],
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        """A command left running in the background."""
-        return subprocess.Popen(
-            [SMITHERS, *args, "--db", self.db],
-            cwd=self.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
 
     def run(self, workflow: str, run_id: str, data: dict[str, Any] | None = None) -> subprocess.Popen[str]:
         return self.start("run", f"{FIXTURE}:{workflow}", "--run-id", run_id, "--input", json.dumps(data or {}))

@@ -4,42 +4,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from smithers import Store
+from tests.cli.support import CliOn
 
-SMITHERS = str(Path(sys.executable).parent / "smithers")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-TIMEOUT_S = 60.0
 
 
-class Cli:
-    def __init__(self, cwd: Path, db: str):
-        self.cwd, self.db = cwd, db
-        self.env = {k: v for k, v in os.environ.items() if k != "SMITHERS_DB"}
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [SMITHERS, *args, "--db", self.db],
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
-        proc = self(*args)
-        assert proc.returncode == 0, proc.stderr
-        return proc
-
+class Cli(CliOn):
     def events(self, run_id: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.ok("events", run_id, "--json").stdout.splitlines()]
 
