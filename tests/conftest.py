@@ -45,8 +45,11 @@ def pg_template(worker_id: str) -> Iterator[str]:
     base = admin.rsplit("/", 1)[0]
     Store(f"{base}/{name}").close()
     yield name
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:  # best effort: a test may still hold a connection another role opened
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.Error:
+        pass
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
