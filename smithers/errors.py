@@ -13,7 +13,9 @@ The tree::
     ├── RunOwnershipError           RUN_OWNER_ALIVE, RUN_STILL_RUNNING, RUN_RESUME_CLAIM_FAILED
     ├── TaskTimeoutError            TASK_TIMEOUT
     ├── AgentError                  AGENT_FAILED: an agent (model API or CLI) failed to answer
-    │   └── AgentAuthError          AGENT_AUTH_FAILED: its credentials were refused or are missing
+    │   ├── AgentAuthError          AGENT_AUTH_FAILED: its credentials were refused or are missing
+    │   └── AgentRateLimitError     AGENT_RATE_LIMITED: the provider kept answering 429 (too many requests)
+    ├── TokenBudgetExceededError    TOKEN_BUDGET_EXCEEDED: the run used up its token budget
     ├── AgentConfigError            AGENT_CONFIG_INVALID: an agent task or agent cannot be used as written
     ├── DatabaseError               DB_ERROR: a database cannot be opened or used
     ├── GatewayError                a refusal answered to a gateway client, with any wire code below
@@ -72,6 +74,8 @@ NOT_WAITING_FOR_APPROVAL: Final = "NOT_WAITING_FOR_APPROVAL"
 AGENT_FAILED: Final = "AGENT_FAILED"
 AGENT_AUTH_FAILED: Final = "AGENT_AUTH_FAILED"
 AGENT_CONFIG_INVALID: Final = "AGENT_CONFIG_INVALID"
+AGENT_RATE_LIMITED: Final = "AGENT_RATE_LIMITED"
+TOKEN_BUDGET_EXCEEDED: Final = "TOKEN_BUDGET_EXCEEDED"
 DB_ERROR: Final = "DB_ERROR"
 WORKFLOW_NOT_FOUND: Final = "WORKFLOW_NOT_FOUND"
 
@@ -287,6 +291,32 @@ class AgentAuthError(AgentError):
     that agent for the rest of the run (docs/engine.md#agent-tasks)."""
 
     default_code = AGENT_AUTH_FAILED
+
+
+class AgentRateLimitError(AgentError):
+    """The provider refused a call for too many requests (HTTP 429). Raised by an agent with the
+    wait the provider asked for (``retry_after_ms``); the engine waits and calls again, and after
+    its last try fails the attempt with it, so the next attempt may use the next agent."""
+
+    default_code = AGENT_RATE_LIMITED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_ms: int | None = None,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, code, details)
+        self.retry_after_ms = retry_after_ms
+
+
+class TokenBudgetExceededError(SmithersError):
+    """The run has used up its token budget (``workflow(..., token_budget=N)``). Not retryable: the
+    task fails, and so does the run unless it goes on from failures (docs/engine.md#agent-tasks)."""
+
+    default_code = TOKEN_BUDGET_EXCEEDED
 
 
 class AgentConfigError(SmithersError):

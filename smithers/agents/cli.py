@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from smithers.engine.agent import AgentCall, AgentReply, AgentUsage, looks_like_auth_error
-from smithers.errors import AgentAuthError, AgentConfigError, AgentError
+from smithers.engine.agent import AgentCall, AgentReply, AgentUsage, ToolsPolicy, looks_like_auth_error
+from smithers.engine.procgroups import group_alive, signal_group
+from smithers.errors import AgentAuthError, AgentConfigError, AgentError, AgentRateLimitError
 
 log = logging.getLogger(__name__)
 
-ToolsPolicy = Literal["all", "explicit-only"]
 STDERR_TAIL = 4000
 EXIT_POLL_S = 0.05
 PIPE_GRACE_S = 1.0
@@ -37,10 +36,36 @@ LINE_LIMIT = 32 * 1024 * 1024
 """The longest stream-JSON line read (a tool result can be large)."""
 
 
+_RATE_LIMIT_TEXT = re.compile(
+    r"\b429\b|rate[ _-]?limit|too many requests|overloaded|quota exceeded|resource[ _-]?exhausted",
+    re.IGNORECASE,
+)
+_RETRY_AFTER_TEXT = re.compile(
+    r"(?:retry|try again)\s*(?:after|in)?\s*:?\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|sec|seconds?|m|min|minutes?)?\b",
+    re.IGNORECASE,
+)
+
+
+def retry_after_in(text: str) -> int | None:
+    """The wait a rate-limit message asks for (``retry after 30s``, ``try again in 2 minutes``), in ms."""
+    found = _RETRY_AFTER_TEXT.search(text)
+    if found is None:
+        return None
+    value, unit = float(found.group(1)), (found.group(2) or "s").lower()
+    scale = 1 if unit.startswith("ms") or unit.startswith("milli") else 60_000 if unit.startswith("m") else 1000
+    return int(value * scale)
+
+
 def failure(engine: str, message: str, **details: Any) -> AgentError:
-    """An agent failure, as an auth failure when its text reads like one."""
-    klass = AgentAuthError if looks_like_auth_error(message) else AgentError
-    return klass(f"{engine}: {message}", details={"engine": engine, **details})
+    """An agent failure: an auth failure or a rate limit when its text reads like one."""
+    text = f"{engine}: {message}"
+    if looks_like_auth_error(message):
+        return AgentAuthError(text, details={"engine": engine, **details})
+    if _RATE_LIMIT_TEXT.search(message):
+        wait = retry_after_in(message)
+        extra = {} if wait is None else {"retryAfterMs": wait}
+        return AgentRateLimitError(text, retry_after_ms=wait, details={"engine": engine, **details, **extra})
+    return AgentError(text, details={"engine": engine, **details})
 
 
 class StreamParser(abc.ABC):
@@ -54,9 +79,20 @@ class StreamParser(abc.ABC):
         """Assistant text seen in the stream, in order."""
         self.final: str | None = None
         """The CLI's own final answer, when it gives one (else the texts joined)."""
-        self.session_id: str | None = None
+        self._session_id: str | None = None
         self.error: str | None = None
         self.model: str | None = None
+
+    @property
+    def session_id(self) -> str | None:
+        return self._session_id
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        """The CLI's session, reported to the engine as soon as it is seen (a crash keeps it)."""
+        if value and value != self._session_id:
+            self._session_id = value
+            self.call.on_session(value)
 
     @abc.abstractmethod
     def line(self, event: dict[str, Any]) -> None:
@@ -98,7 +134,9 @@ class CliAgent(abc.ABC):
 
     ``command``: the executable and any leading arguments (default: the CLI's name, found on
     ``PATH``). ``model``: passed with the CLI's model flag. ``tools``: ``"all"`` (the CLI may use
-    every tool without asking: it runs unattended) or ``"explicit-only"`` (only ``allowed_tools``).
+    every tool without asking: it runs unattended) or ``"explicit-only"`` (only ``allowed_tools``);
+    None (the default) takes the run's ``cliAgentTools`` default, itself ``"all"`` unless the
+    gateway's ``defaults`` or the run's config say otherwise.
     ``args``: more arguments, added before the prompt. ``env``: variables added to the process's
     environment (API keys, ``HOME``). ``id``: the agent's name in the run (default: the CLI's).
     ``kill_grace_ms``: how long a terminated process group has before it is killed.
@@ -112,14 +150,14 @@ class CliAgent(abc.ABC):
         *,
         command: Sequence[str] | None = None,
         model: str | None = None,
-        tools: ToolsPolicy = "all",
+        tools: ToolsPolicy | None = None,
         allowed_tools: Sequence[str] = (),
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         id: str | None = None,
         kill_grace_ms: int = 2000,
     ):
-        if tools not in ("all", "explicit-only"):
+        if tools not in (None, "all", "explicit-only"):
             raise AgentConfigError(f"{type(self).__name__}: tools must be 'all' or 'explicit-only', not {tools!r}")
         self.command = list(command) if command is not None else list(self.default_command)
         if not self.command:
@@ -134,6 +172,13 @@ class CliAgent(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
+
+    side_effect_tools: ClassVar[frozenset[str] | None] = None
+    """The CLI's tools that change things: a new attempt is warned of those earlier ones ran."""
+
+    def policy(self, call: AgentCall) -> ToolsPolicy:
+        """The tools policy of this call: the agent's own, else the run's default."""
+        return self.tools or call.tools_default
 
     @abc.abstractmethod
     def argv(self, call: AgentCall) -> list[str]:
@@ -162,6 +207,7 @@ class CliAgent(abc.ABC):
                 f"{self.engine}: {argv[0]!r} was not found; install it or pass {type(self).__name__}(command=[...])",
                 details={"engine": self.engine, "command": argv[0]},
             ) from exc
+        call.on_process(proc.pid)  # its group, recorded so a resume after a crash can end it
         parser = self.parser(call)
         stderr: list[str] = []
         readers = asyncio.ensure_future(asyncio.gather(self._stdout(proc, parser), self._stderr(proc, call, stderr)))
@@ -176,6 +222,7 @@ class CliAgent(abc.ABC):
                 await asyncio.sleep(EXIT_POLL_S)
         finally:
             await self._end_group(proc)
+            call.on_process(None)
             if not readers.done():
                 await asyncio.wait({readers}, timeout=PIPE_GRACE_S)
                 readers.cancel()
@@ -218,12 +265,12 @@ class CliAgent(abc.ABC):
     async def _end_group(self, proc: asyncio.subprocess.Process) -> None:
         """Terminate what is left of the process group, then kill it after the grace period."""
         group = proc.pid
-        if _group_alive(group):
-            _signal_group(group, signal.SIGTERM)
+        if group_alive(group):
+            signal_group(group, signal.SIGTERM)
             deadline = asyncio.get_running_loop().time() + self.kill_grace_ms / 1000
-            while _group_alive(group) and asyncio.get_running_loop().time() < deadline:
+            while group_alive(group) and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(EXIT_POLL_S)
-            _signal_group(group, signal.SIGKILL)
+            signal_group(group, signal.SIGKILL)
         while proc.returncode is None:  # reaped by the event loop's child watcher
             await asyncio.sleep(EXIT_POLL_S)
 
@@ -242,31 +289,3 @@ def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-def _signal_group(group: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, sig)
-
-
-def _group_alive(group: int) -> bool:
-    """Whether a process of the group still runs (zombies, which nobody may reap in a container, do not)."""
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(group) and fields[0] != "Z":
-            return True
-    return False

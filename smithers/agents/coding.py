@@ -95,6 +95,7 @@ class ClaudeCode(CliAgent):
 
     engine = "claude-code"
     default_command = ("claude",)
+    side_effect_tools = frozenset({"Bash", "Edit", "MultiEdit", "Write", "NotebookEdit"})
 
     def argv(self, call: AgentCall) -> list[str]:
         argv = [*self.command, "-p", _prompt(call.prompt), "--output-format", "stream-json", "--verbose"]
@@ -102,7 +103,7 @@ class ClaudeCode(CliAgent):
             argv += ["--resume", call.session_id]
         if self.model:
             argv += ["--model", self.model]
-        if self.tools == "all":
+        if self.policy(call) == "all":
             argv.append("--dangerously-skip-permissions")
         elif self.allowed_tools:
             argv += ["--allowedTools", ",".join(self.allowed_tools)]
@@ -190,12 +191,13 @@ class Codex(CliAgent):
 
     engine = "codex"
     default_command = ("codex",)
+    side_effect_tools = frozenset({"shell", "apply_patch"})
 
     def argv(self, call: AgentCall) -> list[str]:
         argv = [*self.command, "exec", "--json", "--skip-git-repo-check"]
         if self.model:
             argv += ["--model", self.model]
-        if self.tools == "all":
+        if self.policy(call) == "all":
             argv.append("--dangerously-bypass-approvals-and-sandbox")
         else:
             argv += ["--sandbox", "read-only"]
@@ -256,6 +258,7 @@ class Gemini(CliAgent):
 
     engine = "gemini"
     default_command = ("gemini",)
+    side_effect_tools = frozenset({"run_shell_command", "write_file", "replace"})
 
     def argv(self, call: AgentCall) -> list[str]:
         argv = [*self.command, "--output-format", "stream-json"]
@@ -263,7 +266,7 @@ class Gemini(CliAgent):
             argv += ["--resume", call.session_id]
         if self.model:
             argv += ["--model", self.model]
-        if self.tools == "all":
+        if self.policy(call) == "all":
             argv.append("--yolo")
         elif self.allowed_tools:
             argv += ["--allowed-tools", ",".join(self.allowed_tools)]

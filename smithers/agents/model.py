@@ -15,7 +15,7 @@ from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
 from smithers.engine.agent import AgentCall, AgentReply, AgentUsage, ToolCall
-from smithers.errors import AgentAuthError, AgentConfigError, AgentError, TaskTimeoutError
+from smithers.errors import AgentAuthError, AgentConfigError, AgentError, AgentRateLimitError, TaskTimeoutError
 
 EXTRA = "smithers-orchestrator[agents]"
 _ENV_VAR = re.compile(r"`?([A-Z][A-Z0-9_]*(?:API_KEY|_TOKEN|_KEY))`?")
@@ -41,8 +41,13 @@ class Model:
     prompt. ``settings``: pydantic-ai model settings (``{"temperature": 0}``). ``tools``: functions
     the model may call (pydantic-ai tools), streamed as ``ToolCallStarted``/``ToolCallFinished``.
     ``id``: the agent's name in the run (default ``model:<model>``), which the auth circuit breaker
-    and the attempt's ``meta_json.agentId`` use.
+    and the attempt's ``meta_json.agentId`` use. ``side_effect_tools``: the names of ``tools`` that
+    change things, so a new attempt of the task is warned of those an earlier one already ran.
+    A 429 (too many requests) is raised with the provider's ``Retry-After`` for the engine to wait
+    out (docs/engine.md#cost-and-limits).
     """
+
+    engine = "model"
 
     def __init__(
         self,
@@ -53,6 +58,7 @@ class Model:
         instructions: str | None = None,
         settings: dict[str, Any] | None = None,
         tools: Sequence[Any] = (),
+        side_effect_tools: Sequence[str] = (),
         id: str | None = None,
     ):
         _require_pydantic_ai()
@@ -69,6 +75,7 @@ class Model:
         self.instructions = instructions
         self.settings = settings
         self.tools = list(tools)
+        self.side_effect_tools = frozenset(side_effect_tools)
         self.id = id or self._default_id()
         self._agent: Any = None
 
@@ -135,6 +142,7 @@ class Model:
             ModelAPIError,
             ModelAuthenticationError,
             ModelHTTPError,
+            ModelRateLimitError,
             RunTimedOut,
             UnexpectedModelBehavior,
             UserError,
@@ -155,6 +163,13 @@ class Model:
         except RunTimedOut as exc:
             raise TaskTimeoutError(f"{self.id}: no answer within {call.timeout_ms} ms") from exc
         except ModelAPIError as exc:
+            if isinstance(exc, ModelRateLimitError) or getattr(exc, "status_code", None) == 429:
+                details = self._details(exc)
+                raise AgentRateLimitError(
+                    f"{self.id}: too many requests: {exc}",
+                    retry_after_ms=details.get("retryAfterMs"),
+                    details={**details, "status": 429},
+                ) from exc
             details = self._details(exc)
             if isinstance(exc, ModelHTTPError):
                 details["status"] = exc.status_code
@@ -167,9 +182,9 @@ class Model:
 
     def _details(self, exc: Any) -> dict[str, Any]:
         details: dict[str, Any] = {"agentId": self.id}
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            details["retryAfterMs"] = int(retry_after * 1000)
+        wait_ms = _retry_after_ms(getattr(exc, "headers", None), getattr(exc, "retry_after", None))
+        if wait_ms is not None:
+            details["retryAfterMs"] = wait_ms
         return details
 
     def _usage(self, result: Any) -> AgentUsage:
@@ -186,6 +201,20 @@ class Model:
             cost_usd=float(cost) if cost is not None else None,
             model=getattr(response, "model_name", None) or getattr(self._agent.model, "model_name", None),
         )
+
+
+def _retry_after_ms(headers: Any, parsed_s: Any) -> int | None:
+    """The wait a provider asked for: ``retry-after-ms`` (OpenAI, Anthropic), else ``Retry-After``
+    in seconds, fractions too (pydantic-ai reads whole seconds and dates), in ms."""
+    if isinstance(headers, dict):
+        for name, scale in (("retry-after-ms", 1.0), ("retry-after", 1000.0)):
+            try:
+                value = float(headers[name]) * scale
+            except (KeyError, TypeError, ValueError):
+                continue
+            if value >= 0:
+                return int(value)
+    return int(parsed_s * 1000) if isinstance(parsed_s, int | float) and parsed_s >= 0 else None
 
 
 def _stream_handler(call: AgentCall) -> Any:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from smithers.cli import gateway_cmds, history_cmds, run_cmds
+from smithers.cli import chat_cmds, gateway_cmds, history_cmds, run_cmds
 from smithers.cli.app import app
 
-__all__ = ["app", "gateway_cmds", "history_cmds", "main", "run_cmds"]
+__all__ = ["app", "chat_cmds", "gateway_cmds", "history_cmds", "main", "run_cmds"]
 
 
 def main() -> None:

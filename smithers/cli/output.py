@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from smithers.engine import events as ev
-from smithers.engine.usage import run_usage
+from smithers.engine.usage import token_summary
 from smithers.store.events_bus import StoredEvent
 from smithers.store.rows import to_wire
 
@@ -155,7 +155,7 @@ def print_inspect(
     as_json: bool,
 ) -> None:
     out_by_key = {(o["node_id"], o["iteration"]): json.loads(o["payload_json"]) for o in outputs}
-    usage = run_usage(attempts)
+    usage = token_summary((a["meta_json"] for a in attempts), run["config_json"])
     if as_json:
         print(
             json.dumps(
@@ -176,8 +176,11 @@ def print_inspect(
         console.print(f"[red]error:[/] {err.get('message')} [{err.get('code')}]")
     if usage is not None:
         cost = f", ${usage['costUsd']:.4f}" if "costUsd" in usage else ""
+        budget = usage.get("tokenBudget")
+        used = usage["inputTokens"] + usage["outputTokens"]
+        of_budget = f", budget {budget:,} ({used * 100 // budget}% used)" if budget else ""
         console.print(
-            f"tokens: {usage['inputTokens']:,} in, {usage['outputTokens']:,} out{cost} "
+            f"tokens: {usage['inputTokens']:,} in, {usage['outputTokens']:,} out{cost}{of_budget} "
             f"({usage['attempts']} agent attempts)"
         )
     table = Table()

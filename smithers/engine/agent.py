@@ -11,30 +11,41 @@ The engine never imports them. One attempt (docs/engine.md#agent-tasks):
 3. calls the agent, streaming its output, tool calls and token usage to the run's events;
 4. takes the JSON of the answer and validates it; a refused answer is sent back to the agent in the
    same conversation, up to :data:`MAX_SCHEMA_RETRIES` times, without using up the task's retries.
+
+Around each call: the run's token budget is checked before it and watched during it
+(:class:`~smithers.engine.usage.TokenBudget`); a provider's 429 is waited out and the call made
+again, up to :data:`RATE_LIMIT_TRIES` times, before the attempt fails and the chain moves on; each
+call is an ``AgentEvent`` ``started`` … ``completed`` pair with the turn's prompt and answer (the
+transcript, docs/engine.md#transcripts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from smithers.engine.agent_json import correction_prompt, parse_answer, schema_instructions
 from smithers.engine.context import Ctx
 from smithers.engine.dsl import Task
+from smithers.engine.procgroups import process_record
+from smithers.engine.usage import TokenBudget
 from smithers.errors import (
     AGENT_AUTH_FAILED,
     AgentAuthError,
     AgentConfigError,
     AgentError,
+    AgentRateLimitError,
     InvalidOutputError,
     SmithersError,
     TaskTimeoutError,
+    TokenBudgetExceededError,
     format_stack,
 )
 
@@ -43,7 +54,19 @@ MAX_SCHEMA_RETRIES = 3
 DEFAULT_AGENT_HEARTBEAT_MS = 600_000
 HEARTBEAT_ENV = "SMITHERS_TASK_HEARTBEAT_MS"
 
+RATE_LIMIT_TRIES = 4
+"""Calls of one turn refused with 429 before the attempt fails with ``AGENT_RATE_LIMITED``."""
+RATE_LIMIT_BACKOFF_MS = 1000
+"""The first wait after a 429 that names none (doubled at each try)."""
+MAX_RATE_LIMIT_WAIT_MS = 120_000
+"""The longest wait taken for one 429: a provider asking for more fails the attempt at once."""
+TRANSCRIPT_TEXT_LIMIT = 65_536
+"""The longest prompt or answer an ``AgentEvent`` carries (the answer is whole in ``response_text``)."""
+
 OutputStream = Literal["stdout", "stderr"]
+ToolsPolicy = Literal["all", "explicit-only"]
+"""``cliAgentTools``: a CLI agent may use every tool unattended, or only those it was given."""
+TOOLS_POLICIES: tuple[ToolsPolicy, ...] = ("all", "explicit-only")
 
 
 @dataclass
@@ -128,8 +151,15 @@ class AgentCall:
     """Report usage increments during the call (``TokenUsageReported``); else return it in the reply."""
     conversation: Any = None
     session_id: str | None = None
+    """The agent's session to continue (a schema retry, or a resume after a crash), else None."""
     turn: int = 0
     """0 for the first call of the attempt, n for the n-th schema retry."""
+    tools_default: ToolsPolicy = "all"
+    """The run's ``cliAgentTools`` default, for a CLI agent not told its own."""
+    on_session: Callable[[str], None] = lambda _session: None
+    """Report the agent's session id as soon as it is known (kept in the attempt for a resume)."""
+    on_process: Callable[[int | None], None] = lambda _group: None
+    """Report the process group a subprocess agent started (None when it is gone)."""
 
 
 @runtime_checkable
@@ -153,6 +183,8 @@ class AgentSink(Protocol):
     def output(self, text: str, stream: OutputStream) -> None: ...
     def tool_call(self, call: ToolCall) -> None: ...
     def usage(self, usage: AgentUsage, agent_id: str) -> None: ...
+    def agent_event(self, engine: str, event: dict[str, Any]) -> None: ...
+    def changed(self, now: bool = False) -> None: ...
     def hold(self) -> None: ...
     def flush(self) -> None: ...
 
@@ -161,6 +193,19 @@ def agent_id(agent: Any) -> str:
     """An agent's stable name (recorded on attempts, used by the auth circuit breaker)."""
     value = getattr(agent, "id", None)
     return value if isinstance(value, str) and value else type(agent).__name__
+
+
+def agent_engine(agent: Any) -> str:
+    """What kind of agent it is (``AgentEvent.engine``): ``claude-code``, ``model``, … else its class."""
+    value = getattr(agent, "engine", None)
+    return value if isinstance(value, str) and value else type(agent).__name__
+
+
+def side_effect_tools(agent: Any) -> frozenset[str] | None:
+    """The tools of ``agent`` whose effects a new attempt may find already done (its
+    ``side_effect_tools``); None when the agent does not say, and every tool it ran counts."""
+    value = getattr(agent, "side_effect_tools", None)
+    return None if value is None else frozenset(value)
 
 
 def choose_agent(agents: Sequence[Any], attempt: int, disabled: set[str]) -> Any | None:
@@ -206,6 +251,12 @@ class AgentAttempt:
     cwd: str
     unavailable: SmithersError | None = None
     """Why no agent could be chosen (every agent of the chain disabled by the auth breaker)."""
+    budget: TokenBudget = field(default_factory=TokenBudget)
+    """The run's token budget, shared by its agent attempts."""
+    tools_default: ToolsPolicy = "all"
+    preface: str | None = None
+    """Put before the first prompt: what earlier attempts of the node already did (the tool replay
+    warning), or that this one continues an interrupted conversation."""
     abort: asyncio.Event = field(default_factory=asyncio.Event)
     prompt: str | None = None
     response_text: str | None = None
@@ -214,6 +265,9 @@ class AgentAttempt:
     usage_reported: bool = False
     schema_retries: int = 0
     turns: int = 0
+    rate_limit_waits: int = 0
+    process: dict[str, Any] | None = None
+    """The process group of the agent's running subprocess (``procgroups.process_record``)."""
 
     @property
     def agent_id(self) -> str | None:
@@ -226,6 +280,10 @@ class AgentAttempt:
             out["prompt"] = self.prompt
         if self.session_id is not None:
             out["sessionId"] = self.session_id
+        if self.rate_limit_waits:
+            out["rateLimitWaits"] = self.rate_limit_waits
+        if self.process is not None:
+            out["process"] = self.process
         if self.usage_reported:
             out["usage"] = self.usage.to_json()
             if self.usage.model:
@@ -235,7 +293,26 @@ class AgentAttempt:
     def report_usage(self, usage: AgentUsage) -> None:
         self.usage.add(usage)
         self.usage_reported = True
+        self.budget.add(usage.input_tokens + usage.output_tokens)
         self.sink.usage(usage, self.agent_id or "")
+        self.sink.changed()
+
+    def report_session(self, session_id: str) -> None:
+        if session_id and session_id != self.session_id:
+            self.session_id = session_id
+            self.event("action", action="session", sessionId=session_id)
+            self.sink.changed()
+
+    def report_process(self, group: int | None) -> None:
+        self.process = None if group is None else process_record(group)
+        self.sink.changed(now=group is not None)  # stored at once: a crash right after must find it
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """An ``AgentEvent`` of this attempt (``started``, ``action`` or ``completed``)."""
+        self.sink.agent_event(
+            agent_engine(self.agent) if self.agent is not None else "none",
+            {"type": kind, "agentId": self.agent_id, **fields},
+        )
 
 
 def render_prompt(task: Task, ctx: Ctx) -> str:
@@ -269,7 +346,10 @@ async def _converse(task: Task, ctx: Ctx, state: AgentAttempt, touch: Callable[[
     assert agent is not None
     schema = task.output.model_json_schema() if task.output is not None else None
     first = render_prompt(task, ctx) + (schema_instructions(schema) if schema is not None else "")
+    if state.preface:
+        first = f"{state.preface}\n\n{first}"
     state.prompt = first
+    state.sink.changed()
     deadline = time.monotonic() + task.timeout_ms / 1000 if task.timeout_ms else None
     message, conversation = first, None
     for turn in range(MAX_SCHEMA_RETRIES + 1):
@@ -293,6 +373,71 @@ async def _converse(task: Task, ctx: Ctx, state: AgentAttempt, touch: Callable[[
 
 
 async def _call(
+    agent: Any,
+    state: AgentAttempt,
+    touch: Callable[[], None],
+    message: str,
+    schema: dict[str, Any] | None,
+    conversation: Any,
+    turn: int,
+    deadline: float | None,
+) -> AgentReply:
+    """One turn: the agent called (again after each 429, up to :data:`RATE_LIMIT_TRIES` times),
+    framed by ``AgentEvent`` ``started``/``completed``."""
+    state.budget.check(state.agent_id, starting=True)
+    state.turns += 1
+    started: dict[str, Any] = {"turn": turn, "prompt": message[:TRANSCRIPT_TEXT_LIMIT]}
+    if state.session_id is not None:
+        started["sessionId"] = state.session_id
+    state.event("started", **started)
+    try:
+        for tries in range(1, RATE_LIMIT_TRIES + 1):
+            try:
+                reply = await _call_once(agent, state, touch, message, schema, conversation, turn, deadline)
+                break
+            except AgentRateLimitError as exc:
+                wait_ms = _rate_limit_wait(exc, tries, deadline)
+                if wait_ms is None:
+                    raise
+                state.rate_limit_waits += 1
+                state.event("action", action="rate-limited", turn=turn, retryAfterMs=wait_ms, tries=tries)
+                await _wait_touching(wait_ms, touch)
+                state.budget.check(state.agent_id, starting=True)
+        else:  # pragma: no cover (the last try raises)
+            raise AssertionError("unreachable")
+    except BaseException as exc:
+        error = exc.to_dict() if isinstance(exc, SmithersError) else {"name": type(exc).__name__}
+        state.event("completed", turn=turn, ok=False, error=error)
+        raise
+    completed: dict[str, Any] = {"turn": turn, "ok": True, "text": reply.text[:TRANSCRIPT_TEXT_LIMIT]}
+    if state.session_id is not None:
+        completed["sessionId"] = state.session_id
+    state.event("completed", **completed)
+    return reply
+
+
+def _rate_limit_wait(exc: AgentRateLimitError, tries: int, deadline: float | None) -> int | None:
+    """How long to wait before calling again after the ``tries``-th 429; None to give up now."""
+    if tries >= RATE_LIMIT_TRIES:
+        return None
+    asked = exc.retry_after_ms
+    wait = asked if asked is not None and asked >= 0 else RATE_LIMIT_BACKOFF_MS * 2 ** (tries - 1)
+    if wait > MAX_RATE_LIMIT_WAIT_MS:
+        return None
+    if deadline is not None and time.monotonic() + wait / 1000 >= deadline:
+        return None  # the task's time would run out while waiting
+    return wait
+
+
+async def _wait_touching(wait_ms: int, touch: Callable[[], None]) -> None:
+    """Sleep through a rate-limit wait, telling the heartbeat watchdog the attempt is alive."""
+    end = time.monotonic() + wait_ms / 1000
+    while (left := end - time.monotonic()) > 0:
+        touch()
+        await asyncio.sleep(min(left, 5.0))
+
+
+async def _call_once(
     agent: Any,
     state: AgentAttempt,
     touch: Callable[[], None],
@@ -330,12 +475,14 @@ async def _call(
         conversation=conversation,
         session_id=state.session_id,
         turn=turn,
+        tools_default=state.tools_default,
+        on_session=state.report_session,
+        on_process=state.report_process,
     )
     name = agent_id(agent)
-    state.turns += 1
     try:
-        reply = await agent.run(call)
-    except (AgentError, AgentConfigError, TaskTimeoutError) as exc:
+        reply = await _within_budget(agent.run(call), state.budget, name)
+    except (AgentError, AgentConfigError, TaskTimeoutError, TokenBudgetExceededError) as exc:
         exc.details = {**(exc.details or {}), "agentId": name}
         raise
     except SmithersError as exc:
@@ -348,10 +495,32 @@ async def _call(
         raise AgentError(f"agent {name} returned {type(reply).__name__}, not an AgentReply", details={"agentId": name})
     state.response_text = reply.text
     if reply.session_id is not None:
-        state.session_id = reply.session_id
+        state.report_session(reply.session_id)
     if reply.usage is not None and not reported["during"]:
         state.report_usage(reply.usage)
+    state.budget.check(name)  # usage reported with the answer may have passed the budget
     return reply
+
+
+async def _within_budget(call: Awaitable[AgentReply], budget: TokenBudget, name: str) -> AgentReply:
+    """Await the agent's call, stopping it when the run's token budget is used up meanwhile (by
+    this call's own reports or by another agent task of the run)."""
+    if budget.limit is None:
+        return await call
+    running = asyncio.ensure_future(call)
+    exceeded = asyncio.ensure_future(budget.exceeded.wait())
+    try:
+        await asyncio.wait({running, exceeded}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exceeded.cancel()
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(BaseException):
+                await running
+    if running.cancelled() or not running.done():
+        budget.check(name)
+        raise AssertionError("unreachable")  # pragma: no cover (check raises once exceeded is set)
+    return running.result()
 
 
 def _classified(name: str, text: str, exc: BaseException) -> AgentError:

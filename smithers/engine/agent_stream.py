@@ -1,5 +1,10 @@
 """An agent attempt's stream as run events: ``NodeOutput``, ``ToolCallStarted``/``ToolCallFinished``
-(and ``_smithers_tool_calls`` rows) and ``TokenUsageReported`` (docs/engine.md#agent-tasks).
+(and ``_smithers_tool_calls`` rows), ``AgentEvent`` and ``TokenUsageReported``
+(docs/engine.md#agent-tasks).
+
+What the attempt's ``meta_json`` says of the agent while it works (its prompt, session id, usage,
+process group) is written with the events too, so an attempt a crash cuts off keeps them: its
+transcript stays readable, the resume continues its session and ends its processes.
 
 A chatty agent streams a token at a time, so writes are batched: what arrives within
 :data:`FLUSH_MS` is written in one transaction, adjacent text of one stream becomes one
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from smithers.engine import events as ev
@@ -47,6 +53,7 @@ class AttemptStream:
         self.store = store
         self.run_id = run_id
         self.base = {"nodeId": node_id, "iteration": iteration, "attempt": attempt}
+        self.key = (node_id, iteration, attempt)
         self.loop = asyncio.get_running_loop()
         self.thread = threading.get_ident()
         self.pending: list[tuple[str, dict[str, Any]]] = []
@@ -58,6 +65,9 @@ class AttemptStream:
         self.open_tools: dict[str, tuple[int, str]] = {}
         self.events_written = 0
         self.held = False
+        self.meta_source: Callable[[], dict[str, Any]] | None = None
+        """The attempt's whole ``meta_json`` as it is now (set by the run)."""
+        self.meta_dirty = False
 
     def _elsewhere(self) -> bool:
         return threading.get_ident() != self.thread
@@ -127,6 +137,24 @@ class AttemptStream:
         self.pending.append((ev.TOKEN_USAGE_REPORTED, {"model": usage.model, "agent": agent_id, **usage.to_json()}))
         self._schedule()
 
+    def agent_event(self, engine: str, event: dict[str, Any]) -> None:
+        if self._elsewhere():
+            self.loop.call_soon_threadsafe(self.agent_event, engine, event)
+            return
+        self.pending.append((ev.AGENT_EVENT, {"engine": engine, "event": event}))
+        self._schedule()
+
+    def changed(self, now: bool = False) -> None:
+        """The attempt's meta changed: written with the next flush (``now``: at once)."""
+        if self._elsewhere():
+            self.loop.call_soon_threadsafe(self.changed, now)
+            return
+        self.meta_dirty = True
+        if now:
+            self.flush()
+        else:
+            self._schedule()
+
     # ---- writing ---------------------------------------------------------------------------------
     def _write_rows(self, tx: Tx, rows: list[tuple[str, int, dict[str, Any]]]) -> None:
         base = self.base
@@ -168,15 +196,19 @@ class AttemptStream:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if not self.pending:
+        meta = self.meta_source() if self.meta_dirty and self.meta_source is not None else None
+        if not self.pending and meta is None:
             return
         pending, self.pending, self.buffered = self.pending, [], 0
         rows, self.rows = self.rows, []
+        self.meta_dirty = False
         try:
             with self.store.write() as tx:
                 self._write_rows(tx, rows)
                 for type_, payload in pending:
                     tx.emit(self.run_id, type_, {**self.base, **payload})
+                if meta is not None:
+                    tx.update_attempt(self.run_id, *self.key, meta_json=dumps(meta))
             self.events_written += len(pending)
         except Exception:
             log.warning("run %s: %d stream events of %s lost", self.run_id, len(pending), self.base, exc_info=True)

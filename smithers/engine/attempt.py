@@ -29,6 +29,7 @@ from smithers.errors import (
     HEARTBEAT_PAYLOAD_TOO_LARGE,
     INVALID_OUTPUT,
     TASK_HEARTBEAT_TIMEOUT,
+    TOKEN_BUDGET_EXCEEDED,
     AttemptStopped,
     InvalidOutputError,
     SmithersError,
@@ -43,7 +44,13 @@ MAX_BACKOFF_MS = 5 * 60 * 1000
 WORK_SETTLE_S = 5.0
 """How long a stopped attempt waits for its work to finish cleaning up (a sync body does not wait)."""
 NON_RETRYABLE_CODES = frozenset(
-    {INVALID_OUTPUT, AGENT_CONFIG_INVALID, HEARTBEAT_PAYLOAD_TOO_LARGE, HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE}
+    {
+        INVALID_OUTPUT,
+        AGENT_CONFIG_INVALID,
+        TOKEN_BUDGET_EXCEEDED,
+        HEARTBEAT_PAYLOAD_TOO_LARGE,
+        HEARTBEAT_PAYLOAD_NOT_JSON_SERIALIZABLE,
+    }
 )
 
 

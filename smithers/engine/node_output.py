@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from smithers.engine.dsl import Approval, Task, WaitForEvent
 from smithers.engine.runner import view_stored
 from smithers.engine.states import FAILED
+from smithers.engine.transcript import agent_transcript
 from smithers.engine.workflow import Workflow
 from smithers.errors import (
     IterationNotFound,
@@ -27,7 +28,7 @@ from smithers.errors import (
     SmithersError,
 )
 from smithers.store.rows import loads
-from smithers.store.store import Store
+from smithers.store.store import Row, Store
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,26 @@ def node_output(
             raise SmithersError(f"Iteration not found: {iteration}", code=IterationNotFound)
         output = tx.get_output(run_id, node_id, iteration)
         attempts = tx.list_attempts(run_id, node_id, iteration)
+        # an agent task's attempts, as ``transcript`` (docs/protocol.md#getnodeoutput--devtoolsgetnodeoutput)
+        transcript = agent_transcript(tx, run_id, node_id, iteration)
     table = (node["output_table"] or "").strip()
     if not table:
         raise SmithersError(f"Node {node_id} has no output table.", code=NodeHasNoOutput)
     schema = schema_of(_model_of(store, workflow, run_id, node_id, table))
+    answer = _answer(node, output, attempts, schema)
+    if transcript:
+        answer["transcript"] = transcript
+    return answer
+
+
+def _answer(node: Row, output: Row | None, attempts: list[Row], schema: dict[str, Any]) -> dict[str, Any]:
     if output is not None:
         return {"status": PRODUCED, "row": _row(output["payload_json"]), "schema": schema}
     latest = max(attempts, key=lambda a: int(a["attempt"])) if attempts else None
     failed = node["state"] == FAILED or (latest is not None and (latest["state"] == FAILED or latest["error_json"]))
     if failed:
-        partial = loads(latest["heartbeat_data_json"]) if latest is not None and latest["heartbeat_data_json"] else None
+        beat = latest["heartbeat_data_json"] if latest is not None else None
+        partial = loads(beat) if beat else None
         return {
             "status": FAILED_OUTPUT,
             "row": None,

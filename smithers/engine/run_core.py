@@ -11,6 +11,7 @@ from typing import Any
 
 from smithers.engine import events as ev
 from smithers.engine import frames
+from smithers.engine.agent_run import RunAgents
 from smithers.engine.attempt import TaskRuntime
 from smithers.engine.context import Ctx, ReadLog, StoredOutput
 from smithers.engine.extract import Descriptor, Graph, LoopInfo, extract
@@ -95,6 +96,7 @@ class RunCore:
         self.last_heartbeat_data: dict[str, Any] = {}
         self.disabled_agents: set[str] = set()
         """Agents the auth circuit breaker took out of this run (docs/engine.md#agent-tasks)."""
+        self.agents = RunAgents()
         self.in_flight: dict[str, asyncio.Task[Any]] = {}
         self.in_flight_desc: dict[str, Descriptor] = {}
         self.in_flight_runtime: dict[str, TaskRuntime] = {}

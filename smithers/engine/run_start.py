@@ -55,6 +55,7 @@ class RunStart(RunCore):
             raise SmithersError(f"render failed: {type(exc).__name__}: {exc}", code=RENDER_FAILED) from exc
         now = now_ms()
         cfg = {"maxConcurrency": self.max_concurrency, "workflowKey": self.workflow.key, **config}
+        self.agents.configure(cfg, self.workflow.token_budget)
         if auth is not None:
             cfg["auth"] = auth
         vcs_columns: dict[str, Any] = {}
@@ -116,6 +117,7 @@ class RunStart(RunCore):
                     details={"owner": owner},
                 )
             cfg = {**(loads(row["config_json"]) or {}), **config, "maxConcurrency": self.max_concurrency}
+            self.agents.configure(cfg, self.workflow.token_budget)
             if auth is not None:
                 cfg["auth"] = auth
             won = tx.claim_run(
@@ -221,6 +223,7 @@ class RunStart(RunCore):
             if attempt["heartbeat_data_json"] is not None:
                 self.last_heartbeat_data[key] = json.loads(attempt["heartbeat_data_json"])
             self.waits.load_attempt(attempt)
+            self.agents.load_attempt(attempt)
         self.frame_no = tx.last_frame_no(self.run_id)
         if self.frame_no:
             start = tx.last_keyframe_no(self.run_id, self.frame_no) or 1

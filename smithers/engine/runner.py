@@ -17,6 +17,7 @@ from typing import Any
 
 from smithers.engine import events as ev
 from smithers.engine.agent import AgentAttempt, agent_heartbeat_ms, agent_id, choose_agent
+from smithers.engine.agent_run import RESUMED_PREFACE
 from smithers.engine.agent_stream import AttemptStream
 from smithers.engine.attempt import TaskRuntime, backoff_ms, is_retryable, run_attempt
 from smithers.engine.context import StoredOutput
@@ -229,7 +230,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         runtime = TaskRuntime(d.node_id, d.iteration, attempt, self._heartbeat_callback(d, attempt), vcs=self.vcs)
         runtime.meta = {**meta, "frameNo": self.frame_no}
         if d.node.agent is not None:
-            runtime.agent = self._agent_attempt(d, attempt, agent)
+            runtime.agent = self._agent_attempt(d, attempt, agent, runtime)
         ctx = self._ctx(attempt, self.last_heartbeat_data.get(d.key), node=d)
         task = asyncio.create_task(run_attempt(d.node, ctx, runtime), name=f"smithers:{d.key}")
         task.add_done_callback(lambda _t: self._wake.set())
@@ -238,11 +239,22 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         self.in_flight_runtime[d.key] = runtime
         return False
 
-    def _agent_attempt(self, d: Descriptor, attempt: int, agent: Any) -> AgentAttempt:
-        """The state of an agent attempt: its agent (None when the auth breaker left none) and stream."""
+    def _agent_attempt(self, d: Descriptor, attempt: int, agent: Any, runtime: TaskRuntime) -> AgentAttempt:
+        """The state of an agent attempt: its agent (None when the auth breaker left none), its
+        stream, the run's budget and tools default, and what to tell the agent first: the session
+        an interrupted attempt left, or the tools earlier attempts already ran."""
         sink = AttemptStream(self.store, self.run_id, d.node_id, d.iteration, attempt)
         cwd = self.workflow.workdir or os.getcwd()
-        state = AgentAttempt(agent=agent, sink=sink, cwd=cwd)
+        agents = self.agents
+        state = AgentAttempt(agent=agent, sink=sink, cwd=cwd, budget=agents.budget, tools_default=agents.tools_default)
+        sink.meta_source = lambda: {**runtime.meta, **state.meta()}
+        if agent is not None and attempt > 1:
+            state.session_id = agents.session_for(d.key, agent)
+            if state.session_id is not None:
+                state.preface = RESUMED_PREFACE
+            else:
+                with self.store.read() as tx:
+                    state.preface = agents.replay_warning(tx, self.run_id, d.node_id, d.iteration, agent)
         if agent is None:
             names = ", ".join(agent_id(a) for a in d.node.agents)  # type: ignore[attr-defined]
             state.unavailable = AgentAuthError(

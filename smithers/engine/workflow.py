@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from smithers.engine.context import Ctx
 from smithers.engine.dsl import Node
+from smithers.engine.usage import check_budget
 from smithers.errors import InvalidInputError
 
 RenderFn = Callable[[Ctx], Node | None]
@@ -30,6 +31,7 @@ class Workflow:
         name: str | None = None,
         description: str | None = None,
         workdir: str | os.PathLike[str] | None = None,
+        token_budget: int | None = None,
     ):
         if not key or not isinstance(key, str):
             raise ValueError("a workflow needs a non-empty string key")
@@ -44,6 +46,8 @@ class Workflow:
         """The directory its tasks change. When it is a git repository, every compute attempt records a
         snapshot of it, so node diffs can be shown and a rewind restores it
         (docs/engine.md#working-directory-snapshots)."""
+        self.token_budget = check_budget(token_budget)
+        """Input plus output tokens the agent tasks of one run may use (docs/engine.md#cost-and-limits)."""
 
     def validate_input(self, data: Any) -> dict[str, Any]:
         """The run input as a plain dict, checked against the input model if there is one."""
@@ -101,6 +105,7 @@ def workflow(
     name: str | None = None,
     description: str | None = None,
     workdir: str | os.PathLike[str] | None = None,
+    token_budget: int | None = None,
 ) -> Callable[[RenderFn], Workflow]: ...
 
 
@@ -111,12 +116,15 @@ def workflow(
     name: str | None = None,
     description: str | None = None,
     workdir: str | os.PathLike[str] | None = None,
+    token_budget: int | None = None,
 ) -> Any:
     """Declare a workflow: ``@workflow("hello")`` (or bare ``@workflow``, keyed by function name)."""
     if callable(key) and not isinstance(key, str):
         return Workflow(key.__name__, key)
 
     def decorate(fn: RenderFn) -> Workflow:
-        return Workflow(key, fn, input=input, name=name, description=description, workdir=workdir)
+        return Workflow(
+            key, fn, input=input, name=name, description=description, workdir=workdir, token_budget=token_budget
+        )
 
     return decorate

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+from smithers.engine.agent import TOOLS_POLICIES
 from smithers.engine.runner import DEFAULT_MAX_CONCURRENCY
 from smithers.engine.workflow import Workflow
 from smithers.errors import InvalidInputError
@@ -83,7 +84,8 @@ class GatewayOptions:
     auth: Mapping[str, Any] | None = None
     """``None`` (open), or ``{"mode": "token"|"jwt"|"trusted-proxy", ...}`` (docs/protocol.md#authentication)."""
     defaults: Mapping[str, Any] | None = None
-    """``{"cliAgentTools": "all"|"explicit-only"}``, kept for agent tasks."""
+    """``{"cliAgentTools": "all"|"explicit-only"}``: the default of the runs' CLI agents that do not
+    name their own tools policy (``config_json.cliAgentToolsDefault``)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_payload: int = DEFAULT_MAX_PAYLOAD
     """Largest WebSocket message; a larger one closes the socket with 1009."""
@@ -121,6 +123,9 @@ class GatewayOptions:
                 values[key] = positive_int(value, js_name[key])
         if "features" in values:
             values["features"] = tuple(str(f) for f in values["features"])
+        tools = (values.get("defaults") or {}).get("cliAgentTools")
+        if tools is not None and tools not in TOOLS_POLICIES:
+            raise InvalidInputError(f"defaults.cliAgentTools must be 'all' or 'explicit-only', not {tools!r}")
         heartbeat = values.get("heartbeat_ms")
         if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float)):
             values.pop("heartbeat_ms")

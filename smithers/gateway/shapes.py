@@ -15,6 +15,7 @@ import orjson
 from smithers.engine.runner import auth_context
 from smithers.engine.runstate import compute_run_state
 from smithers.engine.states import ACTIVE_RUN_STATUS_LIST, FAILED, WAITING_APPROVAL, statuses_matching
+from smithers.engine.usage import token_summary
 from smithers.errors import SmithersError, format_stack
 from smithers.gateway.auth import Principal
 from smithers.gateway.context import GatewayContext
@@ -88,6 +89,9 @@ def run_record(ctx: GatewayContext, run_id: str) -> dict[str, Any] | None:
         record["summary"] = tx.count_nodes_by_state(run_id)
         with contextlib.suppress(Exception):  # omitted when it cannot be computed
             record["runState"] = compute_run_state(tx, row)
+        usage = token_summary(tx.list_usage_meta(run_id), row["config_json"])
+    if usage is not None:  # agent tasks' tokens (docs/protocol.md#departures-from-0180, P66)
+        record["tokenUsage"] = usage
     return record
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from smithers.engine import events as ev
+from smithers.engine.agent_run import CLI_AGENT_TOOLS_KEY
 from smithers.engine.ownership import owner_gone
 from smithers.engine.runner import RunLoop, prepare_run
 from smithers.engine.states import CANCELLED, FAILED, FINISHED, RUNNING, TERMINAL_RUN_STATUSES, WAITING_TIMER
@@ -215,11 +216,15 @@ class RunSupervisor:
 
     def _run_options(self, run_id: str, entry: ActiveRun, auth: dict[str, Any] | None) -> dict[str, Any]:
         triggered_by = str((auth or {}).get("triggeredBy") or "gateway")
+        config: dict[str, Any] = {"gatewayWorkflowKey": entry.key, "gatewayTriggeredBy": triggered_by}
+        tools = (self.options.defaults or {}).get("cliAgentTools")
+        if tools is not None:  # GatewayOptions.defaults, forwarded as the run's default
+            config[CLI_AGENT_TOOLS_KEY] = tools
         return {
             "store": self.store,
             "run_id": run_id,
             "auth": auth,
-            "config": {"gatewayWorkflowKey": entry.key, "gatewayTriggeredBy": triggered_by},
+            "config": config,
             "cancel": entry.cancel,
             "max_concurrency": self.options.max_concurrency,
         }

@@ -648,6 +648,31 @@ class Tx:
             for r in rows
         ]
 
+    def list_events_of_types(self, run_id: str, types: Sequence[str]) -> list[StoredEvent]:
+        """The run's events of the given types, in seq order (an agent's transcript reads these)."""
+        c = t.events.c
+        count = len(types)
+
+        def build() -> ClauseElement:
+            wanted = c.type.in_([bindparam(f"ty_{i}") for i in range(count)])
+            return select(t.events).where(c.run_id == bindparam("r"), wanted).order_by(c.seq)
+
+        params: dict[str, Any] = {"r": run_id, **{f"ty_{i}": type_ for i, type_ in enumerate(types)}}
+        rows = self.rows(("events_of_types", count), build, params)
+        return [
+            StoredEvent(r["run_id"], r["seq"], r["timestamp_ms"], r["type"], json.loads(r["payload_json"]))
+            for r in rows
+        ]
+
+    def list_usage_meta(self, run_id: str) -> list[str]:
+        """``meta_json`` of the run's attempts that record token usage (``getRun``'s ``tokenUsage``)."""
+        c = t.attempts.c
+
+        def build() -> ClauseElement:
+            return select(c.meta_json).where(c.run_id == bindparam("r"), c.meta_json.like('%"usage":%'))
+
+        return [row["meta_json"] for row in self.rows("usage_meta", build, {"r": run_id})]
+
     def list_events_before(self, run_id: str, before_seq: int, limit: int) -> list[StoredEvent]:
         """The last ``limit`` events of the run with a seq below ``before_seq``, oldest first."""
         c = t.events.c

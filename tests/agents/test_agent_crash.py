@@ -1,6 +1,7 @@
 """SIGKILL of the process running an agent call, then resume, through the ``smithers`` CLI, on
-SQLite and PostgreSQL: the interrupted call is a cancelled attempt whose stream stays in the log,
-its CLI dies with the runner, and the resume runs a new attempt that answers."""
+SQLite and PostgreSQL: the interrupted call is a cancelled attempt whose stream and transcript stay,
+its CLI dies with the runner, the resume ends what the CLI left running and runs a new attempt that
+continues the CLI's session, and ``smithers chat`` shows both attempts."""
 
 from __future__ import annotations
 
@@ -66,14 +67,44 @@ def test_sigkill_mid_call_then_resume(db_url: str, tmp_path: Path) -> None:
         with store.read() as tx:
             out = tx.get_output("crash-1", "after", 0)
         assert out is not None and json.loads(out["payload_json"]) == {"files": 2}
-        assert len(log.read_text().splitlines()) == 2  # one call per attempt, none after it finished
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        assert len(calls) == 2  # one call per attempt, none after it finished
         texts = [(o["attempt"], o["text"]) for o in events(store, "crash-1", ev.NODE_OUTPUT)]
         assert any(a == 1 and "halfway" in t for a, t in texts)  # the interrupted call's stream is kept
         assert any(a == 2 and "fixed" in t for a, t in texts)
+
+        # what the CLI left running died at the resume; the new attempt continues the CLI's session
+        assert not running(leftover[0])
+        interrupted = json.loads(rows[0]["meta_json"])
+        assert interrupted["sessionId"] == "claude-session-0"
+        assert interrupted["prompt"].startswith("Fix issue 7")
+        assert interrupted["process"]["pgid"] == cli_pid
+        argv = calls[1]["argv"]
+        assert argv[argv.index("--resume") + 1] == "claude-session-0"
+        assert argv[argv.index("-p") + 1].startswith("This continues your conversation on this task")
+
+        chat = subprocess.run(
+            [SMITHERS, "chat", "crash-1", "fix", "--db", db_url],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert chat.returncode == 0, chat.stderr
+        assert "attempt 1 · claude-code · cancelled" in chat.stdout
+        assert "attempt 2 · claude-code · finished" in chat.stdout
+        assert "Fix issue 7" in chat.stdout and "ATTEMPT_ABANDONED" in chat.stdout
+        assert chat.stdout.count("prompt (turn 0)") == 2 and "session claude-session-0" in chat.stdout
+        as_json = subprocess.run(
+            [SMITHERS, "chat", "crash-1", "--json", "--db", db_url],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        first, second = json.loads(as_json.stdout)
+        assert (first["attempt"], first["state"], second["state"]) == (1, "cancelled", "finished")
+        assert "halfway" in "".join(piece["text"] for piece in first["output"])
+        assert first["turns"][0]["prompt"].startswith("Fix issue 7") and "answer" not in first["turns"][0]
+        assert second["turns"][0]["answer"] == GOOD and second["usage"]["inputTokens"] == 10
     finally:
         if runner.poll() is None:
             runner.kill()
-        for pid in leftover:  # a grandchild of the killed CLI has nobody left to end it
+        for pid in leftover:  # should the resume have failed to end it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         store.close()
