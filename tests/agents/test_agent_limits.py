@@ -19,6 +19,7 @@ import smithers
 from smithers import Approval, Parallel, RetryPolicy, Sequence, Task, workflow
 from smithers.agents import AgentCall, AgentReply, AgentUsage, ClaudeCode
 from smithers.engine import events as ev
+from smithers.engine.timetravel import Rewinder
 from smithers.engine.transcript import agent_transcript
 from smithers.store.store import Store
 from tests.agents.scripted import Counting, Script, attempts, events
@@ -264,3 +265,28 @@ def test_a_bad_cli_agent_tools_default_is_refused(store: Store) -> None:
     with pytest.raises(smithers.SmithersError, match="cliAgentTools must be"):
         smithers.run(agent_steps(Counting("c"), 1), db=store, config={"cliAgentToolsDefault": "some"})
     assert ClaudeCode().tools is None
+
+
+# ---- rewind ------------------------------------------------------------------------------------------
+def test_a_rewind_calls_again_only_the_agent_tasks_after_its_frame(store: Store) -> None:
+    agents = {name: Counting(name) for name in "abc"}
+
+    @workflow("three-agents")
+    def three(ctx: smithers.Ctx) -> Any:
+        return Sequence(*[Task(name, output=Num, agent=agent, prompt=name) for name, agent in agents.items()])
+
+    result = smithers.run(three, db=store)
+    assert result.status == "finished", result.error
+    [b_attempt] = attempts(store, result.run_id, "b")
+    frame = json.loads(b_attempt["meta_json"])["frameNo"]  # the frame b started after: a had finished
+
+    jumped = asyncio.run(Rewinder(store).jump(result.run_id, frame, True, "test"))
+    assert jumped.new_frame_no == frame and jumped.deleted_attempts == 2
+    again = smithers.run(three, run_id=result.run_id, resume=True, db=store)
+
+    assert again.status == "finished", again.error
+    assert [len(agents[name].calls) for name in "abc"] == [1, 2, 2]  # a's answer is kept, never asked again
+    assert [len(attempts(store, result.run_id, name)) for name in "abc"] == [1, 1, 1]
+    with store.read() as tx:
+        run = tx.get_run(result.run_id)
+    assert run is not None and run["status"] == "finished"
