@@ -196,7 +196,8 @@ class AttemptStream:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        meta = self.meta_source() if self.meta_dirty and self.meta_source is not None else None
+        # once held, the outcome's own write records the whole meta: not written twice
+        meta = self.meta_source() if self.meta_dirty and self.meta_source is not None and not self.held else None
         if not self.pending and meta is None:
             return
         pending, self.pending, self.buffered = self.pending, [], 0
