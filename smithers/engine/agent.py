@@ -386,7 +386,8 @@ async def _call(
     framed by ``AgentEvent`` ``started``/``completed``."""
     state.budget.check(state.agent_id, starting=True)
     state.turns += 1
-    started: dict[str, Any] = {"turn": turn, "prompt": message[:TRANSCRIPT_TEXT_LIMIT]}
+    # the first turn's prompt is the attempt's meta_json.prompt: not stored twice
+    started: dict[str, Any] = {"turn": turn} if turn == 0 else {"turn": turn, "prompt": message[:TRANSCRIPT_TEXT_LIMIT]}
     if state.session_id is not None:
         started["sessionId"] = state.session_id
     state.event("started", **started)

@@ -206,8 +206,7 @@ class AttemptStream:
         try:
             with self.store.write() as tx:
                 self._write_rows(tx, rows)
-                for type_, payload in pending:
-                    tx.emit(self.run_id, type_, {**self.base, **payload})
+                tx.emit_many(self.run_id, [(type_, {**self.base, **payload}) for type_, payload in pending])
                 if meta is not None:
                     tx.update_attempt(self.run_id, *self.key, meta_json=dumps(meta))
             self.events_written += len(pending)

@@ -114,7 +114,8 @@ def _add_agent_event(entry: dict[str, Any], event: dict[str, Any], at_ms: int) -
     kind = event.get("type")
     turn = event.get("turn")
     if kind == "started":
-        entry["turns"].append({"turn": turn, "prompt": event.get("prompt"), "startedAtMs": at_ms})
+        prompt = event.get("prompt", entry["prompt"] if turn == 0 else None)  # turn 0's is the attempt's
+        entry["turns"].append({"turn": turn, "prompt": prompt, "startedAtMs": at_ms})
         return
     current = entry["turns"][-1] if entry["turns"] and entry["turns"][-1].get("turn") == turn else None
     if kind == "completed" and current is not None:

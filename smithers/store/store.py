@@ -631,6 +631,25 @@ class Tx:
         self.events.append(stored)
         return stored
 
+    def emit_many(self, run_id: str, events: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Append several events of one run in order, in one statement (pipelined on PostgreSQL)."""
+        if not events:
+            return
+        seq = self._next_seq.get(run_id)
+        if seq is None:
+            seq = self.last_event_seq(run_id, lock=True) + 1
+        ts = now_ms()
+        rows, stored = [], []
+        for offset, (type_, payload) in enumerate(events):
+            body = {"type": type_, "runId": run_id, "timestampMs": ts, **payload}
+            number = seq + offset
+            text = dumps(body)
+            rows.append({"run_id": run_id, "seq": number, "timestamp_ms": ts, "type": type_, "payload_json": text})
+            stored.append(StoredEvent(run_id=run_id, seq=number, timestamp_ms=ts, type=type_, payload=body))
+        self.insert_many(t.events, rows)
+        self._next_seq[run_id] = seq + len(events)
+        self.events.extend(stored)
+
     def list_events(self, run_id: str, after_seq: int = -1, limit: int | None = 1000) -> list[StoredEvent]:
         c = t.events.c
 

@@ -202,7 +202,7 @@ def test_every_turn_is_an_agent_event_pair_and_the_transcript_reads_them(store: 
     kinds = [(e["event"]["type"], e["event"].get("turn")) for e in agent_events]
     assert kinds == [("started", 0), ("completed", 0), ("started", 1), ("completed", 1)]
     assert all(e["engine"] == "model" and e["attempt"] == 1 and e["nodeId"] == "t" for e in agent_events)
-    assert agent_events[0]["event"]["prompt"].startswith("count to three")
+    assert "prompt" not in agent_events[0]["event"]  # the first turn's is the attempt's meta_json.prompt
     assert agent_events[1]["event"] == {
         "type": "completed",
         "agentId": "talker",
@@ -216,7 +216,7 @@ def test_every_turn_is_an_agent_event_pair_and_the_transcript_reads_them(store: 
         [entry] = agent_transcript(tx, result.run_id, "t")
     assert entry["agentId"] == "talker" and entry["state"] == "finished" and entry["schemaRetries"] == 1
     assert [t["answer"] for t in entry["turns"]] == ['{"nope": 1}', '{"n": 3}']
-    assert entry["prompt"].startswith("count to three")
+    assert entry["prompt"].startswith("count to three") and entry["turns"][0]["prompt"] == entry["prompt"]
     assert "".join(p["text"] for p in entry["output"]) == '{"nope": 1}{"n": 3}'
     assert entry["response"] == '{"n": 3}'
 
