@@ -49,8 +49,18 @@ def _json(value: Any) -> str | None:
 class AttemptStream:
     """Buffers one attempt's stream and writes it as events of its run (on the event loop's thread)."""
 
-    def __init__(self, store: Store, run_id: str, node_id: str, iteration: int, attempt: int):
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        node_id: str,
+        iteration: int,
+        attempt: int,
+        fence: Callable[[Tx], None] | None = None,
+    ):
         self.store = store
+        self.fence = fence
+        """Checks the run's lease in each transaction that writes the stream (raises when it is lost)."""
         self.run_id = run_id
         self.base = {"nodeId": node_id, "iteration": iteration, "attempt": attempt}
         self.key = (node_id, iteration, attempt)
@@ -205,6 +215,8 @@ class AttemptStream:
         self.meta_dirty = False
         try:
             with self.store.write() as tx:
+                if self.fence is not None:
+                    self.fence(tx)
                 self._write_rows(tx, rows)
                 tx.emit_many(self.run_id, [(type_, {**self.base, **payload}) for type_, payload in pending])
                 if meta is not None:

@@ -22,6 +22,7 @@ from smithers.engine.states import (
 from smithers.engine.vcs import Vcs
 from smithers.engine.waits import WaitHandler
 from smithers.engine.workflow import Workflow
+from smithers.errors import RUN_RESUME_CLAIM_FAILED, RunOwnershipError
 from smithers.store.rows import dumps, iso_ms, now_ms
 from smithers.store.store import Store, Tx
 
@@ -214,6 +215,19 @@ class RunCore:
         )
         if event:
             tx.emit(self.run_id, event, {"nodeId": d.node_id, "iteration": d.iteration, **payload})
+
+    def fence(self, tx: Tx) -> None:
+        """Check this process still holds the run's lease, once per transaction that writes to the
+        run (the fencing token is the owner id a claim writes): a process that was paused past its
+        lease and taken over stops here instead of writing over the new owner's steps."""
+        if self.run_id in tx.fenced or self._create_row is not None:  # (a new run is written in this step)
+            return
+        if not tx.fence_run(self.run_id, self.owner_id, now_ms()):
+            self.lost_ownership = True
+            raise RunOwnershipError(
+                f"run {self.run_id} was taken over by another process", code=RUN_RESUME_CLAIM_FAILED
+            )
+        tx.fenced.add(self.run_id)
 
     def agent_columns(self, runtime: TaskRuntime) -> dict[str, Any]:
         """An ended agent attempt's answer and what its meta adds (``response_text``, ``meta_json``)."""

@@ -96,6 +96,7 @@ class RunEndings(RunCore):
             await asyncio.wait([t for _, t in tasks], timeout=CANCEL_SETTLE_S)
         now = now_ms()
         with self.store.write() as tx:
+            self.fence(tx)
             for key, _ in tasks:
                 d = self.in_flight_desc.pop(key)
                 runtime = self.in_flight_runtime.pop(key, None)

@@ -102,7 +102,8 @@ class RunLoop(RunStart, RunFrames, RunEndings):
     async def _loop(self, decision: tuple[str, Any] | None = None) -> RunResult:
         while True:
             if decision is None:
-                with self.store.write():  # everything between two awaits commits as one transaction
+                with self.store.write() as tx:  # everything between two awaits commits as one transaction
+                    self.fence(tx)
                     decision = self._step()
             kind, value = decision
             decision = None
@@ -243,7 +244,7 @@ class RunLoop(RunStart, RunFrames, RunEndings):
         """The state of an agent attempt: its agent (None when the auth breaker left none), its
         stream, the run's budget and tools default, and what to tell the agent first: the session
         an interrupted attempt left, or the tools earlier attempts already ran."""
-        sink = AttemptStream(self.store, self.run_id, d.node_id, d.iteration, attempt)
+        sink = AttemptStream(self.store, self.run_id, d.node_id, d.iteration, attempt, fence=self.fence)
         cwd = self.workflow.workdir or os.getcwd()
         agents = self.agents
         state = AgentAttempt(agent=agent, sink=sink, cwd=cwd, budget=agents.budget, tools_default=agents.tools_default)

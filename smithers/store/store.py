@@ -81,6 +81,8 @@ class Tx:
         self.events: list[StoredEvent] = []
         self._next_seq: dict[str, int] = {}
         self._savepoints = 0
+        self.fenced: set[str] = set()
+        """Runs whose lease this transaction has checked (docs/engine.md#durability-and-ownership)."""
 
     # ---- plumbing ---------------------------------------------------------------------------
     def execute(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
@@ -190,6 +192,14 @@ class Tx:
 
     def update_run(self, run_id: str, **values: Any) -> None:
         self.update(t.runs, {"run_id": run_id}, values)
+
+    def fence_run(self, run_id: str, owner_id: str, now_ms: int) -> bool:
+        """Check that ``owner_id`` still holds the run's lease, and renew it, in this transaction.
+
+        A conditional update: it locks the run row until commit (PostgreSQL), so a claim by another
+        process either committed before (no row matches: False) or waits and then finds the renewed
+        heartbeat (its compare-and-swap fails)."""
+        return self.update(t.runs, {"run_id": run_id, "runtime_owner_id": owner_id}, {"heartbeat_at_ms": now_ms}) == 1
 
     def claim_run(self, run_id: str, expected: Mapping[str, Any], **values: Any) -> bool:
         """Compare-and-swap: update the run only if ``expected`` columns still hold those values."""
