@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.databases import create_pg_database, drop_spare_pg_databases, recycle_pg_database
+from tests.databases import libpq as _libpq
+from tests.databases import pg_url as _admin_url
 
-
-def _admin_url() -> str:
-    """The PostgreSQL URL from $SMITHERS_TEST_PG_URL, or from scripts/ensure-postgres.sh."""
-    url = os.environ.get("SMITHERS_TEST_PG_URL")
-    if not url:
-        proc = subprocess.run(["bash", str(ROOT / "scripts" / "ensure-postgres.sh")], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"PostgreSQL is not available for the tests: {proc.stderr.strip()}")
-        url = proc.stdout.strip().splitlines()[-1]
-        os.environ["SMITHERS_TEST_PG_URL"] = url
-    return url
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
+__all__ = ["_admin_url", "_libpq"]  # tests/store/test_migrations.py reads them from this module
 
 
 @pytest.fixture(scope="session")
 def pg_template(worker_id: str) -> Iterator[str]:
     """A migrated template database for this test worker (named after its process, so two test
-    runs on one server never share one); per-test databases are copies of it."""
+    runs on one server never share one); per-test databases are copies of it, emptied after each
+    test for the next one (tests/databases.py)."""
     import psycopg
 
     from smithers.store.store import Store
@@ -46,6 +33,7 @@ def pg_template(worker_id: str) -> Iterator[str]:
     Store(f"{base}/{name}").close()
     yield name
     try:  # best effort: a test may still hold a connection another role opened
+        drop_spare_pg_databases(name)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     except psycopg.Error:
@@ -58,18 +46,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'smithers.db'}"
         return
-    import psycopg
-
     template = request.getfixturevalue("pg_template")
-    admin = _libpq(_admin_url())
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    url = create_pg_database(template)
     try:
-        yield f"{admin.rsplit('/', 1)[0]}/{name}"
+        yield url
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        recycle_pg_database(url, template)
 
 
 @pytest.fixture
