@@ -304,7 +304,9 @@ class Rewinder:
         self, audit_id: int | None, run_id: Any, from_frame: int, frame_no: Any, caller: str, result: str, duration: int
     ) -> bool:
         """Record the attempt's outcome; False when it could not be written (logged)."""
-        to_frame = frame_no if isinstance(frame_no, int) and not isinstance(frame_no, bool) else -1
+        is_int = isinstance(frame_no, int) and not isinstance(frame_no, bool)
+        # -1 also for an integer the audit column cannot hold (an i32, as every frame number is)
+        to_frame = frame_no if is_int and -MAX_FRAME_NO - 1 <= frame_no <= MAX_FRAME_NO else -1
         try:
             with self.store.write() as tx:
                 if audit_id is not None:
