@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             f"crash probe: seed {seed}, {args.kills} SIGKILLs, {args.launches} launches, {args.clients} clients",
             flush=True,
         )
-        report = asyncio.run(run_scenario(scenario, workdir, workdir / "crash.db"))
+        report = asyncio.run(run_scenario(scenario, workdir, str(workdir / "crash.db")))
         print(report.summary())
     finally:
         if args.keep:

@@ -1,14 +1,29 @@
-"""Fixtures for gateway tests: a migrated SQLite template, and real gateways on loopback ports.
+"""Fixtures for gateway tests: fresh databases on SQLite and PostgreSQL, and real gateways on loopback ports.
 
-``start_gateway(**options)`` serves the example workflows of :mod:`tests.gateway.workflows`;
-``start_humans(**options)`` the human-in-the-loop set (heartbeat 1 s, so the cron scheduler and
-the wait sweeper poll every second). Both return a :class:`~tests.gateway.support.Live` handle;
-every server is closed at the end of the test.
+Every test that touches the store runs twice, ``[sqlite]`` and ``[postgres]``: a test is run on
+both as soon as it uses :func:`databases` (directly, or through ``start_gateway``, ``start_humans``,
+``live``, ``token_live`` or a file's own gateway fixture), whose ``new()`` returns the URL of a
+fresh, migrated database -- a copy of a migrated SQLite file, or a PostgreSQL database created from
+the worker's migrated template (``pg_template`` in ``tests/conftest.py``). Tests reopen a gateway's
+database through ``live.db_url`` (a second gateway, ``Store(url)``, ``smithers ... --db url``).
+
+``start_gateway(db=None, **options)`` serves the example workflows of :mod:`tests.gateway.workflows`;
+``start_humans(db=None, **options)`` the human-in-the-loop set (heartbeat 1 s, so the cron scheduler
+and the wait sweeper poll every second). Both return a :class:`~tests.gateway.support.Live` handle
+on a new database (or on ``db``); every server is closed at the end of the test.
+
+What runs on SQLite only, marked ``@pytest.mark.sqlite_only(reason=...)`` (module or test):
+
+* tests of the wire alone -- WebSocket handshake, frames and limits, HTTP framing and abuse of the
+  transports -- whose answers never depend on what the store does; running them twice would
+  cost CI time and test nothing new;
+* tests about SQLite itself (a file on disk, its write lock).
+
+``test_protocol.py`` and ``test_scopes.py`` start no gateway and open no database at all.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,28 +32,64 @@ import pytest
 
 from smithers.gateway.server import Gateway
 from smithers.store.store import Store
+from tests.databases import Databases
 from tests.gateway.support import TOKEN_AUTH, Live
 from tests.gateway.workflows import WORKFLOWS, build_humans
+
+DB_KINDS = ("sqlite", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): run this gateway test on SQLite only (the reason is required)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses a database (``db_kind``) on each kind of database."""
+    if "db_kind" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("sqlite_only")
+    if marker is not None and not (marker.kwargs.get("reason") or marker.args):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason")
+    kinds = ["sqlite"] if marker is not None else list(DB_KINDS)
+    # module scope: a file's module-scoped gateways (test_fuzz.py) are built once per kind
+    metafunc.parametrize("db_kind", kinds, scope="module")
 
 
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated SQLite file; each gateway starts from a copy (migrating is the slow part)."""
+    """An empty, migrated SQLite file; each SQLite database starts from a copy (migrating is the slow part)."""
     path = tmp_path_factory.mktemp("template") / "template.db"
     Store(str(path)).close()
     return path
 
 
+def open_databases(
+    request: pytest.FixtureRequest, kind: str, directory: Path, migrated_db: Path
+) -> Iterator[Databases]:
+    """A :class:`Databases` for a fixture (of any scope); closed when the fixture ends."""
+    template = str(request.getfixturevalue("pg_template")) if kind == "postgres" else None
+    made = Databases(kind, directory, migrated_db, template)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
 @pytest.fixture
-def start_gateway(tmp_path: Path, migrated_db: Path) -> Iterator[Callable[..., Live]]:
+def databases(request: pytest.FixtureRequest, db_kind: str, tmp_path: Path, migrated_db: Path) -> Iterator[Databases]:
+    """Fresh databases for the test, of the kind it is parametrised with (see the module docstring)."""
+    yield from open_databases(request, db_kind, tmp_path, migrated_db)
+
+
+@pytest.fixture
+def start_gateway(databases: Databases) -> Iterator[Callable[..., Live]]:
     started: list[Live] = []
 
-    def start(db_path: Path | None = None, **options: Any) -> Live:
-        if db_path is None:
-            db_path = tmp_path / f"gateway-{len(started)}.db"
-            shutil.copyfile(migrated_db, db_path)
-        gateway = Gateway.for_workflows(WORKFLOWS, db=str(db_path), **options)
-        live = Live(gateway, db_path)
+    def start(db: str | None = None, **options: Any) -> Live:
+        gateway = Gateway.for_workflows(WORKFLOWS, db=db or databases.new("gateway"), **options)
+        live = Live(gateway)
         started.append(live)
         return live
 
@@ -60,14 +111,11 @@ def token_live(start_gateway: Callable[..., Live]) -> Live:
 
 
 @pytest.fixture
-def start_humans(tmp_path: Path, migrated_db: Path) -> Iterator[Callable[..., Live]]:
+def start_humans(databases: Databases) -> Iterator[Callable[..., Live]]:
     started: list[Live] = []
 
-    def start(db_path: Path | None = None, **options: Any) -> Live:
-        if db_path is None:
-            db_path = tmp_path / f"humans-{len(started)}.db"
-            shutil.copyfile(migrated_db, db_path)
-        live = Live(build_humans(db_path, **options), db_path)
+    def start(db: str | None = None, **options: Any) -> Live:
+        live = Live(build_humans(db or databases.new("humans"), **options))
         started.append(live)
         return live
 

@@ -64,9 +64,8 @@ SCHEDULE = "0 8 * * 1-5"
 class Live:
     """A gateway served by uvicorn in a background thread."""
 
-    def __init__(self, gateway: Gateway, db_path: Path):
+    def __init__(self, gateway: Gateway):
         self.gateway = gateway
-        self.db_path = db_path
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -79,6 +78,11 @@ class Live:
         self.url = gateway.url
         self.ws_url = self.url.replace("http://", "ws://", 1) + "/"
         self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    @property
+    def db_url(self) -> str:
+        """The URL of the gateway's database (to open it again: another gateway, ``Store``, the CLI)."""
+        return self.gateway.store.url
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)

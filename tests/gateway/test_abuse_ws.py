@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from smithers.errors import ALL_CODES
 from tests.gateway.support import Live
 
+WIRE = pytest.mark.sqlite_only(reason="connection limits of the WebSocket transport: apart from the store")
+
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MUTATING = {"runs.create", "launchRun", "resumeRun", "runs.cancel", "cancelRun", "runs.rerun"}
 
@@ -121,6 +123,7 @@ def read_raw(sock: socket.socket) -> bytes:
     return data
 
 
+@WIRE
 def test_over_limit_connections_get_503(start_gateway: Any) -> None:
     live = start_gateway(max_connections=3)
     clients = [live.ws(connect_now=True) for _ in range(3)]  # connected: the whole limit is theirs
@@ -153,6 +156,7 @@ def test_over_limit_connections_get_503(start_gateway: Any) -> None:
     assert 'kind="connection_limit"' in live.http.get("/metrics").text
 
 
+@WIRE
 def test_a_client_that_never_reads_does_not_block_others(live: Live) -> None:
     lazy = live.ws(connect_now=True)
     busy = live.ws(connect_now=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from smithers.engine import events as ev
@@ -500,15 +501,15 @@ def test_two_approvals_in_a_row(start_humans: Start) -> None:
 
 
 # -- the CLI on the same database while the gateway runs ---------------------------------------------
-def test_cli_decisions_are_picked_up_by_the_gateway(start_humans: Start) -> None:
+def test_cli_decisions_are_picked_up_by_the_gateway(start_humans: Start, tmp_path: Path) -> None:
     live = start_humans(auth=HUMAN_AUTH)
     approved = waiting(live, "ship")
     denied = waiting(live, "deny_fail")
-    db = str(live.db_path)
-    proc = cli("approve", approved, "--note", "from the cli", "--by", "user:cli", "--db", db, cwd=live.db_path.parent)
+    db = live.db_url
+    proc = cli("approve", approved, "--note", "from the cli", "--by", "user:cli", "--db", db, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"approved ok of run {approved}"
-    proc = cli("deny", denied, "--node", "ok", "--note", "nope", "--db", db, cwd=live.db_path.parent)
+    proc = cli("deny", denied, "--node", "ok", "--note", "nope", "--db", db, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"denied ok of run {denied}"
     row = approval_row(live, approved, "ok")

@@ -32,18 +32,21 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import subprocess
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import Connection, text
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from smithers.store.store import Store
+from tests.databases import Databases
 from tests.gateway.support import SMITHERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,7 +218,7 @@ class ServedGateway:
     connection attempt (a loopback socket connecting to its own port connects to itself).
     """
 
-    def __init__(self, workdir: Path, db: Path, effects: Path):
+    def __init__(self, workdir: Path, db: str, effects: Path):
         self.workdir, self.db, self.effects = workdir, db, effects
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
@@ -240,7 +243,7 @@ class ServedGateway:
         self.listens = False
         with log.open("w") as err:
             self.proc = subprocess.Popen(
-                [SMITHERS, "serve", str(FIXTURE), "--port", "0", "--db", str(self.db)],
+                [SMITHERS, "serve", str(FIXTURE), "--port", "0", "--db", self.db],
                 cwd=self.workdir,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -497,9 +500,20 @@ class Driver:
         return False
 
 
-def read_statuses(db: Path) -> dict[str, str]:
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-        return dict(conn.execute("SELECT run_id, status FROM _smithers_runs").fetchall())
+@contextlib.contextmanager
+def reading(db: str) -> Iterator[Connection]:
+    """A connection to the scenario's database (a SQLite path or a database URL) while gateways write to it."""
+    store = Store(db, migrate_schema=False)
+    try:
+        with store.engine.connect() as conn:
+            yield conn
+    finally:
+        store.close()
+
+
+def read_statuses(db: str) -> dict[str, str]:
+    with reading(db) as conn:
+        return {row[0]: row[1] for row in conn.execute(text("SELECT run_id, status FROM _smithers_runs"))}
 
 
 @dataclass
@@ -599,15 +613,19 @@ def read_effects(path: Path, report: Report) -> list[Effect]:
 AttemptRows = dict[tuple[str, str, int], dict[int, tuple[str, int | None]]]
 
 
-def check(db: Path, effects_path: Path, ledger: Ledger, report: Report) -> None:
+def check(db: str, effects_path: Path, ledger: Ledger, report: Report) -> None:
     """Compare what was acknowledged with the database, and the side-effect lines with the attempts."""
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-        runs = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT run_id, status, workflow_name FROM _smithers_runs")}
+    with reading(db) as conn:
+        runs = {
+            r[0]: (r[1], r[2]) for r in conn.execute(text("SELECT run_id, status, workflow_name FROM _smithers_runs"))
+        }
         terminal_events: Counter[tuple[str, str]] = Counter()
         node_finishes: Counter[tuple[str, str, int]] = Counter()
         for run_id, kind, payload_json in conn.execute(
-            "SELECT run_id, type, payload_json FROM _smithers_events"
-            " WHERE type IN ('RunFinished', 'RunFailed', 'RunCancelled', 'NodeFinished', 'RunStarted')"
+            text(
+                "SELECT run_id, type, payload_json FROM _smithers_events"
+                " WHERE type IN ('RunFinished', 'RunFailed', 'RunCancelled', 'NodeFinished', 'RunStarted')"
+            )
         ):
             payload = json.loads(payload_json)
             if kind == "NodeFinished":
@@ -618,23 +636,28 @@ def check(db: Path, effects_path: Path, ledger: Ledger, report: Report) -> None:
                 terminal_events[(run_id, kind)] += 1
         nodes = {
             (r[0], r[1], r[2]): r[3]
-            for r in conn.execute("SELECT run_id, node_id, iteration, state FROM _smithers_nodes")
+            for r in conn.execute(text("SELECT run_id, node_id, iteration, state FROM _smithers_nodes"))
         }
         attempts: AttemptRows = defaultdict(dict)
         for run_id, node_id, iteration, attempt, state, finished_at, error_json in conn.execute(
-            "SELECT run_id, node_id, iteration, attempt, state, finished_at_ms, error_json FROM _smithers_attempts"
+            text(
+                "SELECT run_id, node_id, iteration, attempt, state, finished_at_ms, error_json FROM _smithers_attempts"
+            )
         ):
             attempts[(run_id, node_id, iteration)][attempt] = (state, finished_at)
             if error_json and "ATTEMPT_ABANDONED" in error_json:
                 report.interrupted_attempts += 1
-        approvals = dict(
-            conn.execute("SELECT run_id, status FROM _smithers_approvals WHERE node_id = ?", (APPROVAL_NODE,))
-        )
+        approvals = {
+            r[0]: r[1]
+            for r in conn.execute(
+                text("SELECT run_id, status FROM _smithers_approvals WHERE node_id = :node"), {"node": APPROVAL_NODE}
+            )
+        }
         outputs = {
             (r[0], r[1]): json.loads(r[2])
             for r in conn.execute(
-                "SELECT run_id, node_id, payload_json FROM _smithers_outputs WHERE node_id IN (?, ?)",
-                (APPROVAL_NODE, WAIT_NODE),
+                text("SELECT run_id, node_id, payload_json FROM _smithers_outputs WHERE node_id IN (:a, :b)"),
+                {"a": APPROVAL_NODE, "b": WAIT_NODE},
             )
         }
 
@@ -774,8 +797,8 @@ def check_decisions_and_signals(
             report.other.append(f"{run_id}: no signal was acknowledged")
 
 
-async def run_scenario(scenario: Scenario, workdir: Path, db: Path) -> Report:
-    """Serve the crash fixture on ``db``, shake it as ``scenario`` says, then check everything."""
+async def run_scenario(scenario: Scenario, workdir: Path, db: str) -> Report:
+    """Serve the crash fixture on ``db`` (a path or URL), shake it as ``scenario`` says, then check everything."""
     effects = workdir / "effects.log"
     gateway = ServedGateway(workdir, db, effects)
     driver = Driver(scenario, gateway)
@@ -814,10 +837,8 @@ async def run_scenario(scenario: Scenario, workdir: Path, db: Path) -> Report:
     return report
 
 
-def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path, migrated_db: Path) -> None:
-    db = tmp_path / "crash.db"
-    db.write_bytes(migrated_db.read_bytes())
-    report = asyncio.run(run_scenario(Scenario(), tmp_path, db))
+def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path, databases: Databases) -> None:
+    report = asyncio.run(run_scenario(Scenario(), tmp_path, databases.new("crash")))
     print(report.summary())
     assert report.kills == 3
     assert report.acknowledged >= 50, report.summary()  # the gateway was really under load

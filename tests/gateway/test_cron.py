@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,6 +24,7 @@ from smithers.errors import SmithersError
 from smithers.gateway.server import Gateway
 from smithers.store.rows import now_ms
 from smithers.store.store import Store
+from tests.databases import Databases
 from tests.gateway.support import HUMAN_AUTH, SCHEDULE, Live, cli, error_of, wait_for
 from tests.gateway.workflows import adhoc
 
@@ -115,12 +115,12 @@ def test_registered_schedule_row(start_humans: Start) -> None:
     assert live.ok("cron.list", {"filter": {"workflow": "adhoc"}}, token=OP) == []
 
 
-def test_scheduler_fires_a_due_cron_with_the_cron_auth_context(start_humans: Start) -> None:
+def test_scheduler_fires_a_due_cron_with_the_cron_auth_context(start_humans: Start, tmp_path: Path) -> None:
     """``smithers cron trigger`` makes the row due; the running gateway's scheduler fires it."""
     live = start_humans(auth=HUMAN_AUTH)
     ws = live.ws(connect_now=True, token=OP)
     try:
-        proc = cli("cron", "trigger", "gateway:nightly", "--db", str(live.db_path), cwd=live.db_path.parent)
+        proc = cli("cron", "trigger", "gateway:nightly", "--db", live.db_url, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "gateway:nightly is due now"
         event = ws.event("cron.triggered", timeout=20)
@@ -157,7 +157,7 @@ def test_two_passes_never_start_the_same_fire_twice(start_humans: Start) -> None
     assert row["lastRunAtMs"] == due and row["nextRunAtMs"] == next_fire(SCHEDULE, due)
 
     # two gateways on one database, ticking at the same instant: one run
-    other = start_humans(db_path=live.db_path, auth=HUMAN_AUTH)
+    other = start_humans(db=live.db_url, auth=HUMAN_AUTH)
     due = cron_of(live, "gateway:nightly")["nextRunAtMs"]
     barrier = threading.Barrier(2)
     results: dict[int, list[str]] = {}
@@ -178,17 +178,16 @@ def test_two_passes_never_start_the_same_fire_twice(start_humans: Start) -> None
     assert sorted(r["runId"] for r in runs_of(live, "nightly")) == sorted([first[0], second])
 
 
-def test_a_cron_missed_while_down_fires_once_on_start(start_humans: Start, tmp_path: Path, migrated_db: Path) -> None:
-    db_path = tmp_path / "missed.db"
-    shutil.copyfile(migrated_db, db_path)
-    store = Store(str(db_path))
+def test_a_cron_missed_while_down_fires_once_on_start(start_humans: Start, databases: Databases) -> None:
+    db = databases.new("missed")
+    store = Store(db)
     three_days_ago = now_ms() - 72 * HOUR_MS  # 72 hourly fires were missed
     try:
         with store.write() as tx:
             tx.upsert_cron("missed", "0 * * * *", "gateway:adhoc", True, three_days_ago)
     finally:
         store.close()
-    live = start_humans(db_path=db_path, auth=HUMAN_AUTH)
+    live = start_humans(db=db, auth=HUMAN_AUTH)
     [started] = wait_for(lambda: runs_of(live, "adhoc"), "the missed cron to fire")
     row = wait_for(lambda: (r := cron_of(live, "missed"))["lastRunAtMs"] is not None and r, "the cron row update")
     fired_at = row["lastRunAtMs"]
@@ -209,7 +208,7 @@ def test_registered_schedule_keeps_creation_and_last_run_across_restarts(start_h
     assert cron_of(live, "gateway:nightly")["nextRunAtMs"] == next_fire(SCHEDULE, due)
     live.stop()
     before = now_ms()
-    again = start_humans(db_path=live.db_path)
+    again = start_humans(db=live.db_url)
     after = now_ms()
     row = cron_of(again, "gateway:nightly")
     assert row["createdAtMs"] == created and row["lastRunAtMs"] == due
@@ -217,10 +216,8 @@ def test_registered_schedule_keeps_creation_and_last_run_across_restarts(start_h
     assert row["nextRunAtMs"] in {next_fire(SCHEDULE, before), next_fire(SCHEDULE, after)}
 
 
-def test_an_invalid_registered_schedule_makes_listen_fail(tmp_path: Path, migrated_db: Path) -> None:
-    db_path = tmp_path / "bad.db"
-    shutil.copyfile(migrated_db, db_path)
-    gateway = Gateway(db=str(db_path))
+def test_an_invalid_registered_schedule_makes_listen_fail(databases: Databases) -> None:
+    gateway = Gateway(db=databases.new("bad"))
     gateway.register("adhoc", adhoc, schedule="every morning")
 
     async def main() -> None:
@@ -348,9 +345,9 @@ def test_cron_trigger(start_humans: Start) -> None:
     assert runs_of(live, "adhoc") and len(runs_of(live, "adhoc")) == 2
 
 
-def test_cli_cron_commands_against_the_gateway_database(start_humans: Start) -> None:
+def test_cli_cron_commands_against_the_gateway_database(start_humans: Start, tmp_path: Path) -> None:
     live = start_humans(auth=HUMAN_AUTH)
-    db, cwd = str(live.db_path), live.db_path.parent
+    db, cwd = live.db_url, tmp_path
     proc = cli("cron", "add", "30 6 * * *", "adhoc", "--id", "cli-1", "--db", db, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cli-1"
@@ -384,13 +381,13 @@ def test_cli_cron_commands_against_the_gateway_database(start_humans: Start) -> 
 def test_a_registered_schedule_missed_while_down_fires_once_on_restart(start_humans: Start) -> None:
     live = start_humans()
     live.stop()
-    store = Store(str(live.db_path))
+    store = Store(live.db_url)
     try:
         with store.write() as tx:  # the gateway was down across many due times
             tx.update_cron_fields("gateway:nightly", next_run_at_ms=now_ms() - 30 * 24 * HOUR_MS)
     finally:
         store.close()
-    again = start_humans(db_path=live.db_path)
+    again = start_humans(db=live.db_url)
     [started] = wait_for(lambda: runs_of(again, "nightly"), "the missed schedule to fire")
     again.wait_status(started["runId"], {"finished"})
     row = cron_of(again, "gateway:nightly")
@@ -438,10 +435,8 @@ def test_a_schedule_with_a_time_zone_fires_at_its_local_time(start_humans: Start
     assert error_of(response)["code"] == "INVALID_INPUT" and "Mars/Olympus" in error_of(response)["message"]
 
 
-def test_registered_schedule_with_a_time_zone(tmp_path: Path, migrated_db: Path) -> None:
-    db_path = tmp_path / "tz.db"
-    shutil.copyfile(migrated_db, db_path)
-    gateway = Gateway(db=str(db_path))
+def test_registered_schedule_with_a_time_zone(databases: Databases) -> None:
+    gateway = Gateway(db=databases.new("tz"))
     gateway.register("adhoc", adhoc, schedule="0 8 * * *", timezone="Europe/Paris")
 
     async def main() -> dict[str, Any]:
@@ -479,9 +474,9 @@ def test_every_second_schedule_fires_every_second(start_humans: Start) -> None:
     assert all(500 <= gap <= 2_500 for gap in gaps), gaps
 
 
-def test_cli_cron_add_with_seconds_alias_and_time_zone(start_humans: Start) -> None:
+def test_cli_cron_add_with_seconds_alias_and_time_zone(start_humans: Start, tmp_path: Path) -> None:
     live = start_humans(auth=HUMAN_AUTH)
-    db, cwd = str(live.db_path), live.db_path.parent
+    db, cwd = live.db_url, tmp_path
     proc = cli("cron", "add", "@daily", "adhoc", "--id", "d", "--timezone", "Asia/Kolkata", "--db", db, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     row = cron_of(live, "d")

@@ -41,9 +41,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import shutil
 import socket
-import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -56,11 +54,14 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import Connection, text
 from websockets.exceptions import ConnectionClosed
 
 from smithers.gateway.dispatch import Dispatcher
 from smithers.gateway.server import RPC_MODULES, Gateway
 from smithers.store import schema
+from smithers.store.store import Store
+from tests.databases import Databases
 from tests.gateway.support import (
     OP_BINARY,
     OP_CLOSE,
@@ -77,6 +78,10 @@ from tests.gateway.support import (
     frame,
 )
 from tests.gateway.workflows import WORKFLOWS
+
+WIRE = pytest.mark.sqlite_only(
+    reason="envelopes, bodies and frames refused before any handler reads the store (and, last, a check of this file)"
+)
 
 SUPPRESSED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 PER_METHOD = settings(max_examples=6, deadline=None, suppress_health_check=SUPPRESSED)
@@ -595,13 +600,14 @@ class Target:
     ids: dict[str, str] = field(default_factory=dict)
     baseline: Ledger | None = None
     http: HttpConn = field(init=False)
-    db: sqlite3.Connection = field(init=False)
+    db: Connection = field(init=False)
+    _reader: Store = field(init=False)
 
     def __post_init__(self) -> None:
         self.http = HttpConn(self.live.url)
-        self.db = sqlite3.connect(
-            f"file:{self.live.db_path}?mode=ro", uri=True, timeout=30, isolation_level=None, check_same_thread=False
-        )
+        # a connection of our own to the gateway's database, each query seeing what is committed
+        self._reader = Store(self.live.db_url, migrate_schema=False)
+        self.db = self._reader.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def headers(self, token: str | None) -> dict[str, str]:
         return {"authorization": f"Bearer {token}"} if token else {}
@@ -609,14 +615,13 @@ class Target:
     def stop(self) -> None:
         self.http.close()
         self.db.close()
+        self._reader.close()
         self.live.stop()
 
 
-def start(directory: Path, template: Path, name: str, **options: Any) -> Live:
-    """A gateway with the example workflows on a copy of the migrated template, as ``start_gateway`` does."""
-    db = directory / f"{name}.db"
-    shutil.copyfile(template, db)
-    return Live(Gateway.for_workflows(WORKFLOWS, db=str(db), **options), db)
+def start(databases: Databases, name: str, **options: Any) -> Live:
+    """A gateway with the example workflows on a new database, as ``start_gateway`` does."""
+    return Live(Gateway.for_workflows(WORKFLOWS, db=databases.new(name), **options))
 
 
 SEEDS = {
@@ -652,7 +657,7 @@ def seed_crons(target: Target, prefix: str) -> None:
 
 
 def query(target: Target, sql: str) -> list[tuple[Any, ...]]:
-    return target.db.execute(sql).fetchall()
+    return [tuple(row) for row in target.db.execute(text(sql))]
 
 
 @dataclass(frozen=True)
@@ -722,7 +727,8 @@ class Writes:
     """What a refused call on the writer gateway must leave as it was; cheap to read however many
     runs the writer has accumulated."""
 
-    last_run: int  # the highest rowid of the runs table: later rows are new runs
+    last_created: int  # the newest run's creation time (runs are created at the time of their call) ...
+    created_then: frozenset[str]  # ... and the runs created then: any other run created since is new
     finished: dict[str, tuple[Any, ...]]  # runs in a terminal status, which nothing may touch
     signals: int
     inputs: int
@@ -733,11 +739,12 @@ class Writes:
 
 def writes(target: Target) -> Writes:
     runs = schema.runs.name
-    last_run, signals, inputs, approvals = query(
+    last_created, signals, inputs, approvals = query(
         target,
-        f"SELECT (SELECT coalesce(max(rowid), 0) FROM {runs}), (SELECT count(*) FROM {schema.signals.name}), "
+        f"SELECT (SELECT coalesce(max(created_at_ms), 0) FROM {runs}), (SELECT count(*) FROM {schema.signals.name}), "
         f"(SELECT count(*) FROM {schema.run_input.name}), (SELECT count(*) FROM {schema.approvals.name})",
     )[0]
+    created_then = query(target, f"SELECT run_id FROM {runs} WHERE created_at_ms = {last_created}")
     finished = query(
         target,
         f"SELECT run_id, status, finished_at_ms, cancel_requested_at_ms, hijack_requested_at_ms, "
@@ -749,7 +756,8 @@ def writes(target: Target) -> Writes:
         f"FROM {schema.approvals.name} WHERE status != 'requested'",
     )
     return Writes(
-        last_run=last_run,
+        last_created=last_created,
+        created_then=frozenset(row[0] for row in created_then),
         finished={row[0]: row[1:] for row in finished},
         signals=signals,
         inputs=inputs,
@@ -759,17 +767,23 @@ def writes(target: Target) -> Writes:
     )
 
 
+def runs_since(target: Target, before: Writes) -> list[tuple[str, bool]]:
+    """The runs stored since ``before`` was read, each with whether a schedule started it."""
+    rows = query(
+        target,
+        f'SELECT run_id, config_json LIKE \'%"gatewayTriggeredBy":"cron:%\' FROM {schema.runs.name} '
+        f"WHERE created_at_ms >= {before.last_created}",
+    )
+    return [(run_id, bool(by_cron)) for run_id, by_cron in rows if run_id not in before.created_then]
+
+
 def assert_nothing_stored(target: Target, before: Writes, what: Callable[[], str]) -> None:
     """Property (c) on the writer gateway, after a refused call: no run, input, signal, decision or
     cron stored, no finished run touched. Runs a schedule fired are not the call's (none should
     fire: the seeded schedules are yearly and fuzzed ones are removed at once)."""
     after = writes(target)
     problems = []
-    new_runs = query(
-        target,
-        f'SELECT run_id, config_json LIKE \'%"gatewayTriggeredBy":"cron:%\' FROM {schema.runs.name} '
-        f"WHERE rowid > {before.last_run}",
-    )
+    new_runs = runs_since(target, before)
     if created := [run_id for run_id, by_cron in new_runs if not by_cron]:
         problems.append(f"runs created: {created}")
     if touched := [run_id for run_id, row in before.finished.items() if after.finished.get(run_id) != row]:
@@ -787,13 +801,23 @@ def assert_nothing_stored(target: Target, before: Writes, what: Callable[[], str
 
 
 @pytest.fixture(scope="module")
-def readers(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iterator[list[Target]]:
+def module_databases(
+    request: pytest.FixtureRequest, db_kind: str, tmp_path_factory: pytest.TempPathFactory, migrated_db: Path
+) -> Iterator[Databases]:
+    """Databases for the gateways this module shares between its tests (one set per kind of database)."""
+    template = str(request.getfixturevalue("pg_template")) if db_kind == "postgres" else None
+    made = Databases(db_kind, tmp_path_factory.mktemp(f"fuzz-{db_kind}"), migrated_db, template)
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="module")
+def readers(module_databases: Databases) -> Iterator[list[Target]]:
     """Two seeded gateways, one without auth and one in token mode, whose stores must never change."""
-    directory = tmp_path_factory.mktemp("fuzz-readers")
     targets: list[Target] = []
     try:
-        targets.append(Target(start(directory, migrated_db, "open"), "open gateway"))
-        targets.append(Target(start(directory, migrated_db, "token", auth=TOKEN_AUTH), "token gateway", OPERATOR_TOKEN))
+        targets.append(Target(start(module_databases, "open"), "open gateway"))
+        targets.append(Target(start(module_databases, "token", auth=TOKEN_AUTH), "token gateway", OPERATOR_TOKEN))
         for target in targets:
             seed(target, "seed", list(SEEDS))
             seed_crons(target, "seed")
@@ -806,9 +830,9 @@ def readers(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iter
 
 
 @pytest.fixture(scope="module")
-def writer_gateway(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iterator[Target]:
+def writer_gateway(module_databases: Databases) -> Iterator[Target]:
     """A token-mode gateway on which the mutating methods are fuzzed."""
-    live = start(tmp_path_factory.mktemp("fuzz-writer"), migrated_db, "writer", auth=TOKEN_AUTH)
+    live = start(module_databases, "writer", auth=TOKEN_AUTH)
     target = Target(live, "writer gateway", OPERATOR_TOKEN)
     try:
         seed(target, "w", list(SEEDS))
@@ -1226,11 +1250,7 @@ def test_ws_burst_beyond_the_in_flight_limit(
     launched = {p["runId"] for m, p in succeeded if m in LAUNCHING and isinstance(p, dict)}
     for method, payload in succeeded:
         after_success(writer, method, payload)
-    new_runs = query(
-        writer,
-        f'SELECT run_id, config_json LIKE \'%"gatewayTriggeredBy":"cron:%\' FROM {schema.runs.name} '
-        f"WHERE rowid > {before.last_run}",
-    )
+    new_runs = runs_since(writer, before)
     unexplained = [run_id for run_id, by_cron in new_runs if not by_cron and run_id not in launched]
     assert not unexplained, f"runs no successful call started: {unexplained}"
     after = writes(writer)
@@ -1489,6 +1509,7 @@ def envelopes(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
+@WIRE
 @RAW
 @given(body=envelopes(), binary=st.booleans())
 def test_ws_envelopes(readers: list[Target], sockets: Sockets, body: dict[str, Any], binary: bool) -> None:
@@ -1531,6 +1552,7 @@ path_segments = st.one_of(
 )
 
 
+@WIRE
 @RAW
 @given(body=envelopes(), segment=path_segments, request_id=st.sampled_from([None, "", "x" * 300, "r-1"]))
 def test_http_envelopes(readers: list[Target], body: dict[str, Any], segment: str, request_id: str | None) -> None:
@@ -1613,6 +1635,7 @@ def raw_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
     return prefix + text + suffix, method
 
 
+@WIRE
 @RAW
 @given(raw=raw_bodies(), route=st.sampled_from(["/rpc", "/v1/rpc/getRun", "/v1/rpc/health", "/v1/rpc/listRuns"]))
 def test_http_raw_bodies(readers: list[Target], raw: tuple[bytes, str], route: str) -> None:
@@ -1634,6 +1657,7 @@ def decoded_id(message: bytes) -> Any:
     return value.get("id") if isinstance(value, dict) else None
 
 
+@WIRE
 @RAW
 @given(raw=raw_bodies())
 def test_ws_raw_binary_frames(readers: list[Target], sockets: Sockets, raw: tuple[bytes, str]) -> None:
@@ -1694,6 +1718,7 @@ def wire_messages(draw: st.DrawFn) -> tuple[bytes, int, int]:
     return out, pings, len(payload)
 
 
+@WIRE
 @RAW
 @given(messages=st.lists(wire_messages(), min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))
 def test_ws_fragments_and_split_writes(
@@ -1726,6 +1751,7 @@ def test_ws_fragments_and_split_writes(
         assert_unchanged(target, lambda: repr(stream[:300]))
 
 
+@WIRE
 @settings(max_examples=15, deadline=None, suppress_health_check=SUPPRESSED)
 @given(bad=st.sampled_from(INVALID_UTF8), at=st.integers(0, 60), connected=st.booleans())
 def test_ws_invalid_utf8_text_is_closed_with_1007(readers: list[Target], bad: bytes, at: int, connected: bool) -> None:
@@ -1746,6 +1772,7 @@ def test_ws_invalid_utf8_text_is_closed_with_1007(readers: list[Target], bad: by
     assert_unchanged(target, lambda: repr(bad))
 
 
+@WIRE
 # -- bookkeeping -----------------------------------------------------------------------------------
 def test_every_registered_method_is_fuzzed(readers: list[Target]) -> None:
     for target in readers:

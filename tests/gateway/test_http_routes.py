@@ -7,8 +7,11 @@ import socket
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.gateway.support import Live
+
+pytestmark = pytest.mark.sqlite_only(reason="HTTP routes, headers and envelopes: answered apart from the store")
 
 OPERATOR_TOKEN = "operator-token"
 READER_TOKEN = "reader-token"

@@ -22,6 +22,7 @@ import pytest
 from smithers.engine.control import approve_node, signal_run
 from smithers.store.rows import now_ms
 from smithers.store.store import Store
+from tests.databases import Databases
 from tests.gateway.support import SMITHERS, wait_for
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gw_humans.py"
@@ -33,13 +34,13 @@ TIMER_DELAY_MS = 6000
 class Served:
     """``smithers serve`` in a subprocess, its stderr in a file, plus an HTTP client for it."""
 
-    def __init__(self, db: Path, workdir: Path, name: str):
+    def __init__(self, db: str, workdir: Path, name: str):
         env = dict(os.environ)
         env.pop("SMITHERS_DB", None)
         self.err = workdir / f"{name}.err"
         with self.err.open("w") as err:
             self.proc = subprocess.Popen(
-                [SMITHERS, "serve", str(FIXTURE), "--port", "0", "--db", str(db)],
+                [SMITHERS, "serve", str(FIXTURE), "--port", "0", "--db", db],
                 cwd=workdir,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -77,9 +78,8 @@ class Served:
 
 
 @pytest.fixture
-def serve(tmp_path: Path, migrated_db: Path) -> Iterator[Any]:
-    db = tmp_path / "restart.db"
-    db.write_bytes(migrated_db.read_bytes())
+def serve(tmp_path: Path, databases: Databases) -> Iterator[Any]:
+    db = databases.new("restart")
     started: list[Served] = []
 
     def start(name: str) -> Served:
@@ -95,8 +95,8 @@ def serve(tmp_path: Path, migrated_db: Path) -> Iterator[Any]:
             served.proc.wait(timeout=10)
 
 
-def after_value(db: Path, run_id: str) -> Any:
-    store = Store(str(db))
+def after_value(db: str, run_id: str) -> Any:
+    store = Store(db)
     try:
         with store.read() as tx:
             row = tx.get_output(run_id, "after", 0)
@@ -160,7 +160,7 @@ def test_a_decision_made_while_the_gateway_was_down_is_continued_on_start(serve:
     assert first.stop(signal.SIGTERM) == 0, first.err.read_text()
 
     # decided and signalled in the database while no gateway runs (what `smithers approve`/`signal` do)
-    store = Store(str(serve.db))
+    store = Store(serve.db)
     try:
         approve_node(store, approval, "ok", decided_by="user:cli")
         signal_run(store, waiting, "go", {"n": 1}, received_by="user:cli")

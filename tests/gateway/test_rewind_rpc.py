@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from smithers.engine.workflow import Workflow
 from smithers.gateway.server import Gateway
 from smithers.store.rows import dumps, now_ms
 from smithers.store.store import Row, Store
+from tests.databases import Databases
 from tests.gateway.support import Live
 from tests.waiting import wait_for
 
@@ -184,17 +184,14 @@ Start = Callable[..., Live]
 
 
 @pytest.fixture
-def start(tmp_path: Path, migrated_db: Path) -> Iterator[Start]:
-    """``start(*extra_workflows, db=url)``: a token-mode gateway (:data:`AUTH`) with :data:`WORKFLOWS`."""
+def start(databases: Databases) -> Iterator[Start]:
+    """``start(*extra_workflows, db=url)``: a token-mode gateway (:data:`AUTH`) with :data:`WORKFLOWS`,
+    on a new database unless ``db`` is given."""
     started: list[Live] = []
 
     def start_(*extra: Workflow, db: str | None = None) -> Live:
-        if db is None:
-            path = tmp_path / f"rewind-{len(started)}.db"
-            shutil.copyfile(migrated_db, path)
-            db = str(path)
-        gateway = Gateway.for_workflows([*WORKFLOWS, *extra], db=db, auth=AUTH)
-        live = Live(gateway, Path(db))
+        gateway = Gateway.for_workflows([*WORKFLOWS, *extra], db=db or databases.new("rewind"), auth=AUTH)
+        live = Live(gateway)
         started.append(live)
         return live
 
@@ -508,9 +505,8 @@ def _rewind_and_finish(
     return dict(result)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
-def test_rewinds_run_again_what_came_after_the_frame_and_end_like_a_fresh_run(start: Start, db_url: str) -> None:
-    live = start(db=db_url)
+def test_rewinds_run_again_what_came_after_the_frame_and_end_like_a_fresh_run(start: Start) -> None:
+    live = start()
     fresh_id = finished(live, "tt_flow", start=3)
     fresh = outputs(live, fresh_id)
     assert fresh[("z", 0)] == {"n": 35} and fresh[("inc", 2)] == {"n": 7}
@@ -828,9 +824,8 @@ def test_a_rewind_that_fails_leaves_the_run_as_it_was_and_free_to_go_on(start: S
 
 
 # -- 5. runs.fork ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
-def test_a_fork_runs_to_the_same_end_and_leaves_its_source_alone(start: Start, db_url: str) -> None:
-    live = start(db=db_url)
+def test_a_fork_runs_to_the_same_end_and_leaves_its_source_alone(start: Start) -> None:
+    live = start()
     source = finished(live, "tt_flow", start=2)
     expected = outputs(live, source)
     source_counts, source_calls = table_counts(live, source), calls_of(source)
@@ -895,9 +890,9 @@ def test_a_fork_runs_to_the_same_end_and_leaves_its_source_alone(start: Start, d
 
 
 # -- 6. recovery at start --------------------------------------------------------------------------
-@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
-def test_a_rewind_left_in_progress_is_partial_at_start_and_its_run_needs_attention(start: Start, db_url: str) -> None:
-    first = start(db=db_url)
+def test_a_rewind_left_in_progress_is_partial_at_start_and_its_run_needs_attention(start: Start) -> None:
+    first = start()
+    db_url = first.db_url
     cut = finished(first, "tt_flow", start=1)
     kept = finished(first, "tt_flow", start=2)
     first.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -14,8 +13,10 @@ import httpx
 import pytest
 
 from smithers.engine.control import signal_run
+from smithers.store import schema
 from smithers.store.rows import now_ms
 from smithers.store.store import Store
+from tests.databases import Databases
 from tests.gateway.support import Live
 
 
@@ -333,10 +334,9 @@ def test_timers_are_woken_by_the_gateway(live: Live) -> None:
     live.wait_status(run_id, {"finished"}, timeout=10)
 
 
-def test_startup_resumes_runs_whose_owner_is_gone(start_gateway: Any, migrated_db: Path, tmp_path: Path) -> None:
-    db = tmp_path / "shared.db"
-    shutil.copyfile(migrated_db, db)
-    store = Store(str(db))
+def test_startup_resumes_runs_whose_owner_is_gone(start_gateway: Any, databases: Databases) -> None:
+    db = databases.new("shared")
+    store = Store(db)
     now = now_ms()
     host = socket.gethostname()
     rows = {
@@ -358,7 +358,7 @@ def test_startup_resumes_runs_whose_owner_is_gone(start_gateway: Any, migrated_d
             )
             tx.insert_input(run_id, {"name": "restart"})
     store.close()
-    live = start_gateway(db_path=db)
+    live = start_gateway(db=db)
     live.wait_status("orphan", {"finished"})
     assert live.gateway.store.get_run("alive")["status"] == "running"
     assert live.gateway.store.get_run("foreign")["status"] == "running"
@@ -439,21 +439,30 @@ def test_input_with_a_lone_surrogate_is_stored_and_runs(live: Live) -> None:
 
 
 def test_no_answer_before_the_run_row_can_be_committed(live: Live) -> None:
-    """While another process holds the database's write lock, launchRun cannot commit, so it does not answer."""
-    import sqlite3
+    """While another process holds a lock that keeps new runs out, launchRun cannot commit, so it does
+    not answer: SQLite's write lock (``BEGIN IMMEDIATE``), or on PostgreSQL a lock on the runs table
+    that lets readers in but no writer."""
     from concurrent.futures import ThreadPoolExecutor
 
-    blocker = sqlite3.connect(str(live.db_path), isolation_level=None, timeout=5)
-    blocker.execute("BEGIN IMMEDIATE")
+    blocker = Store(live.db_url, migrate_schema=False)
+    conn = blocker.engine.connect()
     try:
+        if blocker.is_postgres:
+            conn.exec_driver_sql(f"LOCK TABLE {schema.runs.name} IN EXCLUSIVE MODE")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(live.rpc, "launchRun", {"workflow": "hello", "runId": "locked"})
             time.sleep(0.5)
             assert not pending.done(), "answered while the run row could not be committed"
-            blocker.execute("COMMIT")
+            if blocker.is_postgres:
+                conn.commit()
+            else:
+                conn.exec_driver_sql("COMMIT")
             response = pending.result(timeout=10)
         assert response.status_code == 200, response.text
         assert live.rpc("getRun", {"runId": "locked"}).status_code == 200
     finally:
+        conn.close()
         blocker.close()
     live.wait_status("locked", {"finished"})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,16 +10,15 @@ import pytest
 from smithers.engine.runstate import compute_run_state
 from smithers.store.rows import iso_ms
 from smithers.store.store import Store
+from tests.databases import Databases
 from tests.gateway.support import waiting_node
 
 NOW = 1_800_000_000_000
 
 
 @pytest.fixture
-def store(tmp_path: Path, migrated_db: Path) -> Any:
-    path = tmp_path / "state.db"
-    path.write_bytes(migrated_db.read_bytes())
-    s = Store(str(path))
+def store(databases: Databases) -> Any:
+    s = Store(databases.new("state"))
     yield s
     s.close()
 

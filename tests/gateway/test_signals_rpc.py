@@ -196,7 +196,7 @@ def test_each_signal_resumes_only_its_run(start_humans: Start) -> None:
     assert live.gateway.store.get_run(runs[2])["status"] == "waiting-event"
 
 
-def test_cli_signal_is_picked_up_by_the_gateway(start_humans: Start) -> None:
+def test_cli_signal_is_picked_up_by_the_gateway(start_humans: Start, tmp_path: Path) -> None:
     live = start_humans(auth=HUMAN_AUTH)
     run_id = waiting(live, "waiter")
     proc = cli(
@@ -208,8 +208,8 @@ def test_cli_signal_is_picked_up_by_the_gateway(start_humans: Start) -> None:
         "--by",
         "user:cli",
         "--db",
-        str(live.db_path),
-        cwd=live.db_path.parent,
+        live.db_url,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     [row] = signals_of(live, run_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,14 +12,13 @@ from smithers.gateway.tokens import issue_token, list_tokens, lookup_token, revo
 from smithers.store import schema as t
 from smithers.store.rows import now_ms
 from smithers.store.store import Store
+from tests.databases import Databases
 from tests.gateway.support import Live
 
 
 @pytest.fixture
-def store(tmp_path: Path, migrated_db: Path) -> Any:
-    path = tmp_path / "tokens.db"
-    path.write_bytes(migrated_db.read_bytes())
-    s = Store(str(path))
+def store(databases: Databases) -> Any:
+    s = Store(databases.new("tokens"))
     yield s
     s.close()
 

@@ -20,6 +20,7 @@ from smithers.errors import InvalidInputError
 from smithers.gateway.assets import ESBUILD_ENV
 from smithers.gateway.options import CONSOLE_DIR_ENV, console_dir
 from smithers.gateway.server import Gateway
+from tests.databases import Databases
 from tests.gateway.support import Live
 
 flow = workflow("ui-flow")(lambda ctx: Task("t", value={"ok": True}))
@@ -47,15 +48,16 @@ JS_HEADERS = {**HTML_HEADERS, "content-type": "text/javascript; charset=utf-8"}
 JSON_404 = {"error": {"code": "NOT_FOUND", "message": "Route not found"}}
 
 
+pytestmark = pytest.mark.sqlite_only(reason="serving UI files and pages: nothing here reads or writes the store")
+
+
 @pytest.fixture
-def new_gateway(tmp_path: Path, migrated_db: Path) -> Iterator[Callable[..., Gateway]]:
-    """Gateways on copies of the migrated database (closed at the end if never served)."""
+def new_gateway(databases: Databases) -> Iterator[Callable[..., Gateway]]:
+    """Gateways on new databases (closed at the end if never served)."""
     made: list[Gateway] = []
 
     def make(**options: Any) -> Gateway:
-        path = tmp_path / f"ui-{len(made)}.db"
-        shutil.copyfile(migrated_db, path)
-        gateway = Gateway(str(path), **options)
+        gateway = Gateway(databases.new("ui"), **options)
         made.append(gateway)
         return gateway
 
@@ -66,11 +68,11 @@ def new_gateway(tmp_path: Path, migrated_db: Path) -> Iterator[Callable[..., Gat
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[Gateway], Live]]:
+def serve() -> Iterator[Callable[[Gateway], Live]]:
     started: list[Live] = []
 
     def start(gateway: Gateway) -> Live:
-        live = Live(gateway, tmp_path)
+        live = Live(gateway)
         started.append(live)
         return live
 

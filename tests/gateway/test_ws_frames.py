@@ -27,6 +27,8 @@ from tests.gateway.support import (
     request,
 )
 
+pytestmark = pytest.mark.sqlite_only(reason="WebSocket framing: answered by the transport, apart from the store")
+
 
 @pytest.fixture
 def raw(live: Live) -> Any:

@@ -13,10 +13,13 @@ from websockets.sync.client import connect
 from smithers.gateway.ws import _LEGAL, Connection, ConnectionState, IllegalTransition
 from tests.gateway.support import Live
 
+WIRE = pytest.mark.sqlite_only(reason="the WebSocket handshake and frames: answered apart from the store")
+
 OPERATOR_TOKEN = "operator-token"
 READER_TOKEN = "reader-token"
 
 
+@WIRE
 def test_upgrade_header_and_challenge(live: Live) -> None:
     with connect(live.ws_url + "any/path?x=1", open_timeout=10) as ws:
         assert ws.response is not None
@@ -28,6 +31,7 @@ def test_upgrade_header_and_challenge(live: Live) -> None:
     assert list(challenge) == ["type", "event", "payload", "seq", "stateVersion", "apiVersion"]
 
 
+@WIRE
 def test_hello_payload(token_live: Live) -> None:
     client = token_live.ws()
     hello = client.request("connect", token_live.connect_params(token=OPERATOR_TOKEN), frame_id="c1")
@@ -59,6 +63,7 @@ def test_hello_snapshot_lists_active_runs_and_pending_approvals(live: Live) -> N
     client.close()
 
 
+@WIRE
 @pytest.mark.parametrize(
     ("params", "code", "message"),
     [
@@ -99,6 +104,7 @@ def test_connect_negotiation_errors(live: Live, params: Any, code: str, message:
     client.close()
 
 
+@WIRE
 def test_connect_auth_failures_leave_the_socket_open(token_live: Live) -> None:
     client = token_live.ws()
     denied = client.request("connect", token_live.connect_params(token="wrong"))
@@ -112,6 +118,7 @@ def test_connect_auth_failures_leave_the_socket_open(token_live: Live) -> None:
     client.close()
 
 
+@WIRE
 def test_reconnect_replaces_identity(token_live: Live) -> None:
     client = token_live.ws(connect_now=True, token=OPERATOR_TOKEN)
     assert client.request("launchRun", {"workflow": "hello"})["ok"] is True
@@ -122,6 +129,7 @@ def test_reconnect_replaces_identity(token_live: Live) -> None:
     client.close()
 
 
+@WIRE
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -150,6 +158,7 @@ def test_invalid_frames_answer_with_id_invalid(live: Live, raw: str, message: st
     client.close()
 
 
+@WIRE
 def test_unauthenticated_requests_and_binary_frames(live: Live) -> None:
     client = live.ws()
     assert client.request("health", frame_id="a")["error"] == {
@@ -163,6 +172,7 @@ def test_unauthenticated_requests_and_binary_frames(live: Live) -> None:
     client.close()
 
 
+@WIRE
 def test_escaped_errors_use_id_invalid(live: Live) -> None:
     client = live.ws(connect_now=True)
     response = client.request("listRuns", {"limit": "x"}, any_id=True)
@@ -171,6 +181,7 @@ def test_escaped_errors_use_id_invalid(live: Live) -> None:
     client.close()
 
 
+@WIRE
 def test_tick_heartbeat_and_seq(start_gateway: Any) -> None:
     live = start_gateway(heartbeat_ms=100)
     client = live.ws(connect_now=True)
@@ -183,6 +194,7 @@ def test_tick_heartbeat_and_seq(start_gateway: Any) -> None:
     client.close()
 
 
+@WIRE
 def test_unauthenticated_connections_get_no_ticks(start_gateway: Any) -> None:
     live = start_gateway(heartbeat_ms=50)
     client = live.ws()
@@ -190,6 +202,7 @@ def test_unauthenticated_connections_get_no_ticks(start_gateway: Any) -> None:
     client.close()
 
 
+@WIRE
 def test_oversized_message_closes_with_1009(start_gateway: Any) -> None:
     live = start_gateway(max_payload=1024)
     client = live.ws(connect_now=True)
@@ -201,6 +214,7 @@ def test_oversized_message_closes_with_1009(start_gateway: Any) -> None:
     assert live.http.get("/health").status_code == 200
 
 
+@WIRE
 def test_requests_are_handled_concurrently(live: Live) -> None:
     client = live.ws(connect_now=True)
     for index in range(20):
@@ -210,6 +224,7 @@ def test_requests_are_handled_concurrently(live: Live) -> None:
     client.close()
 
 
+@WIRE
 def test_close_frees_the_slot_and_gateway_close_sends_close(start_gateway: Any) -> None:
     live = start_gateway(max_connections=1)
     first = live.ws(connect_now=True)

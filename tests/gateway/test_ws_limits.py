@@ -17,6 +17,8 @@ from smithers.engine.states import WAITING_APPROVAL
 from smithers.store.rows import dumps, now_ms
 from tests.gateway.support import OP_CLOSE, TOKEN_AUTH, Live, RawClient, frame, request, wait_for, waiting_node
 
+WIRE = pytest.mark.sqlite_only(reason="connection limits of the WebSocket transport: apart from the store")
+
 OPERATOR = "operator-token"
 
 
@@ -35,6 +37,7 @@ def close_code(client: RawClient, timeout: float = 10) -> tuple[int, str]:
             return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
 
 
+@WIRE
 def test_a_socket_that_never_connects_is_closed(start_gateway: Any) -> None:
     live = start_gateway(connect_timeout_ms=300)
     idle, connected = RawClient(live), RawClient(live)
@@ -53,6 +56,7 @@ def test_a_socket_that_never_connects_is_closed(start_gateway: Any) -> None:
         connected.close()
 
 
+@WIRE
 def test_sockets_that_have_not_connected_hold_at_most_half_the_slots(start_gateway: Any) -> None:
     live = start_gateway(max_connections=4)
     waiting = [RawClient(live), RawClient(live)]
@@ -68,6 +72,7 @@ def test_sockets_that_have_not_connected_hold_at_most_half_the_slots(start_gatew
             client.close()
 
 
+@WIRE
 def test_a_client_that_stops_reading_is_closed_before_it_costs_more_than_its_budget(start_gateway: Any) -> None:
     budget = 256 * 1024
     live = start_gateway(max_buffered_bytes=budget, auth=TOKEN_AUTH)

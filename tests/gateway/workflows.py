@@ -340,9 +340,9 @@ WEBHOOKS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_humans(db_path: Path, **options: Any) -> Gateway:
+def build_humans(db: str, **options: Any) -> Gateway:
     options.setdefault("heartbeat_ms", 1000)
-    gateway = Gateway(db=str(db_path), **options)
+    gateway = Gateway(db=db, **options)
     for wf in HUMAN_WORKFLOWS:
         gateway.register(wf.key, wf, webhook=WEBHOOKS.get(wf.key))
     gateway.register("nightly", nightly, schedule=SCHEDULE)
