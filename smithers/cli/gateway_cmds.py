@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from smithers.cli.app import DbOption, JsonFlag, app, fail, guarded, open_store
+from smithers.cli.workers import run_workers
 from smithers.engine.crons import next_fire_ms, validate_pattern, validate_timezone
 from smithers.engine.loader import load_module, split_target, workflows_in
 from smithers.store.rows import now_ms, to_wire
@@ -59,9 +60,20 @@ def serve(
     console: Annotated[
         bool, typer.Option("--console", help="Serve the built-in operator console at /console (ui=True).")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", "-w", min=1, help="Gateway processes sharing the port and the database."),
+    ] = 1,
+    reuse_port: Annotated[bool, typer.Option("--reuse-port", hidden=True)] = False,
 ) -> None:
     """Serve workflows over HTTP and WebSocket (the Smithers gateway protocol v1)."""
     from smithers.gateway.server import Gateway
+
+    if workers > 1:
+        if port == 0:
+            fail("--workers needs a port to share (not --port 0)")
+        open_store(db).close()  # migrated once, before the workers start
+        raise typer.Exit(run_workers(workers, target, host, port, db, console))
 
     path, attr = split_target(target)
     if db:
@@ -85,7 +97,7 @@ def serve(
         stop = asyncio.Event()
         for sig in (signals.SIGINT, signals.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        server = asyncio.create_task(gateway.serve(host, port))
+        server = asyncio.create_task(gateway.serve(host, port, reuse_port=reuse_port))
         done, _ = await asyncio.wait([server, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         if server in done:
             server.result()

@@ -19,3 +19,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m smithers.cli.main (the workers of smithers serve --workers N)
+    main()

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from smithers.engine.states import WAITING_EVENT
+from smithers.engine.states import WAITING_EVENT, WAITING_TIMER
 from smithers.store.store import Row, Tx
 
 
@@ -82,3 +82,15 @@ def pending_waits(tx: Tx, run_id: str) -> list[PendingWait]:
             )
         )
     return out
+
+
+def timer_due_ms(tx: Tx, run_id: str) -> int | None:
+    """When the earliest timer a run waits on fires (its ``waiting-timer`` attempts' ``firesAtMs``);
+    None when it records none (a retry backoff, say: resume it to know)."""
+    due = [
+        fires
+        for attempt in tx.list_attempts(run_id)
+        if attempt["state"] == WAITING_TIMER
+        and isinstance(fires := (attempt_meta(attempt).get("timer") or {}).get("firesAtMs"), int | float)
+    ]
+    return int(min(due)) if due else None

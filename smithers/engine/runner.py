@@ -479,6 +479,10 @@ class RunLoop(RunStart, RunFrames, RunEndings):
                 self.hold_seen = hold  # acted on once: a pause withdrawn here is not taken up again
                 self.request_pause()
 
+    def poke(self) -> None:
+        """Take a step now: a decision or a signal for one of its waits was stored elsewhere."""
+        self._wake.set()
+
     def request_pause(self) -> None:
         """Stop executing at the next step and leave the run resumable (see ``_pause_run``)."""
         self.pause_event.set()

@@ -23,8 +23,6 @@ from smithers.gateway.protocol import as_number, as_object, as_string, optional_
 from smithers.gateway.scopes import has_scope, required_scope_for_method
 from smithers.gateway.shapes import approval_request, caller_auth, pending_approvals
 
-APPROVAL_DECIDED: Final = "approval.decided"
-
 
 def list_approvals(call: Call, params: dict[str, Any]) -> list[dict[str, Any]]:
     """``approvals.list``/``listApprovals``: filters ``runId``, ``workflow``, ``limit`` (top level or ``filter``)."""
@@ -130,14 +128,8 @@ async def submit_approval(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         # engine's message; there is simply no pending approval to decide (404).
         raise GatewayError(NOT_FOUND, exc.message, exc.details) from exc
     ctx.metrics.approval_decisions.labels("approved" if approved else "denied").inc()
-    # Ours: dashboards learn of the decision at once, not only from the resumed run
-    # (docs/protocol.md#departures-from-0180). A run executing here announced it already, from
-    # the decision's engine event.
-    if not ctx.is_executing(run_id):
-        ctx.broadcast(
-            APPROVAL_DECIDED,
-            {"runId": run_id, "nodeId": node_id, "iteration": iteration, "approved": approved, "decidedBy": decided_by},
-        )
+    # ``approval.decided`` goes out from the decision's engine event, to the clients of every
+    # gateway (docs/protocol.md#departures-from-0180), whether or not the run executes anywhere.
     await ctx.resume_if_needed(run_id, caller_auth(call.principal), call.connection)
     return {"runId": run_id, "nodeId": node_id, "iteration": iteration, "approved": approved}
 

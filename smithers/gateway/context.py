@@ -136,6 +136,14 @@ class GatewayContext(Protocol):
         """Whether this gateway is executing the run right now."""
         ...
 
+    def has_wake(self, run_id: str) -> bool:
+        """Whether this gateway will resume the run at a due time it knows."""
+        ...
+
+    def wake_at(self, run_id: str, wake_at_ms: int) -> bool:
+        """Resume the run at ``wake_at_ms`` unless a wake of it is already set here; False then."""
+        ...
+
     def executing_key(self, run_id: str) -> str | None:
         """The workflow key of a run this gateway is executing (no database read), else None."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any, Final
 
@@ -19,6 +20,14 @@ TRIGGER_MANUAL: Final = "manual"
 def cron_id_for(key: str) -> str:
     """The cron id and workflow path of a workflow's registered schedule: ``gateway:<key>``."""
     return PATH_PREFIX + key
+
+
+def fire_run_id(cron_id: str, fired_at_ms: int) -> str:
+    """The run id of a cron's fire: derived from the schedule and the fire's ``last_run_at_ms``, so
+    the fire starts one run whichever gateway starts it, and a fire whose gateway died between
+    claiming it and starting its run can be started by another (docs/protocol.md#cron)."""
+    digest = hashlib.sha256(f"{cron_id}\n{fired_at_ms}".encode()).hexdigest()[:24]
+    return f"cron-{digest}"
 
 
 def workflow_of(row: dict[str, Any]) -> str | None:
@@ -103,7 +112,10 @@ async def trigger_cron(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     with returning():  # checked against the workflow's input model, as launchRun does
         run_input = ctx.workflows[key].workflow.validate_input(run_input)
     started_at = now_ms()
-    started = await ctx.start_run(key, run_input, auth=caller_auth(call.principal), subscriber=call.connection)
+    run_id = fire_run_id(row["cron_id"], started_at) if row is not None else None
+    started = await ctx.start_run(
+        key, run_input, auth=caller_auth(call.principal), run_id=run_id, subscriber=call.connection
+    )
     ctx.metrics.cron_triggers.labels(TRIGGER_MANUAL).inc()
     if row is not None:  # only a trigger that started a run counts as the schedule's last run
         following = next_fire_ms(row["pattern"], started_at, row["timezone"])

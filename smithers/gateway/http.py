@@ -296,13 +296,17 @@ def protocol_class(headers_timeout_ms: int, request_timeout_ms: int) -> type[asy
     return GatewayHttpProtocol
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port`` (``port`` 0 picks a free one); raises OSError."""
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (``port`` 0 picks a free one); raises OSError.
+    ``reuse_port``: several processes bind the same port and the kernel spreads connections over
+    them (``SO_REUSEPORT``: ``smithers serve --workers N``)."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
         0
     ]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
     except OSError:

@@ -30,12 +30,10 @@ from smithers.gateway.protocol import (
     validate_run_input,
 )
 from smithers.gateway.shapes import (
-    RUN_COMPLETED,
     RunPage,
     caller_auth,
     health_payload,
     list_run_rows,
-    run_completed,
     run_record,
 )
 
@@ -172,8 +170,7 @@ def cancel_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         outcome = engine_cancel_run(call.ctx.store, run_id)
     except SmithersError as exc:  # it ended meanwhile
         raise GatewayError(RUN_NOT_ACTIVE, "Run is not currently active") from exc
-    if outcome["status"] == CANCELLED:
-        call.ctx.broadcast(RUN_COMPLETED, run_completed(run_id, CANCELLED))
+    # a run cancelled here and now announces it from its RunCancelled event (run.completed)
     return {"runId": run_id, "status": "cancelling" if outcome["status"] != CANCELLED else CANCELLED}
 
 

@@ -2,7 +2,11 @@
 
 A fire is claimed with a compare-and-swap on ``next_run_at_ms`` before its run starts, so two
 scheduler passes (or two gateways on one database) never start the same fire twice; and the next
-fire is computed from *now*, so a gateway that was down across several due times fires once.
+fire is computed from *now*, so a gateway that was down across several due times fires once. The
+fire's run id is derived from the schedule and the claim's time (:func:`fire_run_id`): a gateway
+that dies between claiming a fire and starting its run leaves it to the others, whose passes start
+a claimed fire that has no run after :data:`REPAIR_AFTER_MS` (the id makes a second start fail):
+each due time fires exactly once.
 The scheduler sleeps until the next due time (at most one poll interval, so schedules added by
 another process are seen), which lets a ``* * * * * *`` schedule fire every second.
 """
@@ -18,7 +22,7 @@ from smithers.engine.crons import next_fire_ms, validate_pattern, validate_timez
 from smithers.engine.runner import auth_context
 from smithers.errors import SmithersError
 from smithers.gateway.context import GatewayContext
-from smithers.gateway.cron import cron_id_for, workflow_of
+from smithers.gateway.cron import cron_id_for, fire_run_id, workflow_of
 from smithers.gateway.protocol import poll_interval_ms
 from smithers.store.rows import now_ms
 
@@ -28,6 +32,10 @@ CRON_TRIGGERED: Final = "cron.triggered"
 CRON_TRIGGERED_BY: Final = "cron:gateway"
 TRIGGER_SCHEDULED: Final = "scheduled"
 RETRY_AFTER_ERROR_MS: Final = 60_000
+REPAIR_AFTER_MS: Final = 10_000
+"""A claimed fire without its run this long after the claim is started by whoever sees it."""
+REPAIR_WITHIN_MS: Final = 600_000
+"""Claimed fires older than this are not looked at again."""
 MIN_SLEEP_S: Final = 0.01
 
 
@@ -105,6 +113,9 @@ class CronScheduler:
             key = workflow_of(row)
             if key is None or key not in self.ctx.workflows:
                 continue
+            repaired = await self._repair(row, key, now)
+            if repaired is not None:
+                started.append(repaired)
             due = row["next_run_at_ms"]
             if due is not None and due > now:
                 next_due = due if next_due is None else min(next_due, due)
@@ -115,6 +126,17 @@ class CronScheduler:
             if following is not None:
                 next_due = following if next_due is None else min(next_due, following)
         return started, next_due
+
+    async def _repair(self, row: dict[str, Any], key: str, now: int) -> str | None:
+        """Start the run of a fire claimed a while ago whose gateway never started it."""
+        fired = row["last_run_at_ms"]
+        if fired is None or row["error_json"] or not now - REPAIR_WITHIN_MS < fired < now - REPAIR_AFTER_MS:
+            return None
+        run_id = fire_run_id(row["cron_id"], fired)
+        if self.ctx.store.get_run(run_id) is not None:
+            return None
+        log.warning("cron %s: the fire of %d has no run; starting it", row["cron_id"], fired)
+        return await self._start(row["cron_id"], key, run_id, row["next_run_at_ms"], now)
 
     async def _fire(self, row: dict[str, Any], key: str, now: int) -> tuple[str | None, int | None]:
         ctx = self.ctx
@@ -128,16 +150,23 @@ class CronScheduler:
             if not tx.claim_cron_fire(cron_id, row["next_run_at_ms"], now, following):
                 return None, None  # another pass (or gateway) took this fire
             tx.set_cron_error(cron_id, None)
+        return await self._start(cron_id, key, fire_run_id(cron_id, now), following, now), following
+
+    async def _start(self, cron_id: str, key: str, run_id: str, following: int | None, now: int) -> str | None:
+        """Start a claimed fire's run (None when it could not start, or another gateway started it)."""
+        ctx = self.ctx
         try:
             auth = auth_context(CRON_TRIGGERED_BY, ["*"], "system")
-            run_id = str((await ctx.start_run(key, {}, auth=auth))["runId"])
+            await ctx.start_run(key, {}, auth=auth, run_id=run_id)
         except Exception as exc:
+            if ctx.store.get_run(run_id) is not None:
+                return None  # another gateway started this fire first (the id refused a second start)
             log.warning("cron %s could not start %s: %s", cron_id, key, exc)
             self._record_error(cron_id, following, now, exc.message if isinstance(exc, SmithersError) else str(exc))
-            return None, following
+            return None
         ctx.metrics.cron_triggers.labels(TRIGGER_SCHEDULED).inc()
         ctx.broadcast(CRON_TRIGGERED, {"cronId": cron_id, "workflow": key, "runId": run_id})
-        return run_id, following
+        return run_id
 
     def _record_error(self, cron_id: str, next_run: int | None, now: int, message: str) -> None:
         with self.ctx.store.write() as tx:

@@ -33,6 +33,7 @@ from smithers.gateway.protocol import DEFAULT_PORT
 from smithers.gateway.scheduler import CronScheduler, register_schedules
 from smithers.gateway.supervisor import RunSupervisor
 from smithers.gateway.sweeper import WaitSweeper
+from smithers.gateway.takeover import Takeover
 from smithers.gateway.tokens import stored_token_lookup
 from smithers.gateway.windows import RunWindows
 from smithers.store.store import Store
@@ -71,6 +72,7 @@ class Gateway:
             self.dispatcher.add(module.HANDLERS)
         self.cron = CronScheduler(self)
         self.sweeper = WaitSweeper(self)
+        self.takeover = Takeover(self)
         self.host: str | None = None
         self.port: int | None = None
         self._created = time.monotonic()
@@ -166,6 +168,12 @@ class Gateway:
     ) -> dict[str, Any]:
         return await self.supervisor.start_run(key, input, auth=auth, run_id=run_id, subscriber=subscriber)
 
+    def has_wake(self, run_id: str) -> bool:
+        return self.supervisor.has_wake(run_id)
+
+    def wake_at(self, run_id: str, wake_at_ms: int) -> bool:
+        return self.supervisor.wake_at(run_id, wake_at_ms)
+
     async def resume_if_needed(
         self, run_id: str, auth: dict[str, Any] | None, subscriber: ClientConnection | None = None
     ) -> bool:
@@ -217,7 +225,7 @@ class Gateway:
             loop = asyncio.get_running_loop()
             self._rewind_check = loop.call_later(HOLD_STALE_MS / 1000, self._recover_rewinds)
 
-    async def listen(self, host: str | None = None, port: int = DEFAULT_PORT) -> None:
+    async def listen(self, host: str | None = None, port: int = DEFAULT_PORT, *, reuse_port: bool = False) -> None:
         """Start HTTP + WebSocket on ``host:port`` (all interfaces by default) and return once bound."""
         if self._server is not None:
             return
@@ -226,8 +234,9 @@ class Gateway:
         register_schedules(self)  # an invalid schedule makes listen() fail
         self.cron.start()
         self.sweeper.start()
+        self.takeover.start()
         bind_host = host or "0.0.0.0"
-        sock = bind_socket(bind_host, port)
+        sock = bind_socket(bind_host, port, reuse_port)
         self.host, self.port = bind_host, sock.getsockname()[1]
         self._server = UvicornServer(self)
         self._serve_task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
@@ -244,9 +253,9 @@ class Gateway:
         host = "127.0.0.1" if self.host in (None, "0.0.0.0") else ("[::1]" if self.host == "::" else self.host)
         return f"http://{host}:{self.port}"
 
-    async def serve(self, host: str | None = None, port: int = DEFAULT_PORT) -> None:
+    async def serve(self, host: str | None = None, port: int = DEFAULT_PORT, *, reuse_port: bool = False) -> None:
         """Listen and serve until stopped (a signal or :meth:`close`); prints the URL."""
-        await self.listen(host, port)
+        await self.listen(host, port, reuse_port=reuse_port)
         print(
             f"smithers gateway listening on {self.url} (WebSocket {self.url.replace('http', 'ws', 1)}/)",
             file=sys.stderr,
@@ -269,6 +278,7 @@ class Gateway:
             self._rewind_check.cancel()
         await self.cron.stop()
         await self.sweeper.stop()
+        await self.takeover.stop()
         await self.devtools.close()
         await self.supervisor.stop(abort_runs)
         closing = []

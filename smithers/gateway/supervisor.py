@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -28,11 +29,13 @@ from smithers.errors import (
     GraphError,
     RunActiveError,
     RunExistsError,
+    RunOwnershipError,
     ServerError,
     SmithersError,
 )
 from smithers.gateway.broadcast import map_event
 from smithers.gateway.context import ClientConnection
+from smithers.gateway.eventfeed import EventFeed
 from smithers.gateway.launches import LaunchBatcher
 from smithers.gateway.metrics import GatewayMetrics
 from smithers.gateway.options import GatewayOptions, Registration
@@ -43,9 +46,14 @@ from smithers.store.store import Store
 
 log = logging.getLogger(__name__)
 
+WAKING_EVENTS: Final = frozenset({ev.APPROVAL_GRANTED, ev.APPROVAL_DENIED, ev.SIGNAL_RECEIVED})
+"""Engine events after which a waiting run may go on (the sweeper looks for the same ones)."""
+
 RESUME_ATTEMPTS: Final = 20
 RESUME_RETRY_S: Final = 0.025
 RUN_SETTLE_TIMEOUT_S: Final = 10.0
+COMPLETED_KEPT: Final = 10_000
+"""Runs remembered as having had their ``run.completed`` (a late duplicate is dropped)."""
 
 Broadcast = Callable[[str, dict[str, Any]], int]
 
@@ -84,8 +92,11 @@ class RunSupervisor:
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._unsubscribe: Callable[[], None] | None = None
         self._stopped = False
+        self.feed = EventFeed(store, self._on_engine_event)
+        """Every run's engine events, this process's and others' (docs/protocol.md#several-gateways-on-one-database)."""
+        self._completed: OrderedDict[str, None] = OrderedDict()
+        """Runs whose ``run.completed`` went out lately (one per run, whoever ended it)."""
 
     # -- lookups -------------------------------------------------------------------------------
     def resolve_run(self, run_id: str) -> str | None:
@@ -109,7 +120,7 @@ class RunSupervisor:
             return
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._unsubscribe = self.store.bus.subscribe(self._on_engine_event)
+        self.feed.start()
 
     def recover(self) -> None:
         """Resume runs of registered workflows left running by a gone owner, or waiting for a timer."""
@@ -141,9 +152,7 @@ class RunSupervisor:
                 entry.task.cancel()  # the row stays running; the next start resumes it
         if tasks:
             await asyncio.wait(tasks, timeout=RUN_SETTLE_TIMEOUT_S)
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        await self.feed.stop()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background, keeping a reference until it is done."""
@@ -264,6 +273,8 @@ class RunSupervisor:
     async def _execute(self, run_id: str, entry: ActiveRun, loop: RunLoop) -> None:
         try:
             result = await loop.execute()
+        except RunOwnershipError as exc:  # taken over by another gateway: it goes on there, not ended
+            log.warning("run %s stopped here: %s", run_id, exc.message)
         except Exception as exc:
             log.warning("run %s ended with an error: %s", run_id, exc, exc_info=not isinstance(exc, SmithersError))
             self._settled(run_id, entry, FAILED, serialize_error(exc))
@@ -279,31 +290,45 @@ class RunSupervisor:
         self.metrics.runs_completed.labels(entry.key, status).inc()
         if status == FAILED:
             self.metrics.error("run", workflow=entry.key)
-        if entry.completed:  # the engine's terminal event already went out: one run.completed per run
-            return
-        entry.completed = True
-        self.broadcast(RUN_COMPLETED, run_completed(run_id, status, error))
+        if self._first_completion(run_id):  # unless the engine's terminal event went out already
+            self.broadcast(RUN_COMPLETED, run_completed(run_id, status, error))
 
     def _on_engine_event(self, event: StoredEvent) -> None:
-        """Store bus subscriber: map events of runs executed here to broadcasts."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        if threading.get_ident() != self._loop_thread:
-            loop.call_soon_threadsafe(self._on_engine_event, event)
-            return
-        entry = self.active.get(event.run_id)
-        if entry is None and event.type != ev.TIME_TRAVEL_JUMPED:
-            return
+        """Feed subscriber (on the loop): map the events of every run, executed here or anywhere
+        else, to broadcasts (ours: 0.18.0 maps only those of runs it executes, P67)."""
+        if event.type in WAKING_EVENTS:
+            self._wake_for(event.run_id)
         mapped = map_event(event)
         if mapped is None:
             return
         name, payload = mapped
-        if name == RUN_COMPLETED and entry is not None:
-            if entry.completed:
-                return
-            entry.completed = True
+        if name == RUN_COMPLETED and not self._first_completion(event.run_id):
+            return
         self.broadcast(name, payload)
+
+    def _wake_for(self, run_id: str) -> None:
+        """A decision or a signal was stored (here, by another gateway, from a terminal): a run
+        executing here takes a step now; a waiting one is resumed (by whichever gateway claims it)."""
+        entry = self.active.get(run_id)
+        if entry is not None:
+            if entry.loop is not None:
+                entry.loop.poke()
+        elif not self._stopped:
+            self.spawn(self.resume_if_needed(run_id, None))
+
+    def _first_completion(self, run_id: str) -> bool:
+        """Whether ``run.completed`` of this run has not gone out yet (and now counts as sent)."""
+        entry = self.active.get(run_id)
+        if entry is not None:
+            if entry.completed:
+                return False
+            entry.completed = True
+        if run_id in self._completed:
+            return False
+        self._completed[run_id] = None
+        while len(self._completed) > COMPLETED_KEPT:
+            self._completed.popitem(last=False)
+        return True
 
     def abort_run(self, run_id: str) -> bool:
         """Trigger the abort signal of a run executing here; False when it is not active."""
@@ -343,6 +368,16 @@ class RunSupervisor:
             key = self._registry.get(run_id) or stored_workflow_key(row)
             return self._resume(key, run_id, auth, subscriber)
         return False
+
+    def has_wake(self, run_id: str) -> bool:
+        return run_id in self._wakes
+
+    def wake_at(self, run_id: str, wake_at_ms: int) -> bool:
+        """Resume a run another process suspended at its due time, unless a wake is set here already."""
+        if run_id in self._wakes or run_id in self.active or self._stopped:
+            return False
+        self._schedule_wake(run_id, wake_at_ms)
+        return True
 
     def _schedule_wake(self, run_id: str, wake_at_ms: int) -> None:
         loop = asyncio.get_running_loop()

@@ -1,4 +1,5 @@
-"""Continue waiting runs whose decision or signal was recorded outside this gateway.
+"""Continue waiting runs whose decision or signal was recorded outside this gateway, and watch
+the timers of runs other processes suspended.
 
 ``smithers approve`` / ``deny`` / ``signal`` (or another process) write to the same database; the
 run then waits for someone to resume it. Every poll, a waiting run of a registered workflow whose
@@ -13,11 +14,12 @@ import logging
 from typing import Final
 
 from smithers.engine import events as ev
-from smithers.engine.pending import pending_waits
-from smithers.engine.states import WAITING_APPROVAL, WAITING_EVENT
+from smithers.engine.pending import pending_waits, timer_due_ms
+from smithers.engine.states import WAITING_APPROVAL, WAITING_EVENT, WAITING_TIMER
 from smithers.gateway.context import GatewayContext
 from smithers.gateway.protocol import poll_interval_ms
 from smithers.gateway.shapes import stored_workflow_key
+from smithers.store.rows import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,19 @@ def runs_to_wake(ctx: GatewayContext) -> list[str]:
             suspended = tx.last_seq_of_type(run_id, ev.RUN_STATUS_CHANGED)
             if any(tx.last_seq_of_type(run_id, kind) > suspended for kind in WAKING_EVENTS):
                 found.append(run_id)
+    return found
+
+
+def timers_to_watch(ctx: GatewayContext) -> list[tuple[str, int | None]]:
+    """Runs of registered workflows waiting for a timer that no wake of this gateway covers (another
+    process suspended them, and may be gone), with when they are due (None: unknown, resume to see).
+    Every gateway sets its own wake; the claim at the due time lets one of them go on."""
+    found = []
+    with ctx.store.read() as tx:
+        for row in tx.list_runs_in([WAITING_TIMER], oldest_first=True):
+            run_id = row["run_id"]
+            if stored_workflow_key(row) in ctx.workflows and not ctx.is_executing(run_id) and not ctx.has_wake(run_id):
+                found.append((run_id, timer_due_ms(tx, run_id)))
     return found
 
 
@@ -75,6 +90,11 @@ class WaitSweeper:
         for run_id in runs_to_wake(self.ctx):
             if await self.ctx.resume_if_needed(run_id, None):
                 resumed += 1
+        for run_id, due in timers_to_watch(self.ctx):
+            if due is None or due <= now_ms():
+                resumed += int(await self.ctx.resume_if_needed(run_id, None))
+            else:
+                self.ctx.wake_at(run_id, due)
         return resumed
 
     async def _loop(self) -> None:

@@ -93,7 +93,7 @@ def dialect_for(url: str) -> Dialect:
     raise DatabaseError(f"unsupported database URL: {url}")
 
 
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 """The newest migration in ``migrations/versions`` (a test keeps the two equal). Opening a database
 that is already at this revision runs one query and never imports Alembic."""
 

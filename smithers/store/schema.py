@@ -231,6 +231,17 @@ node_diffs = Table(
     sqlite_with_rowid=False,
 )
 
+run_activity = Table(
+    "_smithers_run_activity",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("last_event_seq", BigInteger, nullable=False),
+    Column("last_event_at_ms", BigInteger, nullable=False),
+    Index("_smithers_run_activity_at_idx", "last_event_at_ms"),
+    sqlite_with_rowid=False,
+)
+"""Each run's latest event, written with it: how other processes learn a run has new events."""
+
 tool_calls = Table(
     "_smithers_tool_calls",
     metadata,

@@ -277,6 +277,21 @@ class Tx:
         params["lim"] = limit if limit is not None else 2**62
         return self.rows(("runs_in", count, oldest_first), build, params)
 
+    def list_silent_runs(self, status: str, heartbeat_before_ms: int) -> list[Row]:
+        """Runs in ``status`` whose owner has not renewed its lease since ``heartbeat_before_ms``
+        (or has none): the candidates for a takeover, checked every second by every gateway."""
+        c = t.runs.c
+
+        def build() -> ClauseElement:
+            silent = (c.heartbeat_at_ms < bindparam("before")) | c.heartbeat_at_ms.is_(None)
+            return (
+                select(c.run_id, c.runtime_owner_id, c.heartbeat_at_ms)
+                .where(c.status == bindparam("st"), silent)
+                .order_by(c.created_at_ms, c.run_id)
+            )
+
+        return self.rows("silent_runs", build, {"st": status, "before": heartbeat_before_ms})
+
     # ---- input ------------------------------------------------------------------------------
     def insert_input(self, run_id: str, payload: Any) -> None:
         self.insert(t.run_input, {"run_id": run_id, "payload_json": dumps(payload)})
@@ -660,6 +675,27 @@ class Tx:
         self._next_seq[run_id] = seq + len(events)
         self.events.extend(stored)
 
+    def record_activity(self) -> None:
+        """Each run's latest event of this transaction, in ``_smithers_run_activity`` (before commit);
+        on PostgreSQL, with ``Store.notify_events``, a wake-up for the processes that follow them."""
+        latest: dict[str, int] = {}
+        for event in self.events:
+            latest[event.run_id] = event.seq
+        now = now_ms()
+        for run_id, seq in latest.items():
+            self.upsert(t.run_activity, {"run_id": run_id, "last_event_seq": seq, "last_event_at_ms": now})
+        if self.store.notify_events and self.store.is_postgres:
+            self.cur.execute("SELECT pg_notify(%s, '')", (EVENTS_CHANNEL,))
+
+    def list_active_runs(self, since_ms: int) -> list[Row]:
+        """``(run_id, last_event_seq, last_event_at_ms)`` of runs with an event at or after ``since_ms``."""
+        c = t.run_activity.c
+
+        def build() -> ClauseElement:
+            return select(t.run_activity).where(c.last_event_at_ms >= bindparam("since"))
+
+        return self.rows("active_runs", build, {"since": since_ms})
+
     def list_events(self, run_id: str, after_seq: int = -1, limit: int | None = 1000) -> list[StoredEvent]:
         c = t.events.c
 
@@ -807,6 +843,10 @@ class Tx:
         self.update(t.tokens, {"token_id": token_id}, {"revoked_at_ms": revoked_at_ms})
 
 
+EVENTS_CHANNEL: Final = "smithers_events"
+"""The PostgreSQL notification channel that says "some run has new events" (no payload is relied on)."""
+
+
 class Store:
     """A database of runs, opened from a path or URL, migrated to the newest schema on open."""
 
@@ -815,6 +855,8 @@ class Store:
         self.dialect = dialect_for(self.url)
         self._sqlite = self.dialect.name == "sqlite"
         self.bus = EventBus()
+        self.notify_events = False
+        """Wake the processes that follow other processes' events at each commit (PostgreSQL)."""
         self._local = threading.local()
         self._raws: list[Any] = []
         self._raws_lock = threading.Lock()
@@ -835,6 +877,26 @@ class Store:
     @property
     def is_postgres(self) -> bool:
         return self.dialect.name == "postgresql"
+
+    def wait_for_notifications(self, stop: threading.Event, wake: Callable[[], None], timeout_s: float = 1.0) -> None:
+        """Call ``wake`` whenever another connection commits events (PostgreSQL ``LISTEN``), until
+        ``stop`` is set. Blocking: run it in a thread of its own. Returns at once on SQLite."""
+        if not self.is_postgres:
+            return
+        import psycopg
+
+        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    wake()  # what was committed while not listening
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=timeout_s, stop_after=1):
+                            wake()
+            except Exception:
+                if not stop.is_set():
+                    stop.wait(timeout_s)  # the database went away: listen again once it is back
 
     def _raw(self) -> Any:
         raw = getattr(self._local, "raw", None)
@@ -880,6 +942,12 @@ class Store:
         """Commit (a write that went well) or end the transaction, then publish its events."""
         self._local.tx = None
         commit = ok and tx.write
+        if commit and tx.events:
+            try:
+                tx.record_activity()
+            except BaseException:
+                self._rollback_quietly(tx)
+                raise
         try:
             if self._sqlite:
                 tx.cur.execute("COMMIT" if commit else "ROLLBACK")
@@ -892,6 +960,13 @@ class Store:
                 raise
         if ok and tx.events:
             self.bus.publish(tx.events)
+
+    def _rollback_quietly(self, tx: Tx) -> None:
+        with suppress(Exception):
+            if self._sqlite:
+                tx.cur.execute("ROLLBACK")
+            else:
+                tx.raw.rollback()
 
     def read(self) -> AbstractContextManager[Tx]:
         """A read transaction (a consistent view)."""
