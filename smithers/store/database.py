@@ -81,7 +81,34 @@ class PostgresDialect(Dialect):
     insert = staticmethod(pg_insert)
 
     def create_engine(self, url: str) -> Engine:
-        return create_engine(url, pool_size=10, max_overflow=40)
+        size = pool_limit()
+        return create_engine(
+            url,
+            pool_size=min(POOL_KEPT, size),
+            max_overflow=max(0, size - POOL_KEPT),
+            pool_timeout=30,
+            connect_args={"application_name": APPLICATION_NAME},
+        )
+
+
+POOL_ENV = "SMITHERS_PG_POOL"
+DEFAULT_POOL = 10
+POOL_KEPT = 5
+APPLICATION_NAME = "smithers"
+"""How the connections of a smithers process show in ``pg_stat_activity``."""
+
+
+def pool_limit() -> int:
+    """Connections one process opens to PostgreSQL at most: ``$SMITHERS_PG_POOL``, else 10 (each
+    thread that uses the database holds one: the event loop's and a few workers'). A gateway adds
+    one for ``LISTEN``. N gateways restarting together stay under ``max_connections`` when
+    N × (this + 1) does (docs/protocol.md#several-gateways-on-one-database)."""
+    raw = os.environ.get(POOL_ENV, "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_POOL
+    except ValueError:
+        return DEFAULT_POOL
+    return value if value > 0 else DEFAULT_POOL
 
 
 def dialect_for(url: str) -> Dialect:

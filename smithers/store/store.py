@@ -888,7 +888,7 @@ class Store:
         dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not stop.is_set():
             try:
-                with psycopg.connect(dsn, autocommit=True) as conn:
+                with psycopg.connect(dsn, autocommit=True, application_name="smithers-listen") as conn:
                     conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     wake()  # what was committed while not listening
                     while not stop.is_set():

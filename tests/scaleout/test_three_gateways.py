@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from smithers.gateway.broadcast import map_event
+from smithers.store.database import DEFAULT_POOL
 from smithers.store.store import Store
 from tests.databases import create_pg_database, recycle_pg_database
 from tests.gateway.support import WsClient
@@ -68,6 +70,16 @@ def statuses(store: Store, run_ids: dict[str, str]) -> Counter[tuple[str, str]]:
     return Counter((kind, rows.get(run_id, "missing")) for run_id, kind in run_ids.items())
 
 
+def smithers_connections(store: Store) -> int:
+    """Connections the gateways hold to the test's database (``application_name`` smithers…)."""
+    with store.engine.connect() as conn:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'smithers%' AND pid <> pg_backend_pid()"
+        )
+        return int(conn.execute(query).scalar() or 0)
+
+
 def collect(watcher: WsClient, until: float) -> list[dict[str, Any]]:
     frames = []
     while time.monotonic() < until:
@@ -94,6 +106,8 @@ def test_three_gateways_one_killed_300_runs(pg_db_url: str, tmp_path: Path) -> N
         for index, kind in enumerate(MIX):
             run_ids[gateways[index % 3].rpc("launchRun", {"workflow": kind})["runId"]] = kind
         frames += collect(watcher, time.monotonic() + 0.5)
+        connections = smithers_connections(store)
+        assert connections <= 3 * (DEFAULT_POOL + 1)  # bounded pools: N gateways fit max_connections
         a.kill()  # mid-flight: long tasks running, timers pending, approvals waiting
 
         gated = {r for r, kind in run_ids.items() if kind == "gated"}
@@ -141,7 +155,9 @@ def test_three_gateways_one_killed_300_runs(pg_db_url: str, tmp_path: Path) -> N
             for run_id in run_ids:
                 expected = [m for e in tx.list_events(run_id, limit=None) if (m := map_event(e)) is not None]
                 assert seen[run_id] == [(name, payload) for name, payload in expected], run_id
-        print(f"3 gateways, {len(run_ids)} runs, gateway a killed: all finished; {len(frames)} events seen on c")
+        print(
+            f"3 gateways, {len(run_ids)} runs, a killed: all finished; {len(frames)} events on c; {connections} conns"
+        )
     finally:
         watcher.close()
         for gateway in gateways:
