@@ -62,7 +62,7 @@ class Console:
         return None if row is None else str(row["status"])
 
     def stop(self) -> None:
-        """Stop the gateway now (a restart: start another on ``self.live.db_path``)."""
+        """Stop the gateway now (a restart: start another on ``self.live.db_url``)."""
         self.stopped = True
         self.live.stop()
 
@@ -118,17 +118,18 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def gateways(tmp_path: Path, template_db: Path) -> Iterator[Callable[..., Console]]:
     """``gateways(**options)``: a console gateway (token auth unless ``auth=None``) on a fresh
-    database, or on ``db_path`` (a restart), stopped at the end."""
+    database, or on the database ``db`` (a restart), stopped at the end."""
     started: list[Console] = []
 
-    def start(db_path: Path | None = None, **options: Any) -> Console:
+    def start(db: str | None = None, **options: Any) -> Console:
         options.setdefault("auth", AUTH)
         if options["auth"] is None:
             del options["auth"]
-        if db_path is None:
-            db_path = tmp_path / f"console-{len(started)}.db"
-            shutil.copyfile(template_db, db_path)
-        console = Console(Live(build(db_path, **options), db_path))
+        if db is None:
+            path = tmp_path / f"console-{len(started)}.db"
+            shutil.copyfile(template_db, path)
+            db = str(path)
+        console = Console(Live(build(db, **options)))
         started.append(console)
         return console
 

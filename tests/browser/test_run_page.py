@@ -79,7 +79,7 @@ def test_a_run_from_before_a_restart_shows_its_whole_log(page: Page, gateways: C
     expected = stored_seqs(first, run_id)
     assert len(expected) >= 1200, len(expected)
     first.stop()
-    console = gateways(db_path=first.live.db_path)  # a new gateway on the same database
+    console = gateways(db=first.live.db_url)  # a new gateway on the same database
     sign_in(page, console, f"/runs/{run_id}")
     expect(page.get_by_test_id("run-status")).to_have_text("finished")
     log = page.get_by_test_id("event-list")

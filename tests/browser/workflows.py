@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -51,10 +50,10 @@ def nap(ctx: Any) -> Any:
 WORKFLOWS = [grow, nap, hello, chatty, failing, gate, slow, ship, pick, rank, waiter]
 
 
-def build(db_path: Path, **options: Any) -> Gateway:
+def build(db: str, **options: Any) -> Gateway:
     """A gateway serving the console (``ui=True``) with the browser tests' workflows and a schedule."""
     options.setdefault("heartbeat_ms", 1000)
-    gateway = Gateway(db=str(db_path), ui=True, **options)
+    gateway = Gateway(db=db, ui=True, **options)
     for wf in WORKFLOWS:
         gateway.register(wf.key, wf)
     gateway.register("nightly", nightly, schedule=SCHEDULE)
