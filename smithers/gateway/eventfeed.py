@@ -34,8 +34,11 @@ POLL_MS: Final = 100
 LISTEN_POLL_MS: Final = 1000
 """The same on PostgreSQL, where notifications wake the feed at once."""
 LOOKBACK_MS: Final = 10_000
-"""How far back each read looks at the runs' latest events: a transaction that commits later than
-this after its events were stamped (or a writer whose clock is this far behind) would be missed."""
+"""How far back a full read looks at the runs' latest events: a transaction that commits later than
+this after it was stamped (or a writer whose clock is this far behind) would be missed."""
+SHORT_LOOKBACK_MS: Final = 1_000
+"""How far back the reads between two full ones look (fewer rows on a busy database)."""
+FULL_READ_EVERY_MS: Final = 2_000
 MAX_RUNS_TRACKED: Final = 100_000
 """Runs whose position is kept (least recently active dropped first)."""
 BACKFILL_PAGE: Final = 500
@@ -60,6 +63,7 @@ class EventFeed:
         self._stop_listening = threading.Event()
         self._listener: threading.Thread | None = None
         self._read_since = 0
+        self._last_full = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,8 +136,11 @@ class EventFeed:
     def catch_up(self) -> int:
         """Deliver what other processes committed since the last read; returns how many events."""
         started = now_ms()
+        full = started - self._last_full >= FULL_READ_EVERY_MS
+        if full:
+            self._last_full = started
         with self.store.read() as tx:
-            active = tx.list_active_runs(self._read_since - LOOKBACK_MS)
+            active = tx.list_active_runs(self._read_since - (LOOKBACK_MS if full else SHORT_LOOKBACK_MS))
         delivered = 0
         for row in active:
             run_id, last = row["run_id"], int(row["last_event_seq"])
