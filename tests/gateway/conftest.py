@@ -3,23 +3,33 @@
 Every test that touches the store runs twice, ``[sqlite]`` and ``[postgres]``: a test is run on
 both as soon as it uses :func:`databases` (directly, or through ``start_gateway``, ``start_humans``,
 ``live``, ``token_live`` or a file's own gateway fixture), whose ``new()`` returns the URL of a
-fresh, migrated database -- a copy of a migrated SQLite file, or a PostgreSQL database created from
-the worker's migrated template (``pg_template`` in ``tests/conftest.py``). Tests reopen a gateway's
-database through ``live.db_url`` (a second gateway, ``Store(url)``, ``smithers ... --db url``).
+fresh, migrated database -- a copy of a migrated SQLite file, or a copy of the worker's migrated
+PostgreSQL template (``pg_template`` in ``tests/conftest.py``; copies are emptied after each test and
+handed out again, see ``tests/databases.py``). Tests reopen a gateway's database through
+``live.db_url`` (a second gateway, ``Store(url)``, ``smithers ... --db url``). A module-scoped
+fixture that needs databases asks for ``db_kind`` (it is parametrised per module, as in
+``test_fuzz.py``).
 
 ``start_gateway(db=None, **options)`` serves the example workflows of :mod:`tests.gateway.workflows`;
 ``start_humans(db=None, **options)`` the human-in-the-loop set (heartbeat 1 s, so the cron scheduler
 and the wait sweeper poll every second). Both return a :class:`~tests.gateway.support.Live` handle
 on a new database (or on ``db``); every server is closed at the end of the test.
 
-What runs on SQLite only, marked ``@pytest.mark.sqlite_only(reason=...)`` (module or test):
+What runs on SQLite only, marked ``@pytest.mark.sqlite_only(reason=...)`` (module or test), to keep
+``.ci/run`` (two cores) well under 15 minutes: the tests whose answers never depend on what the
+store does, so that a second run would cost CI time and test nothing new --
 
-* tests of the wire alone -- WebSocket handshake, frames and limits, HTTP framing and abuse of the
-  transports -- whose answers never depend on what the store does; running them twice would
-  cost CI time and test nothing new;
-* tests about SQLite itself (a file on disk, its write lock).
+* the wire: WebSocket handshake, framing and connection limits (``test_ws_frames.py``, most of
+  ``test_ws_handshake.py`` and ``test_ws_limits.py``), HTTP routes, headers and framing
+  (``test_http_routes.py``, slow headers and pipelining in ``test_abuse_http.py``), connection
+  limits in ``test_abuse_ws.py``, and the envelope, body and frame fuzzing of ``test_fuzz.py``;
+* bounds on what the transports buffer for a client that stops reading (``test_memory_bounds.py``,
+  the devtools stream's 1,000-event cut-off);
+* serving UI files (``test_ui_mounts.py``).
 
-``test_protocol.py`` and ``test_scopes.py`` start no gateway and open no database at all.
+A test that launches runs, reads or writes rows, or checks the store is unchanged runs on both.
+``test_protocol.py`` and ``test_scopes.py`` start no gateway and open no database at all; the
+option and registration checks of ``test_runs_rpc.py`` build a gateway on a SQLite file they never use.
 """
 
 from __future__ import annotations
