@@ -4,12 +4,13 @@
 
 Every gateway is a real ``smithers serve`` process on 127.0.0.1 serving one workflow of one task.
 
-* **runs/s**: ``--runs`` runs launched over HTTP (a new connection for each: the kernel spreads them
+* **runs/s**: ``--runs`` runs launched over HTTP (a new connection each: the kernel spreads them
   over ``--workers`` processes; round-robin over the ports of separate gateways), 32 launches in
   flight, until every run is stored finished; for 1, 2 and 3 gateways on PostgreSQL and
   ``--workers 1`` and ``2`` on SQLite.
-* **latency**: gateways A and B on PostgreSQL; runs launched on A, whose task returns the wall
-  clock when it ends; a WebSocket client of B times each ``node.finished`` of those runs (p50/p99).
+* **latency**: gateways A and B on PostgreSQL; runs launched on A one at a time (20 a second), whose
+  task returns the wall clock when it ends; a WebSocket client of B times each ``node.finished`` of
+  those runs (p50/p99).
 * **takeover**: gateways A and B; a run with a long task starts on A; A is SIGKILLed; the time until
   B owns the run.
 """
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -109,13 +111,16 @@ async def launch_all(ports: list[int], count: int, workflow: str = "one") -> lis
     gate = asyncio.Semaphore(32)
     ids: list[str] = []
 
-    async def one(index: int) -> None:
-        async with gate, httpx.AsyncClient(timeout=60) as client:
-            url = f"http://127.0.0.1:{ports[index % len(ports)]}/rpc"
-            response = await client.post(url, json={"method": "launchRun", "params": {"workflow": workflow}})
-            ids.append(response.json()["payload"]["runId"])
+    # no connection kept alive: each launch opens its own, so the kernel spreads them over workers
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as client:
 
-    await asyncio.gather(*(one(i) for i in range(count)))
+        async def one(index: int) -> None:
+            async with gate:
+                url = f"http://127.0.0.1:{ports[index % len(ports)]}/rpc"
+                response = await client.post(url, json={"method": "launchRun", "params": {"workflow": workflow}})
+                ids.append(response.json()["payload"]["runId"])
+
+        await asyncio.gather(*(one(i) for i in range(count)))
     return ids
 
 
@@ -147,31 +152,48 @@ def runs_per_second(db: str, workdir: Path, gateways: int, workers: int, runs: i
 def latency(db: str, workdir: Path, runs: int) -> tuple[float, float, int]:
     served = Gateways(db, workdir, 2)
     a, b = served.ports
-    client = connect(f"ws://127.0.0.1:{b}/", open_timeout=10, max_size=None)
+    client = connect(f"ws://127.0.0.1:{b}/", open_timeout=10, max_size=None, legacy=True)
+    got: dict[str, float] = {}
+    done = threading.Event()
+
+    def read() -> None:  # on its own thread: arrivals are timed while the launches go on
+        while not done.is_set():
+            try:
+                frame = json.loads(client.recv(timeout=0.5))
+            except TimeoutError:
+                continue
+            if frame.get("type") == "event" and frame["event"] == "node.finished":
+                got.setdefault(frame["payload"]["runId"], time.time())
+
     try:
         client.recv(timeout=10)  # connect.challenge
         hello = {"minProtocol": 1, "maxProtocol": 1, "client": {"id": "bench", "version": "1", "platform": "py"}}
         client.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": hello}))
-        ids = set(asyncio.run(launch_all([a], runs)))
-        store = Store(db)
-        got: dict[str, float] = {}
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        ids = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{a}", timeout=30) as http:
+            for _ in range(runs):  # one at a time, 20 a second: the delay of the path, not of a queue
+                reply = http.post("/rpc", json={"method": "launchRun", "params": {"workflow": "one"}})
+                ids.append(reply.json()["payload"]["runId"])
+                time.sleep(0.05)
         deadline = time.monotonic() + 120
-        while len(got) < len(ids) and time.monotonic() < deadline:
-            frame = json.loads(client.recv(timeout=30))
-            if frame.get("type") == "event" and frame["event"] == "node.finished":
-                run_id = frame["payload"]["runId"]
-                if run_id in ids:
-                    got[run_id] = time.time()
+        while not set(ids) <= got.keys() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        done.set()
+        reader.join(5)
+        store = Store(db)
         delays = []
         with store.read() as tx:
-            for run_id, seen_at in got.items():
+            for run_id in ids:
                 out = tx.get_output(run_id, "t", 0)
-                if out is not None:
-                    delays.append((seen_at - json.loads(out["payload_json"])["t"]) * 1000)
+                if out is not None and run_id in got:
+                    delays.append((got[run_id] - json.loads(out["payload_json"])["t"]) * 1000)
         store.close()
         delays.sort()
-        return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], len(delays)
+        return statistics.median(delays), delays[max(0, int(len(delays) * 0.99) - 1)], len(delays)
     finally:
+        done.set()
         client.close()
         served.stop()
 
