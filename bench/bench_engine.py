@@ -62,7 +62,7 @@ class DbClock:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        execute, end = store_module.Tx.execute, store_module.Store._end
+        execute, end = store_module.Tx.execute, store_module.Store._finish
 
         def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
             def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -75,12 +75,12 @@ class DbClock:
             return wrapper
 
         store_module.Tx.execute = timed(execute)  # type: ignore[method-assign]
-        store_module.Store._end = timed(end)  # type: ignore[method-assign]
+        store_module.Store._finish = timed(end)  # type: ignore[method-assign]
         try:
             yield
         finally:
             store_module.Tx.execute = execute  # type: ignore[method-assign]
-            store_module.Store._end = end  # type: ignore[method-assign]
+            store_module.Store._finish = end  # type: ignore[method-assign]
 
 
 def step_overhead(url: str, n: int, repeat: int, kind: str = "static") -> tuple[float, float, float]:
