@@ -1,4 +1,4 @@
-"""Agent tasks launched over the gateway (a real server on loopback, SQLite): streamed output reaches
+"""Agent tasks launched over the gateway (a real server on loopback, SQLite and PostgreSQL): streamed output reaches
 a WebSocket client as ``task.output`` events, in order, before ``run.completed``; ``getRun`` sums
 tokens against the budget; ``getNodeOutput`` answers the transcript; the gateway's
 ``defaults.cliAgentTools`` reaches the runs' CLI agents."""
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from smithers import Sequence, SmithersError, Store, Task, workflow
+from smithers import Sequence, SmithersError, Task, workflow
 from smithers.agents import AgentCall, AgentReply, AgentUsage, ClaudeCode
 from smithers.gateway.server import Gateway
 from tests.gateway.support import Live
@@ -46,10 +46,8 @@ def agent_stream(ctx: Any) -> Any:
     return Task("talk", output=Done, agent=Streamer(), prompt="talk a lot")
 
 
-def test_streamed_output_reaches_a_websocket_client_in_order(tmp_path: Path) -> None:
-    db = tmp_path / "gateway.db"
-    Store(str(db)).close()
-    live = Live(Gateway.for_workflows([agent_stream], db=str(db)))
+def test_streamed_output_reaches_a_websocket_client_in_order(db_url: str) -> None:
+    live = Live(Gateway.for_workflows([agent_stream], db=db_url))
     try:
         client = live.ws(connect_now=True)
         run_id = client.request("launchRun", {"workflow": "agent-stream"})["payload"]["runId"]
@@ -94,8 +92,8 @@ def agent_budget(ctx: Any) -> Any:
     return Sequence(*[Task(f"s{i}", output=Num, agent=Paid(), prompt=f"step {i}") for i in range(3)])
 
 
-def test_get_run_sums_tokens_and_get_node_output_has_the_transcript(tmp_path: Path) -> None:
-    live = Live(Gateway.for_workflows([agent_budget, agent_stream], db=str(tmp_path / "g.db")))
+def test_get_run_sums_tokens_and_get_node_output_has_the_transcript(db_url: str) -> None:
+    live = Live(Gateway.for_workflows([agent_budget, agent_stream], db=db_url))
     try:
         run_id = live.ok("launchRun", {"workflow": "agent-budget"})["runId"]
         row = live.wait_status(run_id, {"failed"})
@@ -129,7 +127,7 @@ def test_get_run_sums_tokens_and_get_node_output_has_the_transcript(tmp_path: Pa
         live.stop()
 
 
-def test_the_gateways_cli_agent_tools_default_reaches_its_runs(tmp_path: Path) -> None:
+def test_the_gateways_cli_agent_tools_default_reaches_its_runs(tmp_path: Path, db_url: str) -> None:
     scenario = tmp_path / "scenario.json"
     log = tmp_path / "calls.jsonl"
     scenario.write_text(json.dumps({"log": str(log), "turns": [{"text": '{"n": 5}'}]}))
@@ -139,7 +137,7 @@ def test_the_gateways_cli_agent_tools_default_reaches_its_runs(tmp_path: Path) -
     def agent_cli(ctx: Any) -> Any:
         return Task("fix", output=Num, agent=claude, prompt="fix it")
 
-    gateway = Gateway.for_workflows([agent_cli], db=str(tmp_path / "g.db"), defaults={"cliAgentTools": "explicit-only"})
+    gateway = Gateway.for_workflows([agent_cli], db=db_url, defaults={"cliAgentTools": "explicit-only"})
     live = Live(gateway)
     try:
         run_id = live.ok("launchRun", {"workflow": "agent-cli"})["runId"]
