@@ -95,7 +95,7 @@ class EventFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._listener is not None:  # it notices within a second (not joined on a worker thread:
+        if self._listener is not None:  # it notices within 50 ms (not joined on a worker thread:
             deadline = now_ms() + 5000  # those may all be busy with task bodies)
             while self._listener.is_alive() and now_ms() < deadline:
                 await asyncio.sleep(0.05)

@@ -845,6 +845,8 @@ class Tx:
 
 EVENTS_CHANNEL: Final = "smithers_events"
 """The PostgreSQL notification channel that says "some run has new events" (no payload is relied on)."""
+LISTEN_STOP_CHECK_S: Final = 0.05
+"""How often a ``LISTEN`` waiting for notifications looks at its stop flag (closing a gateway waits for it)."""
 
 
 class Store:
@@ -880,7 +882,9 @@ class Store:
 
     def wait_for_notifications(self, stop: threading.Event, wake: Callable[[], None], timeout_s: float = 1.0) -> None:
         """Call ``wake`` whenever another connection commits events (PostgreSQL ``LISTEN``), until
-        ``stop`` is set. Blocking: run it in a thread of its own. Returns at once on SQLite."""
+        ``stop`` is set (noticed within :data:`LISTEN_STOP_CHECK_S`; ``timeout_s`` is the wait before
+        listening again after an error). Blocking: run it in a thread of its own. Returns at once on
+        SQLite."""
         if not self.is_postgres:
             return
         import psycopg
@@ -892,7 +896,7 @@ class Store:
                     conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     wake()  # what was committed while not listening
                     while not stop.is_set():
-                        for _ in conn.notifies(timeout=timeout_s, stop_after=1):
+                        for _ in conn.notifies(timeout=LISTEN_STOP_CHECK_S, stop_after=1):
                             wake()
             except Exception:
                 if not stop.is_set():
