@@ -45,9 +45,10 @@ BACKFILL_PAGE: Final = 500
 
 
 class EventFeed:
-    """Delivers every run's engine events to ``deliver`` once each, in per-run ``seq`` order."""
+    """Delivers every run's engine events to ``deliver(event, remote)`` once each, in per-run ``seq``
+    order; ``remote`` says another process committed it."""
 
-    def __init__(self, store: Store, deliver: Callable[[StoredEvent], None]):
+    def __init__(self, store: Store, deliver: Callable[[StoredEvent, bool], None]):
         self.store = store
         self.deliver = deliver
         self.positions: OrderedDict[str, int] = OrderedDict()
@@ -148,12 +149,12 @@ class EventFeed:
             if position is not None and position >= last:
                 continue
             for event in self._missing(run_id, position, last):
-                delivered += self.take(event)
+                delivered += self.take(event, remote=True)
         self._read_since = started
         return delivered
 
     # ---- ordering ----------------------------------------------------------------------------------------
-    def take(self, event: StoredEvent) -> int:
+    def take(self, event: StoredEvent, remote: bool = False) -> int:
         """Deliver ``event`` after any of its run's events not yet delivered; returns how many went out."""
         run_id = event.run_id
         position = self.positions.get(run_id)
@@ -164,13 +165,13 @@ class EventFeed:
         count = 0
         if position is None or event.seq > position + 1:
             for missing in self._missing(run_id, position, event.seq - 1):
-                count += self._send(missing)
+                count += self._send(missing, remote=True)
             position = self.positions.get(run_id)
             if position is not None and event.seq <= position:
                 return count
-        return count + self._send(event)
+        return count + self._send(event, remote)
 
-    def _send(self, event: StoredEvent) -> int:
+    def _send(self, event: StoredEvent, remote: bool) -> int:
         position = self.positions.get(event.run_id)
         if position is not None and event.seq <= position:
             return 0
@@ -180,7 +181,7 @@ class EventFeed:
             self.positions.popitem(last=False)
             self.floor_ms = max(self.floor_ms, event.timestamp_ms)
         try:
-            self.deliver(event)
+            self.deliver(event, remote)
         except Exception:
             log.exception("delivering %s of run %s failed", event.type, event.run_id)
         return 1

@@ -293,10 +293,10 @@ class RunSupervisor:
         if self._first_completion(run_id):  # unless the engine's terminal event went out already
             self.broadcast(RUN_COMPLETED, run_completed(run_id, status, error))
 
-    def _on_engine_event(self, event: StoredEvent) -> None:
+    def _on_engine_event(self, event: StoredEvent, remote: bool = False) -> None:
         """Feed subscriber (on the loop): map the events of every run, executed here or anywhere
         else, to broadcasts (ours: 0.18.0 maps only those of runs it executes, P67)."""
-        if event.type in WAKING_EVENTS:
+        if remote and event.type in WAKING_EVENTS:  # (this process's own RPCs resume the run themselves)
             self._wake_for(event.run_id)
         mapped = map_event(event)
         if mapped is None:
@@ -307,7 +307,7 @@ class RunSupervisor:
         self.broadcast(name, payload)
 
     def _wake_for(self, run_id: str) -> None:
-        """A decision or a signal was stored (here, by another gateway, from a terminal): a run
+        """A decision or a signal was stored by another process (a gateway, a terminal): a run
         executing here takes a step now; a waiting one is resumed (by whichever gateway claims it)."""
         entry = self.active.get(run_id)
         if entry is not None:
