@@ -60,12 +60,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+CREATED: list[tuple[str, str]] = []
+"""(admin URL, name) of the databases this bench made, dropped at the end."""
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
 def fresh_pg(admin: str) -> str:
     name = f"bench_{uuid.uuid4().hex[:10]}"
-    libpq = admin.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(libpq, autocommit=True) as conn:
+    with psycopg.connect(_libpq(admin), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    CREATED.append((admin, name))
     return admin.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_created() -> None:
+    for admin, name in CREATED:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(_libpq(admin), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Gateways:
@@ -252,4 +266,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        drop_created()
