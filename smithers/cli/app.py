@@ -55,6 +55,12 @@ def open_store(db: str | None) -> Store:
     return guarded(lambda: Store(db))  # type: ignore[no-any-return]
 
 
+def require_run(store: Store, run_id: str) -> None:
+    """Exit 4 with ``Run not found`` unless the run is stored."""
+    if store.get_run(run_id) is None:
+        fail(f"Run not found: {run_id} [RUN_NOT_FOUND]")
+
+
 def parse_json(text: str | None, what: str) -> Any:
     if text is None:
         return None

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from smithers.cli.app import DbOption, JsonFlag, app, fail, open_store
+from smithers.cli.app import DbOption, JsonFlag, app, fail, open_store, require_run
 from smithers.engine.transcript import agent_transcript
 from smithers.store.rows import iso_ms
 
@@ -28,8 +28,7 @@ def chat(
 ) -> None:
     """Print what agent tasks were asked, streamed, ran and answered, attempt by attempt."""
     store = open_store(db)
-    if store.get_run(run_id) is None:
-        fail(f"Run not found: {run_id} [RUN_NOT_FOUND]")
+    require_run(store, run_id)
     with store.read() as tx:
         if node is not None and not any(n["node_id"] == node for n in tx.list_nodes(run_id)):
             fail(f"Node not found: {node} [NodeNotFound]")

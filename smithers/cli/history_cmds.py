@@ -20,6 +20,7 @@ from smithers.cli.app import (
     fail,
     guarded,
     open_store,
+    require_run,
 )
 from smithers.cli.run_cmds import report_resumed, resume_run, stored_workflow
 from smithers.engine import devtools
@@ -27,14 +28,8 @@ from smithers.engine.history import read_frames
 from smithers.engine.node_output import node_output
 from smithers.engine.timetravel import RUN_ID_PATTERN, Rewinder, caller_name, fork_run
 from smithers.store.rows import iso_ms, loads
-from smithers.store.store import Store
 
 FrameOpt = Annotated[int, typer.Option("--frame", "-f", min=0, help="Frame number (see: smithers frames RUN_ID).")]
-
-
-def _require_run(store: Store, run_id: str) -> None:
-    if store.get_run(run_id) is None:
-        fail(f"Run not found: {run_id} [RUN_NOT_FOUND]")
 
 
 @app.command()
@@ -46,7 +41,7 @@ def frames(
 ) -> None:
     """List a run's frames (rendered trees), oldest first: number, time, encoding, mounted nodes."""
     store = open_store(db)
-    _require_run(store, run_id)
+    require_run(store, run_id)
     with store.read() as tx:
         last = tx.last_frame_no(run_id)
         rows = read_frames(tx, run_id, max(1, last - limit + 1), last)
@@ -79,7 +74,7 @@ def tree(
 ) -> None:
     """Draw a run's tree at a frame (the DevTools tree: node types, ids, task states)."""
     store = open_store(db)
-    _require_run(store, run_id)
+    require_run(store, run_id)
     with store.read() as tx:
         last = tx.last_frame_no(run_id)
         target = last if frame is None else frame
@@ -123,7 +118,7 @@ def output(
 ) -> None:
     """Print a node's output (or why it has none yet) and the fields of its output model."""
     store = open_store(db)
-    _require_run(store, run_id)
+    require_run(store, run_id)
     workflow = stored_workflow(store, run_id)
     answer = guarded(lambda: node_output(store, workflow, run_id, node, iteration))
     if as_json:
@@ -149,7 +144,7 @@ def rewind(
 ) -> None:
     """Rewind a run in place to an earlier frame: later frames, attempts and outputs are deleted (audited)."""
     store = open_store(db)
-    _require_run(store, run_id)
+    require_run(store, run_id)
     if not yes:
         if not sys.stdin.isatty():
             fail("a rewind deletes everything after the frame; pass --yes to confirm")
@@ -183,7 +178,7 @@ def fork(
     if new_run_id is not None and not RUN_ID_PATTERN.fullmatch(new_run_id):
         fail(f"--run-id {new_run_id!r} must match /^[a-z0-9_-]{{1,64}}$/ [InvalidRunId]")
     store = open_store(db)
-    _require_run(store, run_id)
+    require_run(store, run_id)
     record = guarded(lambda: fork_run(store, run_id, frame, new_run_id=new_run_id or str(uuid.uuid4())))
     if not start:
         typer.echo(record["runId"])

@@ -22,6 +22,7 @@ from smithers.cli.app import (
     open_store,
     parse_json,
     report,
+    require_run,
 )
 from smithers.cli.output import format_event, print_inspect, print_runs
 from smithers.engine import control
@@ -170,8 +171,7 @@ def events(
 ) -> None:
     """Print a run's events in order (optionally following it live)."""
     store = open_store(db)
-    if store.get_run(run_id) is None:
-        fail(f"Run not found: {run_id} [RUN_NOT_FOUND]")
+    require_run(store, run_id)
     after = since
     told: str | None = None
     try:

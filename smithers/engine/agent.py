@@ -339,6 +339,18 @@ async def run_agent(task: Task, ctx: Ctx, state: AgentAttempt, touch: Callable[[
         state.sink.hold()  # what is left is written with the attempt's outcome, in its transaction
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One message of an attempt's conversation and what goes with it."""
+
+    message: str
+    schema: dict[str, Any] | None
+    conversation: Any
+    turn: int
+    deadline: float | None
+    """``time.monotonic()`` by which the task's ``timeout_ms`` runs out (None without one)."""
+
+
 async def _converse(task: Task, ctx: Ctx, state: AgentAttempt, touch: Callable[[], None]) -> Any:
     if state.unavailable is not None:
         raise state.unavailable
@@ -354,7 +366,7 @@ async def _converse(task: Task, ctx: Ctx, state: AgentAttempt, touch: Callable[[
     message, conversation = first, None
     for turn in range(MAX_SCHEMA_RETRIES + 1):
         touch()
-        reply = await _call(agent, state, touch, message, schema, conversation, turn, deadline)
+        reply = await _call(agent, state, touch, Turn(message, schema, conversation, turn, deadline))
         if task.output is None:
             return reply.text
         try:
@@ -372,32 +384,26 @@ async def _converse(task: Task, ctx: Ctx, state: AgentAttempt, touch: Callable[[
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _call(
-    agent: Any,
-    state: AgentAttempt,
-    touch: Callable[[], None],
-    message: str,
-    schema: dict[str, Any] | None,
-    conversation: Any,
-    turn: int,
-    deadline: float | None,
-) -> AgentReply:
+async def _call(agent: Any, state: AgentAttempt, touch: Callable[[], None], ask: Turn) -> AgentReply:
     """One turn: the agent called (again after each 429, up to :data:`RATE_LIMIT_TRIES` times),
     framed by ``AgentEvent`` ``started``/``completed``."""
     state.budget.check(state.agent_id, starting=True)
     state.turns += 1
     # the first turn's prompt is the attempt's meta_json.prompt: not stored twice
-    started: dict[str, Any] = {"turn": turn} if turn == 0 else {"turn": turn, "prompt": message[:TRANSCRIPT_TEXT_LIMIT]}
+    turn = ask.turn
+    started: dict[str, Any] = {"turn": turn}
+    if turn > 0:
+        started["prompt"] = ask.message[:TRANSCRIPT_TEXT_LIMIT]
     if state.session_id is not None:
         started["sessionId"] = state.session_id
     state.event("started", **started)
     try:
         for tries in range(1, RATE_LIMIT_TRIES + 1):
             try:
-                reply = await _call_once(agent, state, touch, message, schema, conversation, turn, deadline)
+                reply = await _call_once(agent, state, touch, ask)
                 break
             except AgentRateLimitError as exc:
-                wait_ms = _rate_limit_wait(exc, tries, deadline)
+                wait_ms = _rate_limit_wait(exc, tries, ask.deadline)
                 if wait_ms is None:
                     raise
                 state.rate_limit_waits += 1
@@ -438,16 +444,7 @@ async def _wait_touching(wait_ms: int, touch: Callable[[], None]) -> None:
         await asyncio.sleep(min(left, 5.0))
 
 
-async def _call_once(
-    agent: Any,
-    state: AgentAttempt,
-    touch: Callable[[], None],
-    message: str,
-    schema: dict[str, Any] | None,
-    conversation: Any,
-    turn: int,
-    deadline: float | None,
-) -> AgentReply:
+async def _call_once(agent: Any, state: AgentAttempt, touch: Callable[[], None], ask: Turn) -> AgentReply:
     reported = {"during": False}
 
     def on_output(text: str, stream: OutputStream = "stdout") -> None:
@@ -463,19 +460,20 @@ async def _call_once(
         reported["during"] = True
         state.report_usage(usage)
 
+    deadline = ask.deadline
     remaining = None if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
     call = AgentCall(
-        prompt=message,
-        schema=schema,
+        prompt=ask.message,
+        schema=ask.schema,
         cwd=state.cwd,
         timeout_ms=remaining,
         abort=state.abort,
         on_output=on_output,
         on_tool_call=on_tool_call,
         on_usage=on_usage,
-        conversation=conversation,
+        conversation=ask.conversation,
         session_id=state.session_id,
-        turn=turn,
+        turn=ask.turn,
         tools_default=state.tools_default,
         on_session=state.report_session,
         on_process=state.report_process,

@@ -7,11 +7,9 @@ sees every event of every run, once, in order (docs/protocol.md#several-gateways
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,6 @@ from sqlalchemy import text
 from smithers.gateway.broadcast import map_event
 from smithers.store.database import DEFAULT_POOL
 from smithers.store.store import Store
-from tests.databases import create_pg_database, recycle_pg_database
 from tests.gateway.support import WsClient
 from tests.scaleout.support import Served
 
@@ -93,13 +90,14 @@ def collect(watcher: WsClient, until: float) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(600)
-def test_three_gateways_one_killed_300_runs(pg_db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # this test is about PostgreSQL
+def test_three_gateways_one_killed_300_runs(db_url: str, tmp_path: Path) -> None:
     (tmp_path / "flow.py").write_text(FLOW)
     marks = tmp_path / "marks.txt"
-    gateways = [Served("flow.py", pg_db_url, tmp_path, name) for name in ("a", "b", "c")]
+    gateways = [Served("flow.py", db_url, tmp_path, name) for name in ("a", "b", "c")]
     a, b, c = gateways
     watcher = WsClient(f"ws://127.0.0.1:{c.port}/", connect_now=True)
-    store = Store(pg_db_url)
+    store = Store(db_url)
     frames: list[dict[str, Any]] = []
     try:
         run_ids: dict[str, str] = {}
@@ -163,16 +161,3 @@ def test_three_gateways_one_killed_300_runs(pg_db_url: str, tmp_path: Path) -> N
         for gateway in gateways:
             gateway.kill()
         store.close()
-
-
-@pytest.fixture
-def pg_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh PostgreSQL database (this test is about PostgreSQL)."""
-    if not os.environ.get("SMITHERS_TEST_PG_URL"):
-        pytest.skip("needs PostgreSQL (SMITHERS_TEST_PG_URL)")
-    template = request.getfixturevalue("pg_template")
-    url = create_pg_database(template)
-    try:
-        yield url
-    finally:
-        recycle_pg_database(url, template)
