@@ -64,6 +64,9 @@ class EventFeed:
         self._stop_listening = threading.Event()
         self._listener: threading.Thread | None = None
         self._read_since = 0
+        self._own: set[tuple[str, int]] = set()
+        """Events this process committed from other threads, not yet taken on the loop."""
+        self._own_lock = threading.Lock()
         self._last_full = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -108,9 +111,18 @@ class EventFeed:
         if loop is None or loop.is_closed():
             return
         if threading.get_ident() != self._loop_thread:
-            loop.call_soon_threadsafe(self._on_local, event)
+            # committed here, from another thread: the database may show it to the loop first, and
+            # it must not count as another process's then
+            with self._own_lock:
+                self._own.add((event.run_id, event.seq))
+            loop.call_soon_threadsafe(self._on_local_later, event)
             return
         self.take(event)
+
+    def _on_local_later(self, event: StoredEvent) -> None:
+        self.take(event)
+        with self._own_lock:
+            self._own.discard((event.run_id, event.seq))
 
     # ---- what other processes commit -----------------------------------------------------------------
     def _notified(self) -> None:
@@ -175,6 +187,9 @@ class EventFeed:
         position = self.positions.get(event.run_id)
         if position is not None and event.seq <= position:
             return 0
+        if remote and self._own:
+            with self._own_lock:
+                remote = (event.run_id, event.seq) not in self._own
         self.positions[event.run_id] = event.seq
         self.positions.move_to_end(event.run_id)
         while len(self.positions) > MAX_RUNS_TRACKED:
