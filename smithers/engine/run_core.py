@@ -222,12 +222,12 @@ class RunCore:
         lease and taken over stops here instead of writing over the new owner's steps."""
         if self.run_id in tx.fenced or self._create_row is not None:  # (a new run is written in this step)
             return
-        if not tx.fence_run(self.run_id, self.owner_id, now_ms()):
-            self.lost_ownership = True
-            raise RunOwnershipError(
-                f"run {self.run_id} was taken over by another process", code=RUN_RESUME_CLAIM_FAILED
-            )
+        tx.fence_run(self.run_id, self.owner_id, now_ms(), self._lost_lease)
         tx.fenced.add(self.run_id)
+
+    def _lost_lease(self) -> RunOwnershipError:
+        self.lost_ownership = True
+        return RunOwnershipError(f"run {self.run_id} was taken over by another process", code=RUN_RESUME_CLAIM_FAILED)
 
     def agent_columns(self, runtime: TaskRuntime) -> dict[str, Any]:
         """An ended agent attempt's answer and what its meta adds (``response_text``, ``meta_json``)."""

@@ -122,7 +122,13 @@ class RunStart(RunCore):
                 cfg["auth"] = auth
             won = tx.claim_run(
                 self.run_id,
-                {"status": status, "runtime_owner_id": owner, "heartbeat_at_ms": beat},
+                # (and no rewind took its hold since it was read: docs/engine.md#time-travel)
+                {
+                    "status": status,
+                    "runtime_owner_id": owner,
+                    "heartbeat_at_ms": beat,
+                    "pause_requested_at_ms": row["pause_requested_at_ms"],
+                },
                 status=RUNNING,
                 runtime_owner_id=self.owner_id,
                 heartbeat_at_ms=now,

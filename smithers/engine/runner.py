@@ -102,7 +102,10 @@ class RunLoop(RunStart, RunFrames, RunEndings):
     async def _loop(self, decision: tuple[str, Any] | None = None) -> RunResult:
         while True:
             if decision is None:
-                with self.store.write() as tx:  # everything between two awaits commits as one transaction
+                # Everything between two awaits commits as one transaction, pipelined on PostgreSQL
+                # (docs/engine.md#durability-and-ownership); a new run's first one is not: its row
+                # carries the caller's id and input, whose refusal must be raised where it is written.
+                with self.store.write(pipelined=self._create_row is None) as tx:
                     self.fence(tx)
                     decision = self._step()
             kind, value = decision

@@ -329,28 +329,28 @@ class Rewinder:
     async def _rewind(
         self, run_id: str, frame_no: int, caller: str, pause: Pause | None, resume: Resume | None
     ) -> tuple[JumpResult, int]:
-        with self.store.read() as tx:
-            run = tx.get_run(run_id)
-            if run is None:
-                raise _error(RunNotFound, f"Run not found: {run_id}")
-            latest = tx.last_frame_no(run_id)
-            if latest == 0:
-                raise _error(FrameOutOfRange, f"Run {run_id} has no frames.")
-            if frame_no > latest:
-                raise _error(FrameOutOfRange, f"frameNo must be between 0 and {latest}.")
-            if not tx.list_frame_rows(run_id, up_to=frame_no, since=frame_no):
-                raise _error(FrameOutOfRange, f"Frame {frame_no} does not exist for run {run_id}.")
-            if frame_no == latest:
-                return JumpResult(frame_no), latest
-            state = frame_state(tx, run_id, frame_no)
-        vcs = vcs_of(run)
-        plan = _sandbox_plan(run, state, vcs)
+        found = self._target(run_id, frame_no)
+        if found is None:
+            return JumpResult(frame_no), frame_no
+        with self.store.write() as tx:  # taken in one step: of two processes rewinding at once, one goes on
+            if not tx.hold_run(run_id, now_ms(), now_ms() - HOLD_STALE_MS):
+                raise _error(Busy, f"Another jumpToFrame is already running for {run_id}.")
         try:
             await self._pause(run_id, pause)
+            # Read again under the hold, the run standing still: another process's rewind may have
+            # ended between the first read and the hold (docs/engine.md#time-travel).
+            found = self._target(run_id, frame_no)
+            if found is None:
+                self._release(run_id)
+                await self._resume_after_failure(run_id, resume)
+                return JumpResult(frame_no), frame_no
         except BaseException:
             self._release(run_id)
             await self._resume_after_failure(run_id, resume)
             raise
+        run, latest, state = found
+        vcs = vcs_of(run)
+        plan = _sandbox_plan(run, state, vcs)
         reverted: list[tuple[Vcs, str]] = []
         try:
             for target in plan:
@@ -372,12 +372,29 @@ class Rewinder:
                 log.exception("rewound run %s could not be resumed", run_id)
         return outcome, latest
 
+    def _target(self, run_id: str, frame_no: int) -> tuple[Row, int, FrameState] | None:
+        """The run, its latest frame and the state at ``frame_no``; None when the run is at that
+        frame already; the coded refusals when it has no such frame."""
+        with self.store.read() as tx:
+            run = tx.get_run(run_id)
+            if run is None:
+                raise _error(RunNotFound, f"Run not found: {run_id}")
+            latest = tx.last_frame_no(run_id)
+            if latest == 0:
+                raise _error(FrameOutOfRange, f"Run {run_id} has no frames.")
+            if frame_no > latest:
+                raise _error(FrameOutOfRange, f"frameNo must be between 0 and {latest}.")
+            if not tx.list_frame_rows(run_id, up_to=frame_no, since=frame_no):
+                raise _error(FrameOutOfRange, f"Frame {frame_no} does not exist for run {run_id}.")
+            if frame_no == latest:
+                return None
+            return run, latest, frame_state(tx, run_id, frame_no)
+
     async def _pause(self, run_id: str, pause: Pause | None) -> None:
-        """Hold the run still: a durable pause request, which keeps anyone from resuming it and which
-        its owner in another process honours within a quarter of a second; in this process ``pause``
-        stops it at once. The run stays ``running``, without an owner (docs/engine.md#time-travel)."""
-        with self.store.write() as tx:
-            tx.update_run(run_id, pause_requested_at_ms=now_ms())
+        """Wait for the held run to stand still. The hold (taken before, ``Tx.hold_run``) is a durable
+        pause request, which keeps anyone from resuming the run and which its owner in another
+        process honours within a quarter of a second; in this process ``pause`` stops it at once.
+        The run stays ``running``, without an owner (docs/engine.md#time-travel)."""
         if pause is not None and not await pause(run_id):
             raise _error(
                 RewindFailed, f"Run {run_id} did not stop within 10s of abort; refusing to rewind a live task."

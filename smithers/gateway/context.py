@@ -122,8 +122,10 @@ class GatewayContext(Protocol):
         auth: dict[str, Any] | None,
         run_id: str | None = None,
         subscriber: ClientConnection | None = None,
+        config: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Start a run of workflow ``key``; returns ``{runId, workflow}`` once its row is committed."""
+        """Start a run of workflow ``key``; returns ``{runId, workflow}`` once its row is committed.
+        ``config`` adds keys to the run's ``config_json``."""
         ...
 
     async def resume_if_needed(

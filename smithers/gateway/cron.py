@@ -22,12 +22,15 @@ def cron_id_for(key: str) -> str:
     return PATH_PREFIX + key
 
 
+FIRE_RUN_PREFIX: Final = "cron-"
+
+
 def fire_run_id(cron_id: str, fired_at_ms: int) -> str:
     """The run id of a cron's fire: derived from the schedule and the fire's ``last_run_at_ms``, so
     the fire starts one run whichever gateway starts it, and a fire whose gateway died between
     claiming it and starting its run can be started by another (docs/protocol.md#cron)."""
     digest = hashlib.sha256(f"{cron_id}\n{fired_at_ms}".encode()).hexdigest()[:24]
-    return f"cron-{digest}"
+    return FIRE_RUN_PREFIX + digest
 
 
 def workflow_of(row: dict[str, Any]) -> str | None:

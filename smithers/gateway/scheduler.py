@@ -18,18 +18,23 @@ import contextlib
 import logging
 from typing import Any, Final
 
+from smithers.engine import events as ev
 from smithers.engine.crons import next_fire_ms, validate_pattern, validate_timezone
 from smithers.engine.runner import auth_context
 from smithers.errors import SmithersError
 from smithers.gateway.context import GatewayContext
-from smithers.gateway.cron import cron_id_for, fire_run_id, workflow_of
+from smithers.gateway.cron import FIRE_RUN_PREFIX, cron_id_for, fire_run_id, workflow_of
 from smithers.gateway.protocol import poll_interval_ms
-from smithers.store.rows import now_ms
+from smithers.gateway.shapes import stored_workflow_key
+from smithers.store.events_bus import StoredEvent
+from smithers.store.rows import loads, now_ms
 
 log = logging.getLogger(__name__)
 
 CRON_TRIGGERED: Final = "cron.triggered"
 CRON_TRIGGERED_BY: Final = "cron:gateway"
+CRON_ID_KEY: Final = "gatewayCronId"
+"""The key of a fire's run's ``config_json`` that names its schedule."""
 TRIGGER_SCHEDULED: Final = "scheduled"
 RETRY_AFTER_ERROR_MS: Final = 60_000
 REPAIR_AFTER_MS: Final = 10_000
@@ -102,6 +107,22 @@ class CronScheduler:
                 await asyncio.wait_for(self._changed.wait(), sleep)
             self._changed.clear()
 
+    def on_remote_event(self, event: StoredEvent) -> None:
+        """Another process started a run: when it is a fire of a schedule, this gateway's clients
+        hear ``cron.triggered`` too, so every gateway's clients hear each fire once whichever
+        gateway fired it (docs/protocol.md#several-gateways-on-one-database)."""
+        if event.type != ev.RUN_STARTED or event.payload.get("resumed") or not event.run_id.startswith(FIRE_RUN_PREFIX):
+            return
+        row = self.ctx.store.get_run(event.run_id)
+        if row is None:
+            return
+        cron_id = (loads(row["config_json"]) or {}).get(CRON_ID_KEY)
+        if isinstance(cron_id, str):
+            self._announce(cron_id, stored_workflow_key(row), event.run_id)
+
+    def _announce(self, cron_id: str, key: str | None, run_id: str) -> None:
+        self.ctx.broadcast(CRON_TRIGGERED, {"cronId": cron_id, "workflow": key, "runId": run_id})
+
     async def tick(self, now: int | None = None) -> tuple[list[str], int | None]:
         """One pass: start a run for each due cron; returns the started run ids and the next due time."""
         now = now_ms() if now is None else now
@@ -157,7 +178,7 @@ class CronScheduler:
         ctx = self.ctx
         try:
             auth = auth_context(CRON_TRIGGERED_BY, ["*"], "system")
-            await ctx.start_run(key, {}, auth=auth, run_id=run_id)
+            await ctx.start_run(key, {}, auth=auth, run_id=run_id, config={CRON_ID_KEY: cron_id})
         except Exception as exc:
             if ctx.store.get_run(run_id) is not None:
                 return None  # another gateway started this fire first (the id refused a second start)
@@ -165,7 +186,7 @@ class CronScheduler:
             self._record_error(cron_id, following, now, exc.message if isinstance(exc, SmithersError) else str(exc))
             return None
         ctx.metrics.cron_triggers.labels(TRIGGER_SCHEDULED).inc()
-        ctx.broadcast(CRON_TRIGGERED, {"cronId": cron_id, "workflow": key, "runId": run_id})
+        self._announce(cron_id, key, run_id)
         return run_id
 
     def _record_error(self, cron_id: str, next_run: int | None, now: int, message: str) -> None:

@@ -71,6 +71,7 @@ class Gateway:
         for module in RPC_MODULES:
             self.dispatcher.add(module.HANDLERS)
         self.cron = CronScheduler(self)
+        self.supervisor.remote_listeners.append(self.cron.on_remote_event)
         self.sweeper = WaitSweeper(self)
         self.takeover = Takeover(self)
         self.host: str | None = None
@@ -165,8 +166,11 @@ class Gateway:
         auth: dict[str, Any] | None,
         run_id: str | None = None,
         subscriber: ClientConnection | None = None,
+        config: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return await self.supervisor.start_run(key, input, auth=auth, run_id=run_id, subscriber=subscriber)
+        return await self.supervisor.start_run(
+            key, input, auth=auth, run_id=run_id, subscriber=subscriber, config=config
+        )
 
     def has_wake(self, run_id: str) -> bool:
         return self.supervisor.has_wake(run_id)

@@ -97,6 +97,8 @@ class RunSupervisor:
         """Every run's engine events, this process's and others' (docs/protocol.md#several-gateways-on-one-database)."""
         self._completed: OrderedDict[str, None] = OrderedDict()
         """Runs whose ``run.completed`` went out lately (one per run, whoever ended it)."""
+        self.remote_listeners: list[Callable[[StoredEvent], None]] = []
+        """Called (on the loop) with each engine event another process committed."""
 
     # -- lookups -------------------------------------------------------------------------------
     def resolve_run(self, run_id: str) -> str | None:
@@ -170,8 +172,10 @@ class RunSupervisor:
         auth: dict[str, Any] | None,
         run_id: str | None = None,
         subscriber: ClientConnection | None = None,
+        config: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Start a run in this process; return ``{runId, workflow}`` once its row is committed."""
+        """Start a run in this process; return ``{runId, workflow}`` once its row is committed
+        (``config``: keys added to the run's ``config_json``)."""
         reg = self.workflows.get(key)
         if reg is None:
             raise ServerError(f"Unknown workflow: {key}")
@@ -180,7 +184,9 @@ class RunSupervisor:
             raise RunActiveError(f"Run {run_id} is already active")
         entry = self._register(run_id, key)
         try:
-            loop = prepare_run(reg.workflow, input, **self._run_options(run_id, entry, auth))
+            options = self._run_options(run_id, entry, auth)
+            options["config"].update(config or {})
+            loop = prepare_run(reg.workflow, input, **options)
         except SmithersError as exc:
             self._unregister(run_id, entry)
             raise _cannot_start(exc, key, run_id) from exc
@@ -296,8 +302,11 @@ class RunSupervisor:
     def _on_engine_event(self, event: StoredEvent, remote: bool = False) -> None:
         """Feed subscriber (on the loop): map the events of every run, executed here or anywhere
         else, to broadcasts (ours: 0.18.0 maps only those of runs it executes, P67)."""
-        if remote and event.type in WAKING_EVENTS:  # (this process's own RPCs resume the run themselves)
-            self._wake_for(event.run_id)
+        if remote:
+            if event.type in WAKING_EVENTS:  # (this process's own RPCs resume the run themselves)
+                self._wake_for(event.run_id)
+            for listener in self.remote_listeners:
+                listener(event)
         mapped = map_event(event)
         if mapped is None:
             return

@@ -8,6 +8,7 @@ one connection; a transaction opened while another is open on the same thread jo
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, Final
 
-from sqlalchemy import Table, bindparam, func, select
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ClauseElement
 
@@ -70,42 +71,106 @@ def _out_of_range(exc: Exception) -> bool:
     return isinstance(exc, psycopg.errors.DataError)
 
 
+_PG_CLAIM_SEQS: Final = f"""
+INSERT INTO {t.run_activity.name} AS a (run_id, last_event_seq, last_event_at_ms)
+VALUES (%(r)s, (SELECT coalesce(max(seq), -1) FROM {t.events.name} WHERE run_id = %(r)s) + %(n)s, %(now)s)
+ON CONFLICT (run_id) DO UPDATE
+SET last_event_seq = greatest(a.last_event_seq + %(n)s, excluded.last_event_seq), last_event_at_ms = %(now)s
+RETURNING last_event_seq"""
+"""Claim the next ``n`` seqs of a run (PostgreSQL): the run's activity row counts its events; the
+statement locks it until commit, so two transactions appending to one run take turns, and it never
+answers less than the newest stored event (a run older than the counter). Returns the last seq."""
+
+EVENTS_PER_STATEMENT: Final = 32
+"""Events one statement writes at most (a longer batch takes several: fewer distinct statements to prepare)."""
+
+
+@functools.cache
+def _pg_insert_events(count: int) -> str:
+    """Write ``count`` of a run's events just claimed by :data:`_PG_CLAIM_SEQS`, numbered on the
+    server from the claim, so a pipelined transaction sends both without waiting for the first's
+    answer. Parameters: the run id, the number claimed, the offset of the first of these in the
+    claim, then (timestamp, type, body) per event."""
+    rows = ", ".join(f"({i}, %s::bigint, %s::text, %s::text)" for i in range(1, count + 1))
+    return (
+        f"INSERT INTO {t.events.name} (run_id, seq, timestamp_ms, type, payload_json) "
+        f"SELECT a.run_id, a.last_event_seq - %s + %s + e.ord, e.ts, e.type, e.body "
+        f"FROM {t.run_activity.name} AS a, (VALUES {rows}) AS e(ord, ts, type, body) WHERE a.run_id = %s"
+    )
+
+
 class Tx:
     """One open transaction. Reads work in any Tx; writes only in one from ``Store.write()``."""
 
-    def __init__(self, store: Store, raw: Any, write: bool):
+    def __init__(self, store: Store, raw: Any, write: bool, pipeline: Any = None):
         self.store = store
         self.raw = raw
         self.write = write
         self.cur = store._cursor()
+        self.pipeline = pipeline
+        """psycopg's pipeline when the transaction is pipelined (PostgreSQL): statements whose result
+        nobody reads are sent without waiting for the server; reading a result waits for all."""
         self.events: list[StoredEvent] = []
-        self._next_seq: dict[str, int] = {}
+        """What this transaction appended, numbered (written); published once it commits."""
+        self._unwritten: list[tuple[str, int, str, dict[str, Any]]] = []
+        """Events appended and not yet written: (run id, timestamp, type, body), in order."""
+        self._claims: list[tuple[str, list[tuple[int, str, dict[str, Any]]], Any]] = []
+        """Events written and not yet numbered: (run id, events, last seq or how to read it)."""
         self._savepoints = 0
         self.fenced: set[str] = set()
         """Runs whose lease this transaction has checked (docs/engine.md#durability-and-ownership)."""
+        self._fences: list[tuple[Any, Callable[[], BaseException]]] = []
+        """Lease checks sent in a pipeline and not yet read: (their cursor, the error if lost)."""
+
+    def sync(self) -> None:
+        """Wait for every statement sent so far (a pipelined transaction), raising the first error
+        among them, or a lost lease's error."""
+        if self.pipeline is None:
+            return
+        self.pipeline.sync()
+        self._check_fences()
+
+    def _check_fences(self) -> None:
+        fences, self._fences = self._fences, []
+        for cur, lost in fences:
+            if cur.rowcount != 1:
+                raise lost()
+
+    @property
+    def fences_pending(self) -> bool:
+        return bool(self._fences)
+
+    def _count(self, cur: Any) -> int:
+        """The rows the statement just run on ``cur`` changed (waiting for it when pipelined)."""
+        if self.pipeline is not None:
+            self.sync()
+        return int(cur.rowcount)
 
     # ---- plumbing ---------------------------------------------------------------------------
-    def execute(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
+    def execute(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any], cur: Any = None) -> Any:
+        """Run a cached statement on this transaction's cursor (or ``cur``); returns the cursor."""
+        cur = self.cur if cur is None else cur
         sql, order, defaults = self.store.sql.get(key, build)
         try:
             if order is not None:
-                self.cur.execute(sql, [params[n] if n in params else defaults.get(n) for n in order])
+                cur.execute(sql, [params[n] if n in params else defaults.get(n) for n in order])
             else:
-                self.cur.execute(sql, {**defaults, **params} if defaults else params)
+                cur.execute(sql, {**defaults, **params} if defaults else params)
         except (UnicodeEncodeError, OverflowError) as exc:
             raise unstorable(params) from exc
         except Exception as exc:
             if self.store.is_postgres and _out_of_range(exc):
                 raise unstorable(params) from exc
             raise
-        return self.cur
+        return cur
 
     def rows(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> list[Row]:
         cur = self.execute(key, build, params)
+        found = cur.fetchall()  # first: a pipelined cursor has no description before its result
         names = self.store.sql.names.get(key)
         if names is None:
             names = self.store.sql.names[key] = tuple(d[0] for d in cur.description)
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        return [dict(zip(names, r, strict=True)) for r in found]
 
     def scalar(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
         row = self.execute(key, build, params).fetchone()
@@ -144,10 +209,18 @@ class Tx:
         self.execute(("ups", table.name, cols), build, {"v_" + k: v for k, v in values.items()})
 
     def update(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> int:
+        """Update the matching rows; returns how many changed (a pipelined transaction waits for it)."""
+        return self._count(self._update(table, where, values))
+
+    def change(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+        """Update the matching rows without asking how many (a pipelined transaction does not wait)."""
+        self._update(table, where, values)
+
+    def _update(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any], cur: Any = None) -> Any:
         cols = tuple(values)
         params = {**where_params(where), **{"v_" + k: v for k, v in values.items()}}
-        cur = self.execute(("upd", table.name, where_key(where), cols), build_update(table, where, cols), params)
-        return int(cur.rowcount)
+        key = ("upd", table.name, where_key(where), cols)
+        return self.execute(key, build_update(table, where, cols), params, cur)
 
     def select(
         self, table: Table, where: Mapping[str, Any], order_by: Sequence[str] = (), desc: bool = False
@@ -163,22 +236,23 @@ class Tx:
         def build() -> ClauseElement:
             return table.delete().where(eq_where(table, where))
 
-        return int(self.execute(("del", table.name, where_key(where)), build, where_params(where)).rowcount)
+        return self._count(self.execute(("del", table.name, where_key(where)), build, where_params(where)))
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested transaction: what the block writes is undone alone if it raises."""
         self._savepoints += 1
         name = f"sp{self._savepoints}"
-        events, next_seq = len(self.events), dict(self._next_seq)
+        events, unwritten = len(self.events), len(self._unwritten)
         self.cur.execute(f"SAVEPOINT {name}")
         try:
             yield
+            self.sync()  # a pipelined statement's error belongs to this block
         except BaseException:
             self.cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
             self.cur.execute(f"RELEASE SAVEPOINT {name}")
             del self.events[events:]
-            self._next_seq = next_seq
+            del self._unwritten[unwritten:]
             raise
         self.cur.execute(f"RELEASE SAVEPOINT {name}")
 
@@ -191,15 +265,38 @@ class Tx:
         return found[0] if found else None
 
     def update_run(self, run_id: str, **values: Any) -> None:
-        self.update(t.runs, {"run_id": run_id}, values)
+        self.change(t.runs, {"run_id": run_id}, values)
 
-    def fence_run(self, run_id: str, owner_id: str, now_ms: int) -> bool:
-        """Check that ``owner_id`` still holds the run's lease, and renew it, in this transaction.
+    def fence_run(self, run_id: str, owner_id: str, now_ms: int, lost: Callable[[], BaseException]) -> None:
+        """Check that ``owner_id`` still holds the run's lease, and renew it, in this transaction;
+        raise ``lost()`` when it does not.
 
         A conditional update: it locks the run row until commit (PostgreSQL), so a claim by another
-        process either committed before (no row matches: False) or waits and then finds the renewed
-        heartbeat (its compare-and-swap fails)."""
-        return self.update(t.runs, {"run_id": run_id, "runtime_owner_id": owner_id}, {"heartbeat_at_ms": now_ms}) == 1
+        process either committed before (no row matches) or waits and then finds the renewed
+        heartbeat (its compare-and-swap fails). A pipelined transaction does not wait for the answer:
+        it reads it at its next wait for the server, and at the latest before it commits."""
+        where = {"run_id": run_id, "runtime_owner_id": owner_id}
+        if self.pipeline is None:
+            if self.update(t.runs, where, {"heartbeat_at_ms": now_ms}) != 1:
+                raise lost()
+            return
+        if self._fences:
+            self.sync()  # the one lease-check cursor holds one answer at a time
+        cur = self._update(t.runs, where, {"heartbeat_at_ms": now_ms}, self.store._fence_cursor())
+        self._fences.append((cur, lost))
+
+    def hold_run(self, run_id: str, now_ms: int, stale_before_ms: int) -> bool:
+        """Take a rewind's hold on the run (``pause_requested_at_ms``) unless another process holds it
+        (a hold set at or after ``stale_before_ms``): one conditional update, so of two rewinds
+        starting at once exactly one gets True (docs/engine.md#time-travel)."""
+        c = t.runs.c
+
+        def build() -> ClauseElement:
+            free = c.pause_requested_at_ms.is_(None) | (c.pause_requested_at_ms < bindparam("stale"))
+            return update(t.runs).where(c.run_id == bindparam("r"), free).values(pause_requested_at_ms=bindparam("now"))
+
+        cur = self.execute("hold_run", build, {"r": run_id, "stale": stale_before_ms, "now": now_ms})
+        return self._count(cur) == 1
 
     def claim_run(self, run_id: str, expected: Mapping[str, Any], **values: Any) -> bool:
         """Compare-and-swap: update the run only if ``expected`` columns still hold those values."""
@@ -305,7 +402,7 @@ class Tx:
         self.insert_many(t.nodes, rows)
 
     def update_node(self, run_id: str, node_id: str, iteration: int, **values: Any) -> None:
-        self.update(t.nodes, {"run_id": run_id, "node_id": node_id, "iteration": iteration}, values)
+        self.change(t.nodes, {"run_id": run_id, "node_id": node_id, "iteration": iteration}, values)
 
     def list_nodes(self, run_id: str) -> list[Row]:
         return self.select(t.nodes, {"run_id": run_id}, ("updated_at_ms", "node_id", "iteration"))
@@ -327,7 +424,7 @@ class Tx:
 
     def update_attempt(self, run_id: str, node_id: str, iteration: int, attempt: int, **values: Any) -> None:
         where = {"run_id": run_id, "node_id": node_id, "iteration": iteration, "attempt": attempt}
-        self.update(t.attempts, where, values)
+        self.change(t.attempts, where, values)
 
     def list_attempts(self, run_id: str, node_id: str | None = None, iteration: int | None = None) -> list[Row]:
         where: dict[str, Any] = {"run_id": run_id}
@@ -428,7 +525,7 @@ class Tx:
             def build(table: Table = table, c: Any = c) -> ClauseElement:
                 return table.delete().where(c.run_id == bindparam("r"), c.frame_no > bindparam("n"))
 
-            count = int(self.execute(("del_after", table.name), build, {"r": run_id, "n": frame_no}).rowcount)
+            count = self._count(self.execute(("del_after", table.name), build, {"r": run_id, "n": frame_no}))
             if table is t.frames:
                 dropped = count
         return dropped
@@ -511,7 +608,7 @@ class Tx:
         return int(row[0])
 
     def update_audit(self, audit_id: int, **values: Any) -> None:
-        self.update(t.time_travel_audit, {"id": audit_id}, values)
+        self.change(t.time_travel_audit, {"id": audit_id}, values)
 
     def count_recent_audits(self, run_id: str, caller: str, since_ms: int) -> int:
         """Rewinds by ``caller`` of ``run_id`` since ``since_ms`` that have ended (the quota)."""
@@ -541,8 +638,7 @@ class Tx:
 
     def upsert_ralph(self, run_id: str, ralph_id: str, iteration: int, done: bool) -> None:
         values = {"iteration": iteration, "done": int(done), "updated_at_ms": now_ms()}
-        if self.update(t.ralph, {"run_id": run_id, "ralph_id": ralph_id}, values) == 0:
-            self.insert(t.ralph, {"run_id": run_id, "ralph_id": ralph_id, **values})
+        self.upsert(t.ralph, {"run_id": run_id, "ralph_id": ralph_id, **values})
 
     # ---- approvals --------------------------------------------------------------------------
     def get_approval(self, run_id: str, node_id: str, iteration: int) -> Row | None:
@@ -552,7 +648,7 @@ class Tx:
         self.insert(t.approvals, values)
 
     def update_approval(self, run_id: str, node_id: str, iteration: int, **values: Any) -> None:
-        self.update(t.approvals, {"run_id": run_id, "node_id": node_id, "iteration": iteration}, values)
+        self.change(t.approvals, {"run_id": run_id, "node_id": node_id, "iteration": iteration}, values)
 
     def list_pending_approvals(
         self, run_statuses: Sequence[str], node_state: str, run_id: str | None = None
@@ -641,50 +737,85 @@ class Tx:
     # ---- events -----------------------------------------------------------------------------
     def emit(
         self, run_id: str, type_: str, payload: Mapping[str, Any] | None = None, timestamp_ms: int | None = None
-    ) -> StoredEvent:
-        """Append one event with the run's next seq; it is published after commit."""
-        seq = self._next_seq.get(run_id)
-        if seq is None:
-            seq = self.last_event_seq(run_id, lock=True) + 1
+    ) -> None:
+        """Append one event to the run; it gets the run's next seq when the transaction writes its
+        events (before a read of events, and at commit) and is published after commit."""
         ts = timestamp_ms if timestamp_ms is not None else now_ms()
         body = {"type": type_, "runId": run_id, "timestampMs": ts, **(payload or {})}
-        self.insert(
-            t.events, {"run_id": run_id, "seq": seq, "timestamp_ms": ts, "type": type_, "payload_json": dumps(body)}
-        )
-        self._next_seq[run_id] = seq + 1
-        stored = StoredEvent(run_id=run_id, seq=seq, timestamp_ms=ts, type=type_, payload=body)
-        self.events.append(stored)
-        return stored
+        self._unwritten.append((run_id, ts, type_, body))
 
     def emit_many(self, run_id: str, events: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """Append several events of one run in order, in one statement (pipelined on PostgreSQL)."""
-        if not events:
-            return
-        seq = self._next_seq.get(run_id)
-        if seq is None:
-            seq = self.last_event_seq(run_id, lock=True) + 1
+        """Append several events of one run in order (written together with the transaction's others)."""
         ts = now_ms()
-        rows, stored = [], []
-        for offset, (type_, payload) in enumerate(events):
-            body = {"type": type_, "runId": run_id, "timestampMs": ts, **payload}
-            number = seq + offset
-            text = dumps(body)
-            rows.append({"run_id": run_id, "seq": number, "timestamp_ms": ts, "type": type_, "payload_json": text})
-            stored.append(StoredEvent(run_id=run_id, seq=number, timestamp_ms=ts, type=type_, payload=body))
-        self.insert_many(t.events, rows)
-        self._next_seq[run_id] = seq + len(events)
-        self.events.extend(stored)
+        self._unwritten.extend(
+            (run_id, ts, type_, {"type": type_, "runId": run_id, "timestampMs": ts, **payload})
+            for type_, payload in events
+        )
+
+    def write_events(self) -> None:
+        """Number and write the events appended since the last call: per run, one statement claims
+        the next seqs and one writes the rows (docs/engine.md#events)."""
+        self._send_events()
+        self._number_events()
+
+    def _send_events(self) -> None:
+        if not self._unwritten:
+            return
+        by_run: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+        for run_id, ts, type_, body in self._unwritten:
+            by_run.setdefault(run_id, []).append((ts, type_, body))
+        self._unwritten = []
+        self._claims.extend((run_id, items, self._write_run_events(run_id, items)) for run_id, items in by_run.items())
+
+    def _number_events(self) -> None:
+        """Give the written events their seqs (read from the server's answers) for publishing."""
+        claims, self._claims = self._claims, []
+        for run_id, items, claim in claims:
+            first = (claim() if callable(claim) else claim) - len(items) + 1
+            self.events.extend(
+                StoredEvent(run_id=run_id, seq=first + offset, timestamp_ms=ts, type=type_, payload=body)
+                for offset, (ts, type_, body) in enumerate(items)
+            )
+
+    def _write_run_events(self, run_id: str, items: list[tuple[int, str, dict[str, Any]]]) -> Any:
+        """Write one run's events; return the seq of the last one, or (PostgreSQL) a function that
+        reads it once the server has answered, so a pipelined commit does not wait for it first."""
+        texts = [dumps(body) for _, _, body in items]
+        if not self.store.is_postgres:
+            first = self.last_event_seq(run_id) + 1  # one writer at a time: the newest stored is the last
+            rows = [
+                {"run_id": run_id, "seq": first + offset, "timestamp_ms": ts, "type": type_, "payload_json": text}
+                for offset, ((ts, type_, _), text) in enumerate(zip(items, texts, strict=True))
+            ]
+            self.insert_many(t.events, rows)
+            return first + len(items) - 1
+        claim_cur = self.store._raw().cursor()
+        count = len(items)
+        try:
+            claim_cur.execute(_PG_CLAIM_SEQS, {"r": run_id, "n": count, "now": now_ms()})
+            for start in range(0, count, EVENTS_PER_STATEMENT):
+                chunk = items[start : start + EVENTS_PER_STATEMENT]
+                params: list[Any] = [count, start]
+                for (ts, type_, _), text in zip(chunk, texts[start : start + len(chunk)], strict=True):
+                    params += (ts, type_, text)
+                params.append(run_id)
+                self.cur.execute(_pg_insert_events(len(chunk)), params)
+        except UnicodeEncodeError as exc:
+            raise unstorable({"v_payload_json": "\n".join(texts)}) from exc
+        return lambda: int(claim_cur.fetchone()[0])
 
     def record_activity(self) -> None:
-        """Each run's latest event of this transaction, in ``_smithers_run_activity`` (before commit);
-        on PostgreSQL, with ``Store.notify_events``, a wake-up for the processes that follow them."""
-        latest: dict[str, int] = {}
-        for event in self.events:
-            latest[event.run_id] = event.seq
-        now = now_ms()
-        for run_id, seq in latest.items():
-            self.upsert(t.run_activity, {"run_id": run_id, "last_event_seq": seq, "last_event_at_ms": now})
-        if self.store.notify_events and self.store.is_postgres:
+        """Each run's latest event of this transaction, in ``_smithers_run_activity`` (before commit;
+        on PostgreSQL the statement that numbered the events did it); on PostgreSQL, with
+        ``Store.notify_events``, a wake-up for the processes that follow them."""
+        if not self.store.is_postgres:
+            latest: dict[str, int] = {}
+            for event in self.events:
+                latest[event.run_id] = event.seq
+            now = now_ms()
+            for run_id, seq in latest.items():
+                self.upsert(t.run_activity, {"run_id": run_id, "last_event_seq": seq, "last_event_at_ms": now})
+        elif self.store.notify_events:
             self.cur.execute("SELECT pg_notify(%s, '')", (EVENTS_CHANNEL,))
 
     def list_active_runs(self, since_ms: int) -> list[Row]:
@@ -697,6 +828,7 @@ class Tx:
         return self.rows("active_runs", build, {"since": since_ms})
 
     def list_events(self, run_id: str, after_seq: int = -1, limit: int | None = 1000) -> list[StoredEvent]:
+        self.write_events()
         c = t.events.c
 
         def build() -> ClauseElement:
@@ -715,6 +847,7 @@ class Tx:
 
     def list_events_of_types(self, run_id: str, types: Sequence[str]) -> list[StoredEvent]:
         """The run's events of the given types, in seq order (an agent's transcript reads these)."""
+        self.write_events()
         c = t.events.c
         count = len(types)
 
@@ -740,6 +873,7 @@ class Tx:
 
     def list_events_before(self, run_id: str, before_seq: int, limit: int) -> list[StoredEvent]:
         """The last ``limit`` events of the run with a seq below ``before_seq``, oldest first."""
+        self.write_events()
         c = t.events.c
 
         def build() -> ClauseElement:
@@ -758,6 +892,7 @@ class Tx:
 
     def last_seq_of_type(self, run_id: str, type_: str) -> int:
         """The seq of the run's latest event of that type (-1 if none)."""
+        self.write_events()
         c = t.events.c
 
         def build() -> ClauseElement:
@@ -766,9 +901,7 @@ class Tx:
         value = self.scalar("last_of_type", build, {"r": run_id, "ty": type_})
         return -1 if value is None else int(value)
 
-    def last_event_seq(self, run_id: str, lock: bool = False) -> int:
-        if lock:
-            self.store.lock_run(self, run_id)
+    def last_event_seq(self, run_id: str) -> int:
         c = t.events.c
         value = self.scalar(
             "last_event", lambda: select(func.max(c.seq)).where(c.run_id == bindparam("r")), {"r": run_id}
@@ -820,10 +953,10 @@ class Tx:
         )
 
     def set_cron_error(self, cron_id: str, error: str | None) -> None:
-        self.update(t.cron, {"cron_id": cron_id}, {"error_json": error})
+        self.change(t.cron, {"cron_id": cron_id}, {"error_json": error})
 
     def update_cron_fields(self, cron_id: str, **values: Any) -> None:
-        self.update(t.cron, {"cron_id": cron_id}, values)
+        self.change(t.cron, {"cron_id": cron_id}, values)
 
     # ---- tokens -----------------------------------------------------------------------------
     def insert_token(self, **values: Any) -> None:
@@ -840,7 +973,7 @@ class Tx:
         return self.first(t.tokens, {"token_hash": token_hash})
 
     def revoke_token(self, token_id: str, revoked_at_ms: int) -> None:
-        self.update(t.tokens, {"token_id": token_id}, {"revoked_at_ms": revoked_at_ms})
+        self.change(t.tokens, {"token_id": token_id}, {"revoked_at_ms": revoked_at_ms})
 
 
 EVENTS_CHANNEL: Final = "smithers_events"
@@ -923,12 +1056,35 @@ class Store:
             cur = self._local.cur = self._raw().cursor()
         return cur
 
+    def _fence_cursor(self) -> Any:
+        """A second cursor of this thread's connection: a pipelined lease check keeps its answer
+        there while the transaction's other statements go through the first."""
+        cur = getattr(self._local, "fence_cur", None)
+        if cur is None:
+            cur = self._local.fence_cur = self._raw().cursor()
+        return cur
+
+    def _pipeline(self, on: bool) -> Any:
+        """Put this thread's PostgreSQL connection in pipeline mode, or take it out (the mode stays
+        between transactions: entering and leaving each costs a wait for the server)."""
+        local = self._local
+        current = getattr(local, "pipeline", None)
+        if on and current is None:
+            block = self._raw().driver_connection.pipeline()
+            current = block.__enter__()
+            local.pipeline, local.pipeline_block = current, block
+        elif not on and current is not None:
+            block, local.pipeline, local.pipeline_block = local.pipeline_block, None, None
+            block.__exit__(None, None, None)
+            current = None
+        return current
+
     def lock_run(self, tx: Tx, run_id: str) -> None:
         """Serialise writers of one run's sequences (events, signals) inside ``tx``."""
         if self.is_postgres:
             tx.cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))
 
-    def _begin(self, write: bool) -> tuple[Tx, bool]:
+    def _begin(self, write: bool, pipelined: bool = False) -> tuple[Tx, bool]:
         """The transaction to use: a new one, or the one already open on this thread (joined)."""
         local = self._local
         outer: Tx | None = getattr(local, "tx", None)
@@ -936,7 +1092,12 @@ class Store:
             if write and not outer.write:
                 raise RuntimeError("cannot open a write transaction inside a read transaction")
             return outer, False
-        tx = Tx(self, self._raw(), write)
+        raw = self._raw()
+        pipeline = None
+        if not self._sqlite:
+            # A read keeps the connection's mode: each of its statements waits for its rows anyway.
+            pipeline = self._pipeline(pipelined) if write else getattr(local, "pipeline", None)
+        tx = Tx(self, raw, write, pipeline)
         if self._sqlite:
             tx.cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         local.tx = tx
@@ -946,8 +1107,11 @@ class Store:
         """Commit (a write that went well) or end the transaction, then publish its events."""
         self._local.tx = None
         commit = ok and tx.write
-        if commit and tx.events:
+        if commit and (tx.events or tx._unwritten):
             try:
+                tx._send_events()
+                if tx.pipeline is None:
+                    tx._number_events()
                 tx.record_activity()
             except BaseException:
                 self._rollback_quietly(tx)
@@ -956,11 +1120,19 @@ class Store:
             if self._sqlite:
                 tx.cur.execute("COMMIT" if commit else "ROLLBACK")
             elif commit:
+                if tx.fences_pending:
+                    tx.sync()  # a lost lease is known before anything commits
                 tx.raw.commit()
-            else:
+                tx._number_events()
+            elif tx.write or not ok:
                 tx.raw.rollback()
+            else:
+                # A read ends with COMMIT: the same for a transaction that wrote nothing, and unlike
+                # ROLLBACK it keeps psycopg's prepared statements (a rollback deallocates them all).
+                tx.raw.commit()
         except Exception:
             if commit:
+                self._rollback_quietly(tx)
                 raise
         if ok and tx.events:
             self.bus.publish(tx.events)
@@ -976,9 +1148,16 @@ class Store:
         """A read transaction (a consistent view)."""
         return _Transaction(self, write=False)
 
-    def write(self) -> AbstractContextManager[Tx]:
-        """A write transaction; its events are published once it commits."""
-        return _Transaction(self, write=True)
+    def write(self, *, pipelined: bool = False) -> AbstractContextManager[Tx]:
+        """A write transaction; its events are published once it commits.
+
+        ``pipelined`` (PostgreSQL; ignored on SQLite): statements whose result the code does not
+        read go to the server without waiting for it, so a transaction of N such statements waits
+        for the server about twice instead of N times. The price: a statement's error is raised
+        where the transaction next waits (a read, a row count, a savepoint's end, the commit), not
+        by the call that sent it — use it for the engine's own steps, whose values are checked
+        before they are written, not for writes of a client's input."""
+        return _Transaction(self, write=True, pipelined=pipelined)
 
     def get_run(self, run_id: str) -> Row | None:
         with self.read() as tx:
@@ -997,15 +1176,16 @@ class Store:
 class _Transaction(AbstractContextManager[Tx]):
     """``with store.read() as tx`` / ``with store.write() as tx`` (a class: cheaper than a generator)."""
 
-    __slots__ = ("_owned", "_store", "_tx", "_write")
+    __slots__ = ("_owned", "_pipelined", "_store", "_tx", "_write")
 
-    def __init__(self, store: Store, write: bool):
+    def __init__(self, store: Store, write: bool, pipelined: bool = False):
         self._store = store
         self._write = write
+        self._pipelined = pipelined
         self._owned = False
 
     def __enter__(self) -> Tx:
-        self._tx, self._owned = self._store._begin(self._write)
+        self._tx, self._owned = self._store._begin(self._write, self._pipelined)
         return self._tx
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:

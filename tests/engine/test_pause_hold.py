@@ -6,11 +6,15 @@ Through the Python API (``smithers.run``), on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from pydantic import BaseModel
 
 from smithers import Approval, Sequence, SmithersError, Store, Task, approve_node, run, workflow
 from smithers.engine.ownership import HOLD_STALE_MS
+from smithers.engine.timetravel import JumpResult, Rewinder
 from smithers.store.rows import now_ms
 
 
@@ -66,3 +70,46 @@ def test_a_stale_hold_does_not_hold(db_url: str) -> None:
     finally:
         store.close()
     assert row is not None and row["pause_requested_at_ms"] is None
+
+
+@workflow("steps")
+def steps(ctx: object) -> object:
+    return Sequence(*[Task(f"s{i}", output=Count, value=Count(n=i)) for i in range(6)])
+
+
+def test_of_rewinds_started_at_once_in_several_processes_one_rewinds(db_url: str) -> None:
+    """The hold is taken in one conditional update, and the run read again under it: of four
+    rewinds to one frame racing from four connections, exactly one rewinds; the others are refused
+    ``Busy`` or find the run there already."""
+    assert run(steps, db=db_url, run_id="race-1").status == "finished"
+    barrier = threading.Barrier(4)
+    outcomes: list[object] = []
+
+    def rewind(index: int) -> None:
+        store = Store(db_url)
+        try:
+            rewinder = Rewinder(store)
+            barrier.wait()
+            outcomes.append(asyncio.run(rewinder.jump("race-1", 2, True, f"racer-{index}")))
+        except SmithersError as exc:
+            outcomes.append(exc.code)
+        finally:
+            store.close()
+
+    racers = [threading.Thread(target=rewind, args=(i,)) for i in range(4)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(60)
+    rewound = [o for o in outcomes if isinstance(o, JumpResult) and o.deleted_frames > 0]
+    assert len(outcomes) == 4 and len(rewound) == 1, outcomes
+    assert all(o == "Busy" or (isinstance(o, JumpResult) and o.new_frame_no == 2) for o in outcomes), outcomes
+    store = Store(db_url)
+    try:
+        with store.read() as tx:
+            jumps = tx.list_events_of_types("race-1", ["TimeTravelJumped"])
+            row = tx.get_run("race-1")
+    finally:
+        store.close()
+    assert len(jumps) == 1 and jumps[0].payload["toFrameNo"] == 2
+    assert row is not None and row["pause_requested_at_ms"] is None  # the hold is gone with its rewind

@@ -12,7 +12,7 @@ from smithers.gateway.cron import cron_id_for, fire_run_id
 from smithers.gateway.server import Gateway
 from smithers.store.rows import now_ms
 from smithers.store.store import Store
-from tests.gateway.support import Live
+from tests.gateway.support import Live, WsClient
 from tests.waiting import wait_for
 
 
@@ -72,4 +72,42 @@ def test_a_fire_claimed_by_a_gateway_that_died_is_started_by_another(db_url: str
         assert [r["run_id"] for r in cron_runs(store)] == [run_id]
     finally:
         live.stop()
+        store.close()
+
+
+def cron_triggered(client: WsClient) -> list[dict[str, Any]]:
+    """The ``cron.triggered`` payloads a client has heard so far (what it has not read yet included)."""
+    frames = [*client.events, *client.drain(0.5)]
+    return [f["payload"] for f in frames if f.get("type") == "event" and f.get("event") == "cron.triggered"]
+
+
+def test_the_clients_of_every_gateway_hear_each_fire_once(db_url: str) -> None:
+    Store(db_url).close()
+    a = scheduled(db_url)
+    unscheduled = Gateway(db=db_url, heartbeat_ms=1000)
+    unscheduled.register("other", tick)  # not "tick": it never fires that schedule, its client hears a's fires
+    b = Live(unscheduled)
+    clients = [WsClient(a.ws_url, connect_now=True), WsClient(b.ws_url, connect_now=True)]
+    listening_from = now_ms()
+    store = Store(db_url)
+    try:
+        time.sleep(6)
+        listened_until = now_ms()
+        heard = [cron_triggered(client) for client in clients]
+        a.stop()
+        b.stop()
+        runs = cron_runs(store)
+        fired = {r["run_id"] for r in runs}
+        settled = {r["run_id"] for r in runs if listening_from + 500 < r["created_at_ms"] < listened_until - 2000}
+        assert len(settled) >= 2
+        for payloads in heard:  # each gateway's client: every fire once, whichever gateway fired it
+            ids = [p["runId"] for p in payloads]
+            assert len(ids) == len(set(ids)), payloads
+            assert settled <= set(ids) <= fired, (settled, ids, fired)  # (fires before it connected not heard)
+            assert {(p["cronId"], p["workflow"]) for p in payloads} == {(cron_id_for("tick"), "tick")}
+    finally:
+        for client in clients:
+            client.close()
+        a.stop()
+        b.stop()
         store.close()
