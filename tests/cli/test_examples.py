@@ -54,12 +54,7 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, sqlite_url: str) -> Cli:
-    return Cli(tmp_path, sqlite_url)
-
-
-@pytest.fixture
-def both(tmp_path: Path, db_url: str) -> Cli:
+def cli(tmp_path: Path, db_url: str) -> Cli:
     """The CLI on SQLite and on PostgreSQL."""
     return Cli(tmp_path, db_url)
 
@@ -158,24 +153,24 @@ def test_flaky_is_retried_until_it_works(cli: Cli, tmp_path: Path) -> None:
     assert [e.type for e in view["events"]].count("NodeRetrying") == 2
 
 
-# ---- examples that wait for a person or an event (both databases) -----------------------------------
+# ---- examples that wait for a person or an event -------------------------------------------------------
 
 
-def test_approval_approve_then_resume(both: Cli) -> None:
-    started = both.run("approval", "ship-it", {"service": "web", "version": "2.0.0"})
+def test_approval_approve_then_resume(cli: Cli) -> None:
+    started = cli.run("approval", "ship-it", {"service": "web", "version": "2.0.0"})
     assert started.returncode == 3, started.stderr
     assert "waiting-approval" in started.stderr and "smithers resume ship-it" in started.stderr
-    view = db_view(both.db, "ship-it")
+    view = db_view(cli.db, "ship-it")
     assert view["run"]["status"] == "waiting-approval" and view["run"]["runtime_owner_id"] is None
     assert view["nodes"] == {"plan::0": "finished", "ship::0": "waiting-approval"}
 
-    approved = both("approve", "ship-it", "--node", "ship", "--note", "lgtm", "--by", "alice")
+    approved = cli("approve", "ship-it", "--node", "ship", "--note", "lgtm", "--by", "alice")
     assert approved.returncode == 0, approved.stderr
     assert approved.stdout.strip() == "approved ship of run ship-it"
 
-    out = finished_output(both("resume", "ship-it"))
+    out = finished_output(cli("resume", "ship-it"))
     assert out == {"service": "web", "version": "2.0.0", "approved_by": "alice"}
-    view = db_view(both.db, "ship-it")
+    view = db_view(cli.db, "ship-it")
     assert view["run"]["status"] == "finished" and view["run"]["runtime_owner_id"] is None
     assert view["nodes"] == {"plan::0": "finished", "ship::0": "finished", "deploy::0": "finished"}
     decision = view["outputs"]["ship::0"]
@@ -183,18 +178,18 @@ def test_approval_approve_then_resume(both: Cli) -> None:
     assert [a for a in view["attempts"] if a[0] == "plan"] == [("plan", 0, 1, "finished")]  # not run again
 
 
-def test_approval_deny_then_resume_fails(both: Cli) -> None:
-    assert both.run("approval", "no-ship").returncode == 3
-    denied = both("deny", "no-ship", "--node", "ship", "--note", "not today")
+def test_approval_deny_then_resume_fails(cli: Cli) -> None:
+    assert cli.run("approval", "no-ship").returncode == 3
+    denied = cli("deny", "no-ship", "--node", "ship", "--note", "not today")
     assert denied.returncode == 0, denied.stderr
     assert denied.stdout.strip() == "denied ship of run no-ship"
 
-    resumed = both("resume", "no-ship")
+    resumed = cli("resume", "no-ship")
     assert resumed.returncode == 1
     assert "Traceback" not in resumed.stderr
     errors = [line for line in resumed.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "no-ship" in errors[0] and "not today" in errors[0], resumed.stderr
-    view = db_view(both.db, "no-ship")
+    view = db_view(cli.db, "no-ship")
     assert view["run"]["status"] == "failed" and view["run"]["runtime_owner_id"] is None
     assert view["nodes"] == {"plan::0": "finished", "ship::0": "failed"}
     assert json.loads(view["run"]["error_json"])["code"] == "APPROVAL_DENIED"
@@ -210,22 +205,22 @@ def test_approval_approve_with_resume_in_one_step(cli: Cli) -> None:
     assert db_view(cli.db, "quick")["run"]["status"] == "finished"
 
 
-def test_wait_event_signal_then_resume(both: Cli) -> None:
-    started = both.run("wait_event", "pay", {"order": "B-7"})
+def test_wait_event_signal_then_resume(cli: Cli) -> None:
+    started = cli.run("wait_event", "pay", {"order": "B-7"})
     assert started.returncode == 3, started.stderr
     assert "waiting-event" in started.stderr
-    view = db_view(both.db, "pay")
+    view = db_view(cli.db, "pay")
     assert view["run"]["status"] == "waiting-event"
     assert view["nodes"] == {"open::0": "finished", "paid::0": "waiting-event", "receipt::0": "pending"}
 
     # a run that is only waiting does not move until it is resumed
-    sent = both("signal", "pay", "payment.received", "--data", '{"amount": 42}')
+    sent = cli("signal", "pay", "payment.received", "--data", '{"amount": 42}')
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.strip() == "signal payment.received stored for run pay (seq 0)"
-    assert db_view(both.db, "pay")["run"]["status"] == "waiting-event"
+    assert db_view(cli.db, "pay")["run"]["status"] == "waiting-event"
 
-    assert finished_output(both("resume", "pay")) == {"text": "received 42 EUR"}
-    view = db_view(both.db, "pay")
+    assert finished_output(cli("resume", "pay")) == {"text": "received 42 EUR"}
+    view = db_view(cli.db, "pay")
     assert view["run"]["status"] == "finished"
     assert view["outputs"] == {
         "open::0": {"order": "B-7"},
@@ -242,8 +237,7 @@ def test_wait_event_resumed_without_a_signal_keeps_waiting(cli: Cli) -> None:
     assert view["run"]["status"] == "waiting-event" and view["nodes"]["paid::0"] == "waiting-event"
 
 
-def test_a_signal_whose_payload_fails_the_model_is_refused_and_the_run_keeps_waiting(both: Cli) -> None:
-    cli = both
+def test_a_signal_whose_payload_fails_the_model_is_refused_and_the_run_keeps_waiting(cli: Cli) -> None:
     assert cli.run("wait_event", "bad-pay").returncode == 3
     refused = cli("signal", "bad-pay", "payment.received", "--data", '"oops"', "--resume")
     assert refused.returncode == 4
@@ -256,9 +250,8 @@ def test_a_signal_whose_payload_fails_the_model_is_refused_and_the_run_keeps_wai
     assert finished_output(cli("resume", "bad-pay")) == {"text": "received 5 EUR"}
 
 
-def test_an_unusable_signal_that_got_stored_is_passed_by_and_the_run_keeps_waiting(both: Cli) -> None:
+def test_an_unusable_signal_that_got_stored_is_passed_by_and_the_run_keeps_waiting(cli: Cli) -> None:
     """A signal stored without the check (from Python): the wait refuses it and keeps waiting."""
-    cli = both
     assert cli.run("wait_event", "raw-pay").returncode == 3
     store = Store(cli.db)
     try:
