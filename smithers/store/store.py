@@ -1125,7 +1125,7 @@ class Store:
                 tx.raw.commit()
                 tx._number_events()
             elif tx.write or not ok:
-                tx.raw.rollback()
+                self._rollback(tx)
             else:
                 # A read ends with COMMIT: the same for a transaction that wrote nothing, and unlike
                 # ROLLBACK it keeps psycopg's prepared statements (a rollback deallocates them all).
@@ -1142,7 +1142,17 @@ class Store:
             if self._sqlite:
                 tx.cur.execute("ROLLBACK")
             else:
-                tx.raw.rollback()
+                self._rollback(tx)
+
+    @staticmethod
+    def _rollback(tx: Tx) -> None:
+        """``ROLLBACK`` on PostgreSQL; in a pipeline, after taking a statement's error still pending
+        (psycopg raises it at the first wait and would then not send the ``ROLLBACK``, leaving the
+        connection in an aborted transaction)."""
+        if tx.pipeline is not None:
+            with suppress(Exception):
+                tx.pipeline.sync()
+        tx.raw.rollback()
 
     def read(self) -> AbstractContextManager[Tx]:
         """A read transaction (a consistent view)."""
