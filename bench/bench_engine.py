@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scratch_pg import drop_created, fresh_pg
+
 import smithers
 from smithers import Sequence, Task, workflow
 from smithers.store import store as store_module
@@ -118,18 +120,6 @@ def throughput(url: str, runs: int = 200) -> float:
     return runs / elapsed
 
 
-def fresh_pg(url: str) -> str:
-    import uuid
-
-    import psycopg
-
-    admin = url.replace("postgresql+psycopg://", "postgresql://")
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{admin.rsplit('/', 1)[0]}/{name}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pg", help="PostgreSQL admin URL (default: $SMITHERS_TEST_PG_URL or ensure-postgres.sh)")
@@ -165,4 +155,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        drop_created()

@@ -30,11 +30,10 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-import psycopg
+from scratch_pg import drop_created, fresh_pg
 from websockets.sync.client import connect
 
 from smithers.store.store import Store
@@ -58,28 +57,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-CREATED: list[tuple[str, str]] = []
-"""(admin URL, name) of the databases this bench made, dropped at the end."""
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
-
-
-def fresh_pg(admin: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_libpq(admin), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    CREATED.append((admin, name))
-    return admin.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_created() -> None:
-    for admin, name in CREATED:
-        with contextlib.suppress(psycopg.Error), psycopg.connect(_libpq(admin), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Gateways:
