@@ -33,6 +33,7 @@ from smithers.store.compiled import (
 )
 from smithers.store.database import dialect_for, migrate, resolve_url
 from smithers.store.events_bus import EventBus, StoredEvent
+from smithers.store.pgbatch import Answer, PgBatch, Prepared, Statement
 from smithers.store.rows import SURROGATE, camel, dumps, now_ms
 
 Row = dict[str, Any]
@@ -73,13 +74,16 @@ def _out_of_range(exc: Exception) -> bool:
 
 _PG_CLAIM_SEQS: Final = f"""
 INSERT INTO {t.run_activity.name} AS a (run_id, last_event_seq, last_event_at_ms)
-VALUES (%(r)s, (SELECT coalesce(max(seq), -1) FROM {t.events.name} WHERE run_id = %(r)s) + %(n)s, %(now)s)
+VALUES (%s::text, (SELECT coalesce(max(seq), -1) FROM {t.events.name} WHERE run_id = %s::text) + %s::bigint, %s::bigint)
 ON CONFLICT (run_id) DO UPDATE
-SET last_event_seq = greatest(a.last_event_seq + %(n)s, excluded.last_event_seq), last_event_at_ms = %(now)s
+SET last_event_seq = greatest(a.last_event_seq + %s::bigint, excluded.last_event_seq), last_event_at_ms = %s::bigint
 RETURNING last_event_seq"""
 """Claim the next ``n`` seqs of a run (PostgreSQL): the run's activity row counts its events; the
 statement locks it until commit, so two transactions appending to one run take turns, and it never
-answers less than the newest stored event (a run older than the counter). Returns the last seq."""
+answers less than the newest stored event (a run older than the counter). Returns the last seq.
+Parameters: the run id twice, the number of events, the time, the number again, the time again."""
+
+_PG_NOTIFY: Final = "SELECT pg_notify(%s::text, '')"
 
 EVENTS_PER_STATEMENT: Final = 32
 """Events one statement writes at most (a longer batch takes several: fewer distinct statements to prepare)."""
@@ -94,22 +98,44 @@ def _pg_insert_events(count: int) -> str:
     rows = ", ".join(f"({i}, %s::bigint, %s::text, %s::text)" for i in range(1, count + 1))
     return (
         f"INSERT INTO {t.events.name} (run_id, seq, timestamp_ms, type, payload_json) "
-        f"SELECT a.run_id, a.last_event_seq - %s + %s + e.ord, e.ts, e.type, e.body "
-        f"FROM {t.run_activity.name} AS a, (VALUES {rows}) AS e(ord, ts, type, body) WHERE a.run_id = %s"
+        f"SELECT a.run_id, a.last_event_seq - %s::bigint + %s::bigint + e.ord, e.ts, e.type, e.body "
+        f"FROM {t.run_activity.name} AS a, (VALUES {rows}) AS e(ord, ts, type, body) WHERE a.run_id = %s::text"
     )
+
+
+@functools.cache
+def _statement(sql: str) -> Statement:
+    return Statement(sql)
+
+
+class _Counted:
+    """A row count in the shape of a libpq result (a write run at once, not batched)."""
+
+    def __init__(self, count: int):
+        self.command_tuples = count
+
+
+class _Fetched:
+    """A fetched row in the shape of a libpq result (a statement run at once, not batched)."""
+
+    def __init__(self, row: Any):
+        self._row = row
+
+    def get_value(self, row: int, column: int) -> Any:
+        return self._row[column]
 
 
 class Tx:
     """One open transaction. Reads work in any Tx; writes only in one from ``Store.write()``."""
 
-    def __init__(self, store: Store, raw: Any, write: bool, pipeline: Any = None):
+    def __init__(self, store: Store, raw: Any, write: bool, batch: PgBatch | None = None):
         self.store = store
         self.raw = raw
         self.write = write
         self.cur = store._cursor()
-        self.pipeline = pipeline
-        """psycopg's pipeline when the transaction is pipelined (PostgreSQL): statements whose result
-        nobody reads are sent without waiting for the server; reading a result waits for all."""
+        self.batch = batch
+        """Where a pipelined transaction's writes wait to go to the server together (PostgreSQL):
+        sent before anything is read, and with the commit (:mod:`smithers.store.pgbatch`)."""
         self.events: list[StoredEvent] = []
         """What this transaction appended, numbered (written); published once it commits."""
         self._unwritten: list[tuple[str, int, str, dict[str, Any]]] = []
@@ -119,21 +145,27 @@ class Tx:
         self._savepoints = 0
         self.fenced: set[str] = set()
         """Runs whose lease this transaction has checked (docs/engine.md#durability-and-ownership)."""
-        self._fences: list[tuple[Any, Callable[[], BaseException]]] = []
-        """Lease checks sent in a pipeline and not yet read: (their cursor, the error if lost)."""
+        self._fences: list[tuple[Answer, Callable[[], BaseException]]] = []
+        """Lease checks queued in the batch and not yet read: (their answer, the error if lost)."""
 
-    def sync(self) -> None:
-        """Wait for every statement sent so far (a pipelined transaction), raising the first error
-        among them, or a lost lease's error."""
-        if self.pipeline is None:
+    def sync(self, commit: bool = False) -> None:
+        """Send the batch's queued writes and wait for them (a pipelined transaction; with
+        ``commit``, the commit goes with them), raising the first error among them, or a lost
+        lease's error."""
+        batch = self.batch
+        if batch is None or not (batch.queue or commit):
             return
-        self.pipeline.sync()
-        self._check_fences()
-
-    def _check_fences(self) -> None:
+        try:
+            batch.send(commit)
+        except (UnicodeEncodeError, OverflowError) as exc:
+            raise unstorable({}) from exc
+        except Exception as exc:
+            if _out_of_range(exc):
+                raise unstorable({}) from exc
+            raise
         fences, self._fences = self._fences, []
-        for cur, lost in fences:
-            if cur.rowcount != 1:
+        for answer, lost in fences:
+            if answer.rows_changed != 1:
                 raise lost()
 
     @property
@@ -141,15 +173,33 @@ class Tx:
         return bool(self._fences)
 
     def _count(self, cur: Any) -> int:
-        """The rows the statement just run on ``cur`` changed (waiting for it when pipelined)."""
-        if self.pipeline is not None:
-            self.sync()
+        """The rows the statement just run on ``cur`` changed."""
         return int(cur.rowcount)
 
+    def _queue(
+        self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any], answer: Answer | None = None
+    ) -> None:
+        """A write whose result nobody reads (its row count in ``answer``): queued in a pipelined
+        transaction's batch, else run now."""
+        batch = self.batch
+        if batch is None:
+            cur = self.execute(key, build, params)
+            if answer is not None:
+                answer.result = _Counted(cur.rowcount)
+            return
+        statement, defaults = self.store.statement(key, build)
+        try:
+            batch.add(statement, [params[n] if n in params else defaults.get(n) for n in statement.names or ()], answer)
+        except UnicodeEncodeError as exc:
+            raise unstorable(params) from exc
+
     # ---- plumbing ---------------------------------------------------------------------------
-    def execute(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any], cur: Any = None) -> Any:
-        """Run a cached statement on this transaction's cursor (or ``cur``); returns the cursor."""
-        cur = self.cur if cur is None else cur
+    def execute(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
+        """Run a cached statement on this transaction's cursor now (after the batch's writes);
+        returns the cursor."""
+        if self.batch is not None and self.batch.queue:
+            self.sync()
+        cur = self.cur
         sql, order, defaults = self.store.sql.get(key, build)
         try:
             if order is not None:
@@ -178,12 +228,16 @@ class Tx:
 
     def insert(self, table: Table, values: Mapping[str, Any]) -> None:
         cols = tuple(values)
-        self.execute(("ins", table.name, cols), build_insert(table, cols), {"v_" + k: v for k, v in values.items()})
+        self._queue(("ins", table.name, cols), build_insert(table, cols), {"v_" + k: v for k, v in values.items()})
 
     def insert_many(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
         cols = tuple(rows[0])
+        if self.batch is not None:
+            for row in rows:
+                self.insert(table, row)
+            return
         sql, order, _ = self.store.sql.get(("ins", table.name, cols), build_insert(table, cols))
         try:
             if order is not None:
@@ -206,21 +260,25 @@ class Tx:
             )
             return out
 
-        self.execute(("ups", table.name, cols), build, {"v_" + k: v for k, v in values.items()})
+        self._queue(("ups", table.name, cols), build, {"v_" + k: v for k, v in values.items()})
 
     def update(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> int:
         """Update the matching rows; returns how many changed (a pipelined transaction waits for it)."""
         return self._count(self._update(table, where, values))
 
-    def change(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> None:
-        """Update the matching rows without asking how many (a pipelined transaction does not wait)."""
-        self._update(table, where, values)
-
-    def _update(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any], cur: Any = None) -> Any:
+    def change(
+        self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any], answer: Answer | None = None
+    ) -> None:
+        """Update the matching rows without waiting to know how many (queued in a pipelined
+        transaction; the count in ``answer`` once sent)."""
         cols = tuple(values)
         params = {**where_params(where), **{"v_" + k: v for k, v in values.items()}}
-        key = ("upd", table.name, where_key(where), cols)
-        return self.execute(key, build_update(table, where, cols), params, cur)
+        self._queue(("upd", table.name, where_key(where), cols), build_update(table, where, cols), params, answer)
+
+    def _update(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> Any:
+        cols = tuple(values)
+        params = {**where_params(where), **{"v_" + k: v for k, v in values.items()}}
+        return self.execute(("upd", table.name, where_key(where), cols), build_update(table, where, cols), params)
 
     def select(
         self, table: Table, where: Mapping[str, Any], order_by: Sequence[str] = (), desc: bool = False
@@ -244,12 +302,14 @@ class Tx:
         self._savepoints += 1
         name = f"sp{self._savepoints}"
         events, unwritten = len(self.events), len(self._unwritten)
+        self.sync()
         self.cur.execute(f"SAVEPOINT {name}")
         try:
             yield
-            self.sync()  # a pipelined statement's error belongs to this block
+            self.sync()  # a queued statement's error belongs to this block
         except BaseException:
             self.cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.store._forget_prepared(in_transaction=True)
             self.cur.execute(f"RELEASE SAVEPOINT {name}")
             del self.events[events:]
             del self._unwritten[unwritten:]
@@ -273,17 +333,16 @@ class Tx:
 
         A conditional update: it locks the run row until commit (PostgreSQL), so a claim by another
         process either committed before (no row matches) or waits and then finds the renewed
-        heartbeat (its compare-and-swap fails). A pipelined transaction does not wait for the answer:
-        it reads it at its next wait for the server, and at the latest before it commits."""
+        heartbeat (its compare-and-swap fails). A pipelined transaction queues it with its other
+        writes and reads the answer when they are sent, at the latest before it commits."""
         where = {"run_id": run_id, "runtime_owner_id": owner_id}
-        if self.pipeline is None:
+        if self.batch is None:
             if self.update(t.runs, where, {"heartbeat_at_ms": now_ms}) != 1:
                 raise lost()
             return
-        if self._fences:
-            self.sync()  # the one lease-check cursor holds one answer at a time
-        cur = self._update(t.runs, where, {"heartbeat_at_ms": now_ms}, self.store._fence_cursor())
-        self._fences.append((cur, lost))
+        answer = Answer()
+        self.change(t.runs, where, {"heartbeat_at_ms": now_ms}, answer)
+        self._fences.append((answer, lost))
 
     def hold_run(self, run_id: str, now_ms: int, stale_before_ms: int) -> bool:
         """Take a rewind's hold on the run (``pause_requested_at_ms``) unless another process holds it
@@ -756,6 +815,7 @@ class Tx:
         """Number and write the events appended since the last call: per run, one statement claims
         the next seqs and one writes the rows (docs/engine.md#events)."""
         self._send_events()
+        self.sync()  # (a pipelined transaction's claims are answered once sent)
         self._number_events()
 
     def _send_events(self) -> None:
@@ -789,20 +849,31 @@ class Tx:
             ]
             self.insert_many(t.events, rows)
             return first + len(items) - 1
-        claim_cur = self.store._raw().cursor()
         count = len(items)
+        claim = Answer()
         try:
-            claim_cur.execute(_PG_CLAIM_SEQS, {"r": run_id, "n": count, "now": now_ms()})
+            now = now_ms()
+            self._queue_sql(_PG_CLAIM_SEQS, [run_id, run_id, count, now, count, now], claim)
             for start in range(0, count, EVENTS_PER_STATEMENT):
                 chunk = items[start : start + EVENTS_PER_STATEMENT]
                 params: list[Any] = [count, start]
                 for (ts, type_, _), text in zip(chunk, texts[start : start + len(chunk)], strict=True):
                     params += (ts, type_, text)
                 params.append(run_id)
-                self.cur.execute(_pg_insert_events(len(chunk)), params)
+                self._queue_sql(_pg_insert_events(len(chunk)), params)
         except UnicodeEncodeError as exc:
             raise unstorable({"v_payload_json": "\n".join(texts)}) from exc
-        return lambda: int(claim_cur.fetchone()[0])
+        return claim.first_value
+
+    def _queue_sql(self, sql: str, params: list[Any], answer: Answer | None = None) -> None:
+        """A statement of this module's own (positional ``%s``) queued like :meth:`_queue`."""
+        if self.batch is not None:
+            self.batch.add(_statement(sql), params, answer)
+            return
+        cur = self.cur if answer is None else self.store._raw().cursor()
+        cur.execute(sql, params)
+        if answer is not None:
+            answer.result = _Fetched(cur.fetchone())
 
     def record_activity(self) -> None:
         """Each run's latest event of this transaction, in ``_smithers_run_activity`` (before commit;
@@ -816,7 +887,7 @@ class Tx:
             for run_id, seq in latest.items():
                 self.upsert(t.run_activity, {"run_id": run_id, "last_event_seq": seq, "last_event_at_ms": now})
         elif self.store.notify_events:
-            self.cur.execute("SELECT pg_notify(%s, '')", (EVENTS_CHANNEL,))
+            self._queue_sql(_PG_NOTIFY, [EVENTS_CHANNEL])
 
     def list_active_runs(self, since_ms: int) -> list[Row]:
         """``(run_id, last_event_seq, last_event_at_ms)`` of runs with an event at or after ``since_ms``."""
@@ -1002,6 +1073,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise DatabaseError(f"cannot open database {self.display_url}: {_reason(exc)}") from exc
         self.sql = SqlCache(self.engine.dialect)
+        self._statements: dict[Any, tuple[Statement, dict[str, Any]]] = {}
 
     @property
     def display_url(self) -> str:
@@ -1064,24 +1136,37 @@ class Store:
             cur = self._local.fence_cur = self._raw().cursor()
         return cur
 
-    def _pipeline(self, on: bool) -> Any:
-        """Put this thread's PostgreSQL connection in pipeline mode, or take it out (the mode stays
-        between transactions: entering and leaving each costs a wait for the server)."""
-        local = self._local
-        current = getattr(local, "pipeline", None)
-        if on and current is None:
-            block = self._raw().driver_connection.pipeline()
-            current = block.__enter__()
-            local.pipeline, local.pipeline_block = current, block
-        elif not on and current is not None:
-            block, local.pipeline, local.pipeline_block = local.pipeline_block, None, None
-            block.__exit__(None, None, None)
-            current = None
-        return current
+    def _prepared(self) -> Prepared:
+        """The statements this thread's connection has prepared for batches."""
+        prepared = getattr(self._local, "prepared", None)
+        if prepared is None:
+            prepared = self._local.prepared = Prepared()
+        return prepared
+
+    def _forget_prepared(self, in_transaction: bool = False) -> None:
+        """After a rollback, which makes psycopg deallocate every prepared statement (when it has
+        some of its own): deallocate the batches' too, then forget them, so the server keeps none
+        that no one uses and no batch names one it dropped."""
+        prepared = getattr(self._local, "prepared", None)
+        if prepared is not None and prepared.names:
+            prepared.clear()
+            with suppress(Exception):
+                self._cursor().execute("DEALLOCATE ALL")  # (psycopg forgets its own when it sees this)
+                if not in_transaction:
+                    self._raw().commit()  # (the statement opened one)
+
+    def statement(self, key: Any, build: Callable[[], ClauseElement]) -> tuple[Statement, dict[str, Any]]:
+        """A cached statement in libpq's form for batches, and its default parameter values."""
+        found = self._statements.get(key)
+        if found is None:
+            sql, _, defaults = self.sql.get(key, build)
+            found = self._statements[key] = (Statement(sql), defaults)
+        return found
 
     def lock_run(self, tx: Tx, run_id: str) -> None:
         """Serialise writers of one run's sequences (events, signals) inside ``tx``."""
         if self.is_postgres:
+            tx.sync()
             tx.cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))
 
     def _begin(self, write: bool, pipelined: bool = False) -> tuple[Tx, bool]:
@@ -1093,11 +1178,8 @@ class Store:
                 raise RuntimeError("cannot open a write transaction inside a read transaction")
             return outer, False
         raw = self._raw()
-        pipeline = None
-        if not self._sqlite:
-            # A read keeps the connection's mode: each of its statements waits for its rows anyway.
-            pipeline = self._pipeline(pipelined) if write else getattr(local, "pipeline", None)
-        tx = Tx(self, raw, write, pipeline)
+        batch = PgBatch(raw.driver_connection, self._prepared()) if pipelined and write and not self._sqlite else None
+        tx = Tx(self, raw, write, batch)
         if self._sqlite:
             tx.cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         local.tx = tx
@@ -1110,7 +1192,7 @@ class Store:
         if commit and (tx.events or tx._unwritten):
             try:
                 tx._send_events()
-                if tx.pipeline is None:
+                if tx.batch is None:
                     tx._number_events()
                 tx.record_activity()
             except BaseException:
@@ -1122,7 +1204,10 @@ class Store:
             elif commit:
                 if tx.fences_pending:
                     tx.sync()  # a lost lease is known before anything commits
-                tx.raw.commit()
+                if tx.batch is not None and tx.batch.queue:
+                    tx.sync(commit=True)  # the writes and the commit in one round trip
+                else:
+                    tx.raw.commit()
                 tx._number_events()
             elif tx.write or not ok:
                 self._rollback(tx)
@@ -1144,15 +1229,12 @@ class Store:
             else:
                 self._rollback(tx)
 
-    @staticmethod
-    def _rollback(tx: Tx) -> None:
-        """``ROLLBACK`` on PostgreSQL; in a pipeline, after taking a statement's error still pending
-        (psycopg raises it at the first wait and would then not send the ``ROLLBACK``, leaving the
-        connection in an aborted transaction)."""
-        if tx.pipeline is not None:
-            with suppress(Exception):
-                tx.pipeline.sync()
+    def _rollback(self, tx: Tx) -> None:
+        """``ROLLBACK`` on PostgreSQL (what a batch queued is dropped unsent)."""
+        if tx.batch is not None:
+            tx.batch.queue.clear()
         tx.raw.rollback()
+        self._forget_prepared()
 
     def read(self) -> AbstractContextManager[Tx]:
         """A read transaction (a consistent view)."""

@@ -125,3 +125,39 @@ def test_events_of_one_run_from_several_connections_get_contiguous_seqs(db_url: 
         for n in range(transactions):
             seqs = [e.seq for e in stored if (e.payload["writer"], e.payload["n"]) == (index, n)]
             assert seqs == list(range(seqs[0], seqs[0] + per_transaction))
+
+
+def test_pipelined_writes_go_on_after_rollbacks_drop_prepared_statements(store: Store) -> None:
+    """A rollback (whole, or to a savepoint) makes the driver drop every prepared statement; the
+    pipelined writes that follow prepare theirs again."""
+    for round_ in range(3):
+        for _ in range(6):  # reads the driver prepares for itself
+            with store.read() as tx:
+                tx.get_input_json("a")
+        with store.write(pipelined=True) as tx:
+            tx.insert(t.run_input, {"run_id": f"p{round_}", "payload_json": "{}"})
+        with pytest.raises(DUPLICATE), store.write() as tx:  # a whole rollback
+            tx.insert(t.run_input, {"run_id": f"p{round_}", "payload_json": "{}"})
+        with store.write(pipelined=True) as tx:
+            tx.insert(t.run_input, {"run_id": f"q{round_}", "payload_json": "{}"})
+        with store.write() as tx:  # a rollback to a savepoint
+            with pytest.raises(DUPLICATE), tx.savepoint():
+                tx.insert(t.run_input, {"run_id": f"q{round_}", "payload_json": "{}"})
+            tx.insert(t.run_input, {"run_id": f"r{round_}", "payload_json": "{}"})
+        with store.write(pipelined=True) as tx:
+            tx.insert(t.run_input, {"run_id": f"s{round_}", "payload_json": "{}"})
+    with store.read() as tx:
+        stored = {run_id for run_id in (f"{p}{r}" for p in "pqrs" for r in range(3)) if tx.get_input_json(run_id)}
+    assert len(stored) == 12
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_transaction_reads_the_events_it_appended(store: Store, pipelined: bool) -> None:
+    with store.write(pipelined=pipelined) as tx:
+        tx.emit("own", "NodeOutput", {"n": 1})
+        tx.emit("own", "NodeOutput", {"n": 2})
+        seen = [(e.seq, e.payload["n"]) for e in tx.list_events("own")]
+        tx.emit("own", "NodeOutput", {"n": 3})
+    assert seen == [(0, 1), (1, 2)]
+    with store.read() as tx:
+        assert [(e.seq, e.payload["n"]) for e in tx.list_events("own")] == [(0, 1), (1, 2), (2, 3)]
