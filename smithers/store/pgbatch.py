@@ -94,8 +94,9 @@ class Answer:
         self.result: Any = None
 
     @property
-    def rows_changed(self) -> int:
-        return int(self.result.command_tuples or 0)
+    def failed(self) -> bool:
+        """Whether the statement itself failed (not one skipped after another's failure)."""
+        return self.result is not None and self.result.status == FATAL_ERROR
 
     def first_value(self) -> int:
         return int(self.result.get_value(0, 0))

@@ -85,6 +85,18 @@ Parameters: the run id twice, the number of events, the time, the number again, 
 
 _PG_NOTIFY: Final = "SELECT pg_notify(%s::text, '')"
 
+_PG_RENEW_LEASE: Final = (
+    "/* smithers lease check: a division by zero here means this process no longer holds the run */ "
+    f"WITH renewed AS (UPDATE {t.runs.name} SET heartbeat_at_ms = %s::bigint "
+    "WHERE run_id = %s::text AND runtime_owner_id = %s::text RETURNING 1) "
+    "SELECT 1 / count(*)::int FROM renewed"
+)
+"""A pipelined step's lease check: renews the lease, or fails the transaction when it is lost (a
+plain statement: no server function to install; the comment says what the error means in the
+server's log). Parameters: the time, the run id, the owner id."""
+LEASE_LOST_SQLSTATE: Final = "22012"
+"""``division_by_zero``: what :data:`_PG_RENEW_LEASE` raises when no row matches."""
+
 EVENTS_PER_STATEMENT: Final = 32
 """Events one statement writes at most (a longer batch takes several: fewer distinct statements to prepare)."""
 
@@ -106,13 +118,6 @@ def _pg_insert_events(count: int) -> str:
 @functools.cache
 def _statement(sql: str) -> Statement:
     return Statement(sql)
-
-
-class _Counted:
-    """A row count in the shape of a libpq result (a write run at once, not batched)."""
-
-    def __init__(self, count: int):
-        self.command_tuples = count
 
 
 class _Fetched:
@@ -155,41 +160,33 @@ class Tx:
         batch = self.batch
         if batch is None or not (batch.queue or commit):
             return
+        fences, self._fences = self._fences, []
         try:
             batch.send(commit)
         except (UnicodeEncodeError, OverflowError) as exc:
             raise unstorable({}) from exc
         except Exception as exc:
+            if getattr(exc, "sqlstate", None) == LEASE_LOST_SQLSTATE:
+                for answer, lost in fences:
+                    if answer.failed:
+                        raise lost() from exc
             if _out_of_range(exc):
                 raise unstorable({}) from exc
             raise
-        fences, self._fences = self._fences, []
-        for answer, lost in fences:
-            if answer.rows_changed != 1:
-                raise lost()
-
-    @property
-    def fences_pending(self) -> bool:
-        return bool(self._fences)
 
     def _count(self, cur: Any) -> int:
         """The rows the statement just run on ``cur`` changed."""
         return int(cur.rowcount)
 
-    def _queue(
-        self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any], answer: Answer | None = None
-    ) -> None:
-        """A write whose result nobody reads (its row count in ``answer``): queued in a pipelined
-        transaction's batch, else run now."""
+    def _queue(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> None:
+        """A write whose result nobody reads: queued in a pipelined transaction's batch, else run now."""
         batch = self.batch
         if batch is None:
-            cur = self.execute(key, build, params)
-            if answer is not None:
-                answer.result = _Counted(cur.rowcount)
+            self.execute(key, build, params)
             return
         statement, defaults = self.store.statement(key, build)
         try:
-            batch.add(statement, [params[n] if n in params else defaults.get(n) for n in statement.names or ()], answer)
+            batch.add(statement, [params[n] if n in params else defaults.get(n) for n in statement.names or ()])
         except UnicodeEncodeError as exc:
             raise unstorable(params) from exc
 
@@ -266,14 +263,11 @@ class Tx:
         """Update the matching rows; returns how many changed (a pipelined transaction waits for it)."""
         return self._count(self._update(table, where, values))
 
-    def change(
-        self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any], answer: Answer | None = None
-    ) -> None:
-        """Update the matching rows without waiting to know how many (queued in a pipelined
-        transaction; the count in ``answer`` once sent)."""
+    def change(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+        """Update the matching rows without waiting to know how many (queued in a pipelined transaction)."""
         cols = tuple(values)
         params = {**where_params(where), **{"v_" + k: v for k, v in values.items()}}
-        self._queue(("upd", table.name, where_key(where), cols), build_update(table, where, cols), params, answer)
+        self._queue(("upd", table.name, where_key(where), cols), build_update(table, where, cols), params)
 
     def _update(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> Any:
         cols = tuple(values)
@@ -334,14 +328,15 @@ class Tx:
         A conditional update: it locks the run row until commit (PostgreSQL), so a claim by another
         process either committed before (no row matches) or waits and then finds the renewed
         heartbeat (its compare-and-swap fails). A pipelined transaction queues it with its other
-        writes and reads the answer when they are sent, at the latest before it commits."""
+        writes as a statement that fails when no row matches (:data:`_PG_RENEW_LEASE`): the server
+        then skips the rest, ``COMMIT`` included, so the commit goes in the same round trip."""
         where = {"run_id": run_id, "runtime_owner_id": owner_id}
         if self.batch is None:
             if self.update(t.runs, where, {"heartbeat_at_ms": now_ms}) != 1:
                 raise lost()
             return
         answer = Answer()
-        self.change(t.runs, where, {"heartbeat_at_ms": now_ms}, answer)
+        self._queue_sql(_PG_RENEW_LEASE, [now_ms, run_id, owner_id], answer)
         self._fences.append((answer, lost))
 
     def hold_run(self, run_id: str, now_ms: int, stale_before_ms: int) -> bool:
@@ -1202,8 +1197,6 @@ class Store:
             if self._sqlite:
                 tx.cur.execute("COMMIT" if commit else "ROLLBACK")
             elif commit:
-                if tx.fences_pending:
-                    tx.sync()  # a lost lease is known before anything commits
                 if tx.batch is not None and tx.batch.queue:
                     tx.sync(commit=True)  # the writes and the commit in one round trip
                 else:
