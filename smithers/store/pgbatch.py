@@ -13,6 +13,7 @@ failed), which psycopg reads from libpq.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 from collections.abc import Sequence
@@ -143,8 +144,11 @@ class PgBatch:
                 answers.append(None)
             pg.pipeline_sync()
             results = self._read_all(pg)
-        finally:
-            pg.exit_pipeline_mode()
+        except BaseException:
+            with contextlib.suppress(Exception):  # (a broken connection cannot leave the mode: its error stands)
+                pg.exit_pipeline_mode()
+            raise
+        pg.exit_pipeline_mode()
         failed = None
         for result, answer in zip(results, answers, strict=True):
             if result.status == FATAL_ERROR and failed is None:
@@ -159,15 +163,18 @@ class PgBatch:
 
     @staticmethod
     def _read_all(pg: Any) -> list[Any]:
-        """Flush what was sent, then read one result per command until the pipeline's sync point."""
-        fd = pg.socket
+        """Flush what was sent, then read one result per command until the pipeline's sync point.
+        (``poll``, not ``select``: a gateway's connections can take descriptors past 1024.)"""
+        poller = select.poll()
+        poller.register(pg.socket, select.POLLIN | select.POLLOUT)
         while pg.flush():
-            select.select([fd], [fd], [])
+            poller.poll()
             pg.consume_input()
+        poller.modify(pg.socket, select.POLLIN)
         results: list[Any] = []
         while True:
             while pg.is_busy():
-                select.select([fd], [], [])
+                poller.poll()
                 pg.consume_input()
             result = pg.get_result()
             if result is None:
