@@ -22,7 +22,6 @@ from typing import Any, Final
 from psycopg import errors, pq
 
 _PLACEHOLDER: Final = re.compile(r"%\((\w+)\)s|%s|%%")
-TUPLES_OK: Final = pq.ExecStatus.TUPLES_OK
 COMMAND_OK: Final = pq.ExecStatus.COMMAND_OK
 PIPELINE_SYNC: Final = pq.ExecStatus.PIPELINE_SYNC
 FATAL_ERROR: Final = pq.ExecStatus.FATAL_ERROR
