@@ -329,8 +329,7 @@ class Rewinder:
     async def _rewind(
         self, run_id: str, frame_no: int, caller: str, pause: Pause | None, resume: Resume | None
     ) -> tuple[JumpResult, int]:
-        found = self._target(run_id, frame_no)
-        if found is None:
+        if self._target(run_id, frame_no, load=False) is None:  # (checks only: nothing is held yet)
             return JumpResult(frame_no), frame_no
         with self.store.write() as tx:  # taken in one step: of two processes rewinding at once, one goes on
             if not tx.hold_run(run_id, now_ms(), now_ms() - HOLD_STALE_MS):
@@ -339,7 +338,7 @@ class Rewinder:
             await self._pause(run_id, pause)
             # Read again under the hold, the run standing still: another process's rewind may have
             # ended between the first read and the hold (docs/engine.md#time-travel).
-            found = self._target(run_id, frame_no)
+            found = self._target(run_id, frame_no, load=True)
             if found is None:
                 self._release(run_id)
                 await self._resume_after_failure(run_id, resume)
@@ -349,6 +348,7 @@ class Rewinder:
             await self._resume_after_failure(run_id, resume)
             raise
         run, latest, state = found
+        assert state is not None
         vcs = vcs_of(run)
         plan = _sandbox_plan(run, state, vcs)
         reverted: list[tuple[Vcs, str]] = []
@@ -372,9 +372,9 @@ class Rewinder:
                 log.exception("rewound run %s could not be resumed", run_id)
         return outcome, latest
 
-    def _target(self, run_id: str, frame_no: int) -> tuple[Row, int, FrameState] | None:
-        """The run, its latest frame and the state at ``frame_no``; None when the run is at that
-        frame already; the coded refusals when it has no such frame."""
+    def _target(self, run_id: str, frame_no: int, load: bool) -> tuple[Row, int, FrameState | None] | None:
+        """The run, its latest frame and (``load``) the state at ``frame_no``; None when the run is
+        at that frame already; the coded refusals when it has no such frame."""
         with self.store.read() as tx:
             run = tx.get_run(run_id)
             if run is None:
@@ -388,7 +388,7 @@ class Rewinder:
                 raise _error(FrameOutOfRange, f"Frame {frame_no} does not exist for run {run_id}.")
             if frame_no == latest:
                 return None
-            return run, latest, frame_state(tx, run_id, frame_no)
+            return run, latest, frame_state(tx, run_id, frame_no) if load else None
 
     async def _pause(self, run_id: str, pause: Pause | None) -> None:
         """Wait for the held run to stand still. The hold (taken before, ``Tx.hold_run``) is a durable

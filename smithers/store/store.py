@@ -120,6 +120,15 @@ def _statement(sql: str) -> Statement:
     return Statement(sql)
 
 
+def _update_parts(
+    table: Table, where: Mapping[str, Any], values: Mapping[str, Any]
+) -> tuple[Any, Callable[[], ClauseElement], dict[str, Any]]:
+    """(cache key, builder, parameters) of an update of ``table``'s rows matching ``where``."""
+    cols = tuple(values)
+    params = {**where_params(where), **{"v_" + k: v for k, v in values.items()}}
+    return ("upd", table.name, where_key(where), cols), build_update(table, where, cols), params
+
+
 class _Fetched:
     """A fetched row in the shape of a libpq result (a statement run at once, not batched)."""
 
@@ -174,10 +183,6 @@ class Tx:
                 raise unstorable({}) from exc
             raise
 
-    def _count(self, cur: Any) -> int:
-        """The rows the statement just run on ``cur`` changed."""
-        return int(cur.rowcount)
-
     def _queue(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> None:
         """A write whose result nobody reads: queued in a pipelined transaction's batch, else run now."""
         batch = self.batch
@@ -213,11 +218,10 @@ class Tx:
 
     def rows(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> list[Row]:
         cur = self.execute(key, build, params)
-        found = cur.fetchall()  # first: a pipelined cursor has no description before its result
         names = self.store.sql.names.get(key)
         if names is None:
             names = self.store.sql.names[key] = tuple(d[0] for d in cur.description)
-        return [dict(zip(names, r, strict=True)) for r in found]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def scalar(self, key: Any, build: Callable[[], ClauseElement], params: Mapping[str, Any]) -> Any:
         row = self.execute(key, build, params).fetchone()
@@ -260,19 +264,12 @@ class Tx:
         self._queue(("ups", table.name, cols), build, {"v_" + k: v for k, v in values.items()})
 
     def update(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> int:
-        """Update the matching rows; returns how many changed (a pipelined transaction waits for it)."""
-        return self._count(self._update(table, where, values))
+        """Update the matching rows; returns how many changed (a pipelined transaction sends its batch first)."""
+        return int(self.execute(*_update_parts(table, where, values)).rowcount)
 
     def change(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> None:
-        """Update the matching rows without waiting to know how many (queued in a pipelined transaction)."""
-        cols = tuple(values)
-        params = {**where_params(where), **{"v_" + k: v for k, v in values.items()}}
-        self._queue(("upd", table.name, where_key(where), cols), build_update(table, where, cols), params)
-
-    def _update(self, table: Table, where: Mapping[str, Any], values: Mapping[str, Any]) -> Any:
-        cols = tuple(values)
-        params = {**where_params(where), **{"v_" + k: v for k, v in values.items()}}
-        return self.execute(("upd", table.name, where_key(where), cols), build_update(table, where, cols), params)
+        """Update the matching rows without asking how many (queued in a pipelined transaction)."""
+        self._queue(*_update_parts(table, where, values))
 
     def select(
         self, table: Table, where: Mapping[str, Any], order_by: Sequence[str] = (), desc: bool = False
@@ -288,7 +285,7 @@ class Tx:
         def build() -> ClauseElement:
             return table.delete().where(eq_where(table, where))
 
-        return self._count(self.execute(("del", table.name, where_key(where)), build, where_params(where)))
+        return int(self.execute(("del", table.name, where_key(where)), build, where_params(where)).rowcount)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -349,8 +346,8 @@ class Tx:
             free = c.pause_requested_at_ms.is_(None) | (c.pause_requested_at_ms < bindparam("stale"))
             return update(t.runs).where(c.run_id == bindparam("r"), free).values(pause_requested_at_ms=bindparam("now"))
 
-        cur = self.execute("hold_run", build, {"r": run_id, "stale": stale_before_ms, "now": now_ms})
-        return self._count(cur) == 1
+        params = {"r": run_id, "stale": stale_before_ms, "now": now_ms}
+        return int(self.execute("hold_run", build, params).rowcount) == 1
 
     def claim_run(self, run_id: str, expected: Mapping[str, Any], **values: Any) -> bool:
         """Compare-and-swap: update the run only if ``expected`` columns still hold those values."""
@@ -579,7 +576,7 @@ class Tx:
             def build(table: Table = table, c: Any = c) -> ClauseElement:
                 return table.delete().where(c.run_id == bindparam("r"), c.frame_no > bindparam("n"))
 
-            count = self._count(self.execute(("del_after", table.name), build, {"r": run_id, "n": frame_no}))
+            count = int(self.execute(("del_after", table.name), build, {"r": run_id, "n": frame_no}).rowcount)
             if table is t.frames:
                 dropped = count
         return dropped
@@ -1123,14 +1120,6 @@ class Store:
             cur = self._local.cur = self._raw().cursor()
         return cur
 
-    def _fence_cursor(self) -> Any:
-        """A second cursor of this thread's connection: a pipelined lease check keeps its answer
-        there while the transaction's other statements go through the first."""
-        cur = getattr(self._local, "fence_cur", None)
-        if cur is None:
-            cur = self._local.fence_cur = self._raw().cursor()
-        return cur
-
     def _prepared(self) -> Prepared:
         """The statements this thread's connection has prepared for batches."""
         prepared = getattr(self._local, "prepared", None)
@@ -1236,12 +1225,12 @@ class Store:
     def write(self, *, pipelined: bool = False) -> AbstractContextManager[Tx]:
         """A write transaction; its events are published once it commits.
 
-        ``pipelined`` (PostgreSQL; ignored on SQLite): statements whose result the code does not
-        read go to the server without waiting for it, so a transaction of N such statements waits
-        for the server about twice instead of N times. The price: a statement's error is raised
-        where the transaction next waits (a read, a row count, a savepoint's end, the commit), not
-        by the call that sent it — use it for the engine's own steps, whose values are checked
-        before they are written, not for writes of a client's input."""
+        ``pipelined`` (PostgreSQL; ignored on SQLite): writes whose result the code does not read
+        are queued and sent together (:mod:`smithers.store.pgbatch`) before the next read and with
+        the commit, so a transaction of N of them waits for the server once instead of N times.
+        The price: a write's error is raised when the batch is sent (a read, a row count, a
+        savepoint's end, the commit), not by the call that queued it — use it for the engine's own
+        steps, whose values are checked before they are written, not for writes of a client's input."""
         return _Transaction(self, write=True, pipelined=pipelined)
 
     def get_run(self, run_id: str) -> Row | None:

@@ -15,6 +15,7 @@ import pytest
 from smithers import Store
 from smithers.store import schema as t
 from smithers.store.events_bus import StoredEvent
+from smithers.store.store import Tx
 
 DUPLICATE = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
@@ -30,6 +31,11 @@ def store(db_url: str) -> Iterator[Store]:
     opened.close()
 
 
+def put(tx: Tx, run_id: str) -> None:
+    """Store an input row (the table has one row per run id: a second one is a duplicate key)."""
+    tx.insert(t.run_input, {"run_id": run_id, "payload_json": "{}"})
+
+
 def inputs(store: Store) -> dict[str, str | None]:
     with store.read() as tx:
         return {run_id: tx.get_input_json(run_id) for run_id in ("a", "b", "c")}
@@ -38,30 +44,30 @@ def inputs(store: Store) -> dict[str, str | None]:
 @pytest.mark.parametrize("pipelined", [False, True])
 def test_a_failed_statement_commits_nothing_and_the_connection_goes_on(store: Store, pipelined: bool) -> None:
     with store.write() as tx:
-        tx.insert(t.run_input, {"run_id": "a", "payload_json": "{}"})
+        put(tx, "a")
     # the duplicate key, raised by the call (or, pipelined, at commit)
     with pytest.raises(DUPLICATE), store.write(pipelined=pipelined) as tx:
-        tx.insert(t.run_input, {"run_id": "b", "payload_json": "{}"})
-        tx.insert(t.run_input, {"run_id": "a", "payload_json": "{}"})
+        put(tx, "b")
+        put(tx, "a")
     assert inputs(store) == {"a": "{}", "b": None, "c": None}
     with store.write(pipelined=pipelined) as tx:
-        tx.insert(t.run_input, {"run_id": "c", "payload_json": "{}"})
+        put(tx, "c")
     assert inputs(store) == {"a": "{}", "b": None, "c": "{}"}
 
 
 @pytest.mark.parametrize("pipelined", [False, True])
 def test_a_body_that_raises_over_a_failed_statement_leaves_the_connection_usable(store: Store, pipelined: bool) -> None:
     with store.write() as tx:
-        tx.insert(t.run_input, {"run_id": "a", "payload_json": "{}"})
+        put(tx, "a")
     # the body's error, or (not pipelined) the duplicate key before it
     with pytest.raises((ValueError, *DUPLICATE)), store.write(pipelined=pipelined) as tx:
-        tx.insert(t.run_input, {"run_id": "a", "payload_json": "{}"})  # fails (maybe not yet raised)
+        put(tx, "a")  # fails (maybe not yet raised)
         raise ValueError("the body failed")
     for later in (store.write(pipelined=True), store.write(), store.read()):
         with later as tx:
             tx.get_input_json("a")
     with store.write(pipelined=pipelined) as tx:
-        tx.insert(t.run_input, {"run_id": "c", "payload_json": "{}"})
+        put(tx, "c")
     assert inputs(store) == {"a": "{}", "b": None, "c": "{}"}
 
 
@@ -135,17 +141,17 @@ def test_pipelined_writes_go_on_after_rollbacks_drop_prepared_statements(store: 
             with store.read() as tx:
                 tx.get_input_json("a")
         with store.write(pipelined=True) as tx:
-            tx.insert(t.run_input, {"run_id": f"p{round_}", "payload_json": "{}"})
+            put(tx, f"p{round_}")
         with pytest.raises(DUPLICATE), store.write() as tx:  # a whole rollback
-            tx.insert(t.run_input, {"run_id": f"p{round_}", "payload_json": "{}"})
+            put(tx, f"p{round_}")
         with store.write(pipelined=True) as tx:
-            tx.insert(t.run_input, {"run_id": f"q{round_}", "payload_json": "{}"})
+            put(tx, f"q{round_}")
         with store.write() as tx:  # a rollback to a savepoint
             with pytest.raises(DUPLICATE), tx.savepoint():
-                tx.insert(t.run_input, {"run_id": f"q{round_}", "payload_json": "{}"})
-            tx.insert(t.run_input, {"run_id": f"r{round_}", "payload_json": "{}"})
+                put(tx, f"q{round_}")
+            put(tx, f"r{round_}")
         with store.write(pipelined=True) as tx:
-            tx.insert(t.run_input, {"run_id": f"s{round_}", "payload_json": "{}"})
+            put(tx, f"s{round_}")
     with store.read() as tx:
         stored = {run_id for run_id in (f"{p}{r}" for p in "pqrs" for r in range(3)) if tx.get_input_json(run_id)}
     assert len(stored) == 12
